@@ -1,0 +1,58 @@
+"""Reading webhook bodies as senders send them: JSON, or form fields that may hold JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from caselink.errors import BadRequestError
+from caselink.errors import UnsupportedMediaTypeError
+from caselink.events import WebhookRequest
+
+JSON_TYPES = ("application/json", "text/json", "text/plain", "")
+
+
+def is_json(mimetype: str) -> bool:
+    return mimetype in JSON_TYPES or mimetype.endswith("+json")
+
+
+def json_body(request: WebhookRequest) -> Any:
+    """The body as JSON; 415 for another content type, 400 when it is not JSON."""
+    if not is_json(request.mimetype):
+        raise UnsupportedMediaTypeError(f"{request.source} webhooks must be application/json, not {request.mimetype}")
+    return decode_json(request.body)
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequestError("the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def form_body(request: WebhookRequest) -> dict[str, Any]:
+    """A form-encoded body; fields holding JSON objects or lists are decoded."""
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("the form body is not UTF-8 text") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+    except ValueError:
+        raise BadRequestError("the body is not valid application/x-www-form-urlencoded") from None
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        stripped = value.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                fields[name] = json.loads(stripped)
+                continue
+            except json.JSONDecodeError:
+                pass
+        fields[name] = value
+    return fields

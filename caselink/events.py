@@ -1,0 +1,182 @@
+"""What handlers produce and rules consume: webhook requests, events and entity refs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+ENTITY_TYPES = ("CASE", "INCIDENT", "PAGE", "AGENT_CONVERSATION")
+RELATIONSHIPS = (
+    "RELATES_TO",
+    "CAUSES",
+    "BLOCKS",
+    "DUPLICATES",
+    "PARENT_OF",
+    "SUCCESSOR_OF",
+    "ESCALATES_TO",
+)
+TEXT_FIELDS = ("title", "message", "severity", "priority", "status", "url")
+
+# A Datadog case key: a project key, a dash, a number (OPS-42, DDFC-98813).
+CASE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+@dataclass(frozen=True, order=True)
+class EntityRef:
+    """One side of a link: an entity type and a UUID or, for cases, a case key."""
+
+    type: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.id}"
+
+    @property
+    def is_resolved(self) -> bool:
+        return is_uuid(self.id)
+
+    @classmethod
+    def parse(cls, text: str) -> EntityRef:
+        """Read 'CASE:OPS-42' (the form used in logs, examples and the API)."""
+        kind, sep, ident = text.partition(":")
+        if not sep or kind.upper() not in ENTITY_TYPES or not ident:
+            raise ValueError(f"{text!r} is not TYPE:ID with TYPE one of {', '.join(ENTITY_TYPES)}")
+        return cls(kind.upper(), ident)
+
+    @classmethod
+    def checked(cls, type_: str, token: str) -> EntityRef:
+        """A ref from a token found or templated by a rule; ValueError says why it is unusable."""
+        token = token.strip()
+        if not token:
+            raise ValueError(f"{type_} ref is empty")
+        if is_uuid(token):
+            return cls(type_, token.lower())
+        if type_ == "CASE" and CASE_KEY.match(token.upper()):
+            return cls(type_, token.upper())
+        if type_ == "CASE":
+            raise ValueError(f"{token!r} is neither a case UUID nor a case key like OPS-42")
+        raise ValueError(f"{type_} ref {token!r} is not a UUID; only case keys can be resolved to UUIDs")
+
+
+class Headers(Mapping[str, str]):
+    """Request headers, looked up without regard to case."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] | Mapping[str, str] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        self._items = {name.lower(): value for name, value in pairs}
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._items.get(name.lower(), default)
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """The raw request as a handler sees it: bytes first, nothing parsed yet."""
+
+    source: str
+    body: bytes
+    headers: Headers = field(default_factory=Headers)
+    content_type: str = "application/json"
+    received_at: float = 0.0
+
+    @property
+    def mimetype(self) -> str:
+        return self.content_type.split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Event:
+    """The normal form of one thing a sender told us (product brief §2)."""
+
+    source: str
+    kind: str
+    dedup_key: str
+    entity: EntityRef | None = None
+    title: str = ""
+    message: str = ""
+    severity: str = ""
+    priority: str = ""
+    status: str = ""
+    url: str = ""
+    tags: Mapping[str, list[str]] = field(default_factory=dict)
+    occurred_at: str | None = None
+    payload: Any = None
+    # Set when the handler could not make sense of an authenticated payload.
+    problem: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The names rules and templates see."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "entity": {"type": self.entity.type, "id": self.entity.id} if self.entity else None,
+            "title": self.title,
+            "message": self.message,
+            "severity": self.severity,
+            "priority": self.priority,
+            "status": self.status,
+            "url": self.url,
+            "tags": {name: list(values) for name, values in self.tags.items()},
+            "occurred_at": self.occurred_at,
+            "payload": self.payload,
+        }
+
+
+FIELD_NAMES = tuple(Event("", "", "").fields())
+
+
+def parse_tags(value: Any) -> dict[str, list[str]]:
+    """Read tags as Datadog sends them: 'k:v,k2:v2', ['k:v'], or already a mapping."""
+    tags: dict[str, list[str]] = {}
+    if value is None:
+        return tags
+    if isinstance(value, Mapping):
+        for name, values in value.items():
+            items = values if isinstance(values, list) else [values]
+            tags.setdefault(str(name), []).extend(_text(item) for item in items if item is not None)
+        return tags
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        return tags
+    for item in items:
+        if not isinstance(item, str):
+            continue
+        name, _, tag_value = item.strip().partition(":")
+        if name:
+            tags.setdefault(name, []).append(tag_value)
+    return tags
+
+
+def text(value: Any) -> str:
+    """A payload value as event text: None is empty, numbers are their decimal form."""
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

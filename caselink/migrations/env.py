@@ -1,0 +1,19 @@
+"""Alembic environment: migrate the engine caselink hands over (see migrations.upgrade)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from caselink.store import metadata
+
+engine = context.config.attributes["engine"]
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,1114 @@
+"""The rule engine: load and validate rules.yaml, evaluate events, plan links.
+
+Evaluation is pure and cheap, so it runs inside the webhook request; it
+produces an `Evaluation` (a trace of every rule plus the planned links) that
+the store writes in the same transaction as the event.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from caselink.errors import RulesError
+from caselink.events import ENTITY_TYPES
+from caselink.events import FIELD_NAMES
+from caselink.events import RELATIONSHIPS
+from caselink.events import EntityRef
+from caselink.events import Event
+from caselink.events import text
+
+STRING_OPERATORS = (
+    "equals",
+    "not_equals",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "matches",
+    "not_matches",
+)
+ORDER_OPERATORS = ("gt", "gte", "lt", "lte")
+OPERATORS = (*STRING_OPERATORS, "exists", *ORDER_OPERATORS)
+# A negated operator is exactly NOT of its positive form: on a list field it
+# holds when no element satisfies the positive one, and on a missing field it holds.
+NEGATIONS = {
+    "not_equals": "equals",
+    "not_in": "in",
+    "not_contains": "contains",
+    "not_matches": "matches",
+}
+MODES = ("live", "dry-run")
+GROUP_KEYS = ("all", "any", "none")
+
+_FILE_KEYS = ("version", "rules")
+_RULE_KEYS = ("name", "description", "on", "when", "link", "stop", "enabled", "mode", "examples")
+_ON_KEYS = ("source", "kind")
+_LINK_KEYS = ("relationship", "parent", "child")
+_REF_KEYS = ("type", "id", "find")
+_FIND_KEYS = ("in", "pattern")
+_EXAMPLE_KEYS = ("source", "payload", "links")
+_EXAMPLE_LINK_KEYS = ("parent", "relationship", "child")
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PATH_PART = re.compile(r"""\.?(?:([A-Za-z0-9_$@-]+)|\[(?:"([^"]*)"|'([^']*)'|(\d+))\])""")
+
+_templates = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+@dataclass(frozen=True)
+class PlannedLink:
+    """A link a rule asks for; refs may still be case keys the worker resolves."""
+
+    parent: EntityRef
+    relationship: str
+    child: EntityRef
+
+    def __str__(self) -> str:
+        return f"{self.parent} {self.relationship} {self.child}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "parent": str(self.parent),
+            "relationship": self.relationship,
+            "child": str(self.child),
+        }
+
+
+@dataclass(frozen=True)
+class FieldPath:
+    """A dotted path into an event's fields: `title`, `tags.service`, `payload.a["b.c"]`."""
+
+    text: str
+    parts: tuple[str | int, ...]
+
+    @classmethod
+    def parse(cls, path: str) -> FieldPath:
+        parts: list[str | int] = []
+        position = 0
+        while position < len(path):
+            match = _PATH_PART.match(path, position)
+            if not match or (position == 0 and path.startswith(".")):
+                raise ValueError(f"cannot read field path {path!r} at character {position + 1}")
+            name, double, single, index = match.groups()
+            if index is not None:
+                parts.append(int(index))
+            else:
+                parts.append(name if name is not None else (double if double is not None else single))
+            position = match.end()
+        if not parts:
+            raise ValueError("field path is empty")
+        if parts[0] not in FIELD_NAMES:
+            suggestion = _did_you_mean(str(parts[0]), FIELD_NAMES)
+            raise ValueError(
+                f"field {path!r} does not start with an event field ({', '.join(FIELD_NAMES)}){suggestion}"
+            )
+        return cls(path, tuple(parts))
+
+    def values(self, fields: Mapping[str, Any]) -> list[Any]:
+        """Every value at this path; lists are crossed element by element and flattened."""
+        current: list[Any] = [fields]
+        for part in self.parts:
+            following: list[Any] = []
+            for value in current:
+                if isinstance(value, Mapping):
+                    if isinstance(part, str) and part in value:
+                        following.append(value[part])
+                    elif isinstance(part, int) and str(part) in value:
+                        following.append(value[str(part)])
+                elif isinstance(value, list):
+                    if isinstance(part, int):
+                        if part < len(value):
+                            following.append(value[part])
+                    else:
+                        following.extend(item[part] for item in value if isinstance(item, Mapping) and part in item)
+            current = following
+        found: list[Any] = []
+        for value in current:
+            if isinstance(value, list):
+                found.extend(item for item in value if item is not None)
+            elif value is not None:
+                found.append(value)
+        return found
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test of one field with one operator."""
+
+    path: FieldPath
+    operator: str
+    value: Any
+    ignore_case: bool
+    where: str
+    regex: re.Pattern[str] | None = None
+
+    def describe(self) -> str:
+        shown = self.value if self.operator != "exists" else str(self.value).lower()
+        suffix = " (ignore_case)" if self.ignore_case else ""
+        return f"{self.path.text} {self.operator} {_show(shown)}{suffix}"
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        values = self.path.values(fields)
+        if self.operator == "exists":
+            return bool(values) == bool(self.value)
+        positive = NEGATIONS.get(self.operator)
+        if positive is not None:
+            return not any(self._test(positive, value) for value in values)
+        return any(self._test(self.operator, value) for value in values)
+
+    def failure(self, fields: Mapping[str, Any]) -> str:
+        values = self.path.values(fields)
+        if not values:
+            got = f"{self.path.text} is missing"
+        elif len(values) == 1:
+            got = f"{self.path.text} is {_show(values[0])}"
+        else:
+            got = f"{self.path.text} is {_show(values)}"
+        return f"{self.where}: {self.describe()}: {got}"
+
+    def _test(self, operator: str, value: Any) -> bool:
+        if isinstance(value, (Mapping, list)):
+            return False
+        if operator in ORDER_OPERATORS:
+            return _compare(operator, value, self.value)
+        if operator == "equals":
+            return _same(value, self.value, self.ignore_case)
+        if operator == "in":
+            return any(_same(value, choice, self.ignore_case) for choice in self.value)
+        if operator == "matches":
+            assert self.regex is not None
+            return self.regex.search(text(value)) is not None
+        subject, wanted = text(value), text(self.value)
+        if self.ignore_case:
+            subject, wanted = subject.casefold(), wanted.casefold()
+        if operator == "contains":
+            return wanted in subject
+        if operator == "starts_with":
+            return subject.startswith(wanted)
+        if operator == "ends_with":
+            return subject.endswith(wanted)
+        raise AssertionError(operator)
+
+
+@dataclass(frozen=True)
+class Group:
+    """`all`, `any` or `none` of a list of conditions and groups."""
+
+    mode: str
+    items: tuple[Condition | Group, ...]
+    where: str
+
+    def first_failure(self, fields: Mapping[str, Any]) -> str | None:
+        """None when the group holds, else the reason it does not."""
+        if self.mode == "all":
+            for item in self.items:
+                reason = _failure(item, fields)
+                if reason is not None:
+                    return reason
+            return None
+        if self.mode == "any":
+            reasons = []
+            for item in self.items:
+                reason = _failure(item, fields)
+                if reason is None:
+                    return None
+                reasons.append(reason)
+            return f"{self.where}: none held (first: {reasons[0]})" if reasons else None
+        for item in self.items:
+            if _failure(item, fields) is None:
+                described = item.describe() if isinstance(item, Condition) else "the group held"
+                return f"{item.where}: must not hold, but {described} does"
+        return None
+
+
+def _failure(item: Condition | Group, fields: Mapping[str, Any]) -> str | None:
+    if isinstance(item, Condition):
+        return None if item.holds(fields) else item.failure(fields)
+    return item.first_failure(fields)
+
+
+@dataclass(frozen=True)
+class RefSpec:
+    """One side of a rule's link: the event's entity, a template, or what a regex finds."""
+
+    where: str
+    type: str | None = None
+    template: jinja2.Template | None = None
+    template_text: str | None = None
+    fields: tuple[FieldPath, ...] = ()
+    pattern: re.Pattern[str] | None = None
+
+    @property
+    def is_event(self) -> bool:
+        return self.type is None
+
+    def refs(self, event: Event, names: Mapping[str, Any], problems: list[str]) -> list[EntityRef]:
+        if self.type is None:
+            if event.entity is None:
+                problems.append(f"{self.where}: the event is about no entity")
+                return []
+            return [event.entity]
+        if self.template is not None:
+            try:
+                rendered = self.template.render(names)
+            except jinja2.TemplateError as exc:
+                problems.append(f"{self.where}.id: template failed: {exc}")
+                return []
+            return _checked_refs(self.type, [rendered], self.where, problems)
+        assert self.pattern is not None
+        tokens: list[str] = []
+        for path in self.fields:
+            for value in path.values(names):
+                if isinstance(value, (Mapping, list)):
+                    continue
+                for match in self.pattern.finditer(text(value)):
+                    token = _token(match)
+                    if token and token not in tokens:
+                        tokens.append(token)
+        return _checked_refs(self.type, tokens, self.where, problems)
+
+
+def _token(match: re.Match[str]) -> str | None:
+    if "ref" in match.re.groupindex:
+        return match.group("ref")
+    if match.re.groups:
+        return match.group(1)
+    return match.group(0)
+
+
+def _checked_refs(type_: str, tokens: Iterable[str], where: str, problems: list[str]) -> list[EntityRef]:
+    refs: list[EntityRef] = []
+    for token in tokens:
+        try:
+            ref = EntityRef.checked(type_, token)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    relationship: str
+    parent: RefSpec
+    child: RefSpec
+
+
+@dataclass(frozen=True)
+class Example:
+    """A payload and the links this rule must plan for it, checked by `rules test`."""
+
+    source: str
+    payload: Any
+    links: tuple[PlannedLink, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    link: LinkSpec
+    description: str = ""
+    sources: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] | None = None
+    when: Group | None = None
+    stop: bool = False
+    enabled: bool = True
+    mode: str = "live"
+    examples: tuple[Example, ...] = ()
+    line: int = 0
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry-run"
+
+    def applies_to(self, event: Event) -> str | None:
+        """None when `on` selects the event, else why not."""
+        if self.sources is not None and event.source not in self.sources:
+            return f"on.source: {event.source!r} is not {_one_of(self.sources)}"
+        if self.kinds is not None and not any(fnmatch.fnmatchcase(event.kind, kind) for kind in self.kinds):
+            return f"on.kind: {event.kind!r} is not {_one_of(self.kinds)}"
+        return None
+
+    def plan(self, event: Event, names: Mapping[str, Any]) -> tuple[list[PlannedLink], list[str]]:
+        problems: list[str] = []
+        parents = self.link.parent.refs(event, names, problems)
+        children = self.link.child.refs(event, names, problems)
+        links: list[PlannedLink] = []
+        for parent in parents:
+            for child in children:
+                if parent == child:
+                    continue
+                if "CASE" not in (parent.type, child.type):
+                    problems.append(
+                        f"link: {parent} {self.link.relationship} {child} has no CASE side; "
+                        "Datadog requires at least one"
+                    )
+                    continue
+                links.append(PlannedLink(parent, self.link.relationship, child))
+        return links, problems
+
+
+@dataclass
+class RuleOutcome:
+    """What one rule did with one event; the explain record is a list of these."""
+
+    rule: str
+    outcome: str  # matched | not_matched | not_applicable | disabled | skipped
+    reason: str | None = None
+    links: list[PlannedLink] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"rule": self.rule, "outcome": self.outcome}
+        if self.reason:
+            record["reason"] = self.reason
+        if self.outcome == "matched":
+            record["links"] = [link.as_dict() for link in self.links]
+            if self.dry_run:
+                record["mode"] = "dry-run"
+        if self.problems:
+            record["problems"] = list(self.problems)
+        return record
+
+
+@dataclass
+class Evaluation:
+    outcomes: list[RuleOutcome]
+
+    @property
+    def matched(self) -> list[RuleOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.outcome == "matched"]
+
+    @property
+    def planned(self) -> list[tuple[RuleOutcome, PlannedLink]]:
+        return [(outcome, link) for outcome in self.matched for link in outcome.links]
+
+    def trace(self) -> list[dict[str, Any]]:
+        return [outcome.as_dict() for outcome in self.outcomes]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    path: str = "<rules>"
+    digest: str = ""
+
+    def evaluate(self, event: Event) -> Evaluation:
+        names = event.fields()
+        outcomes: list[RuleOutcome] = []
+        stopped_by: str | None = None
+        for rule in self.rules:
+            if not rule.enabled:
+                outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
+                continue
+            if stopped_by is not None:
+                outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
+                continue
+            reason = rule.applies_to(event)
+            if reason is not None:
+                outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
+                continue
+            reason = rule.when.first_failure(names) if rule.when is not None else None
+            if reason is not None:
+                outcomes.append(RuleOutcome(rule.name, "not_matched", reason))
+                continue
+            links, problems = rule.plan(event, names)
+            outcomes.append(RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run))
+            if rule.stop:
+                stopped_by = rule.name
+        return Evaluation(outcomes)
+
+    def rule(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = None) -> RuleSet:
+    """Read and validate a rules file; RulesError lists every problem with file:line."""
+    path = Path(path)
+    try:
+        source_text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError([f"{path}: cannot read the rules file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise RulesError([f"{path}: the rules file is not UTF-8 text"]) from None
+    return parse_rules(source_text, str(path), sources=sources)
+
+
+def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequence[str] | None = None) -> RuleSet:
+    loader = _Loader(source_text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise RulesError([f"{filename}: not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
+    validator = _Validator(filename, sources, loader.duplicates)
+    rules = validator.document(document)
+    if validator.problems:
+        raise RulesError(validator.problems)
+    digest = hashlib.sha256(source_text.encode("utf-8")).hexdigest()
+    return RuleSet(tuple(rules), filename, digest)
+
+
+class LiveRules:
+    """The rules in force, reloaded when the file changes; a bad file never replaces good rules."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sources: Sequence[str] | None = None,
+        check_every: float = 2.0,
+        on_reload: Callable[[RuleSet | None, RulesError | None], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.sources = sources
+        self.check_every = check_every
+        self.on_reload = on_reload
+        self.ruleset: RuleSet | None = None
+        self.error: RulesError | None = None
+        self._stamp: tuple[float, int] | None = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+        self._load(report=False)
+
+    def current(self) -> RuleSet | None:
+        now = time.monotonic()
+        if now - self._checked_at >= self.check_every:
+            with self._lock:
+                if now - self._checked_at >= self.check_every:
+                    self._checked_at = now
+                    if self._file_stamp() != self._stamp:
+                        self._load(report=True)
+        return self.ruleset
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    def _load(self, *, report: bool) -> None:
+        self._stamp = self._file_stamp()
+        self._checked_at = time.monotonic()
+        try:
+            ruleset = load_rules(self.path, sources=self.sources)
+        except RulesError as exc:
+            self.error = exc
+            if report and self.on_reload:
+                self.on_reload(None, exc)
+            return
+        self.ruleset, self.error = ruleset, None
+        if report and self.on_reload:
+            self.on_reload(ruleset, None)
+
+
+class _Node:
+    """Line numbers carried by the mappings and lists the YAML loader builds."""
+
+    line: int
+    lines: dict[Any, int]
+
+
+class _Map(dict, _Node):  # type: ignore[type-arg]
+    pass
+
+
+class _Seq(list, _Node):  # type: ignore[type-arg]
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records lines, reports duplicate keys and reads only true/false as booleans.
+
+    YAML 1.1 reads `on`, `yes` and `no` as booleans; a rule's `on:` key would
+    silently become True.
+    """
+
+    yaml_implicit_resolvers = {
+        first: [pair for pair in resolvers if pair[0] != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, Any]] = []
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    mapping = _Map()
+    mapping.line = node.start_mark.line + 1
+    mapping.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            key = str(key)
+        if key in mapping:
+            loader.duplicates.append((line, key))
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = line
+    return mapping
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    sequence = _Seq()
+    sequence.line = node.start_mark.line + 1
+    sequence.lines = {}
+    for index, item in enumerate(node.value):
+        sequence.append(loader.construct_object(item, deep=True))
+        sequence.lines[index] = item.start_mark.line + 1
+    return sequence
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+class _Validator:
+    """Turns the loaded YAML into rules, collecting every problem with its line."""
+
+    def __init__(self, filename: str, sources: Sequence[str] | None, duplicates: list[tuple[int, Any]]) -> None:
+        self.filename = filename
+        self.sources = tuple(sources) if sources is not None else None
+        self.problems: list[str] = []
+        self.rule_name: str | None = None
+        for line, key in duplicates:
+            self.problems.append(f"{filename}:{line}: key {key!r} appears twice in the same mapping")
+
+    def problem(self, line: int, message: str) -> None:
+        where = f" rule {self.rule_name!r}:" if self.rule_name else ""
+        self.problems.append(f"{self.filename}:{line}:{where} {message}")
+
+    def document(self, document: Any) -> list[Rule]:
+        if document is None:
+            self.problems.append(f"{self.filename}:1: the file is empty; it needs version: 1 and rules:")
+            return []
+        if not isinstance(document, Mapping):
+            self.problems.append(f"{self.filename}:1: the file must be a mapping with version: 1 and rules:")
+            return []
+        self.keys(document, _FILE_KEYS, "the file")
+        line = _line(document)
+        version = document.get("version")
+        if version != 1:
+            self.problem(
+                _line(document, "version"),
+                f"version must be 1, not {version!r}" if "version" in document else "version: 1 is missing",
+            )
+        raw_rules = document.get("rules")
+        if raw_rules is None:
+            self.problem(line, "rules: is missing (a list of rules)")
+            return []
+        if not isinstance(raw_rules, list):
+            self.problem(_line(document, "rules"), "rules must be a list")
+            return []
+        rules: list[Rule] = []
+        names: dict[str, int] = {}
+        for index, raw in enumerate(raw_rules):
+            rule_line = _line(raw_rules, index)
+            rule = self.rule(raw, rule_line, index)
+            self.rule_name = None
+            if rule is None:
+                continue
+            if rule.name in names:
+                self.problem(rule_line, f"rule name {rule.name!r} is already used at line {names[rule.name]}")
+                continue
+            names[rule.name] = rule_line
+            rules.append(rule)
+        return rules
+
+    def keys(self, mapping: Mapping[Any, Any], allowed: Sequence[str], what: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.problem(
+                    _line(mapping, key),
+                    f"unknown key {key!r} in {what}{_did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})",
+                )
+
+    def rule(self, raw: Any, line: int, index: int) -> Rule | None:
+        if not isinstance(raw, Mapping):
+            self.problem(line, f"rules[{index}] must be a mapping with name: and link:")
+            return None
+        name = raw.get("name")
+        if not isinstance(name, str) or not _RULE_NAME.match(name):
+            self.problem(
+                _line(raw, "name"),
+                f"rules[{index}] needs a name: letters, digits, '.', '_' and '-' (got {name!r})"
+                if "name" in raw
+                else f"rules[{index}] has no name:",
+            )
+            name = None
+        self.rule_name = name
+        self.keys(raw, _RULE_KEYS, "a rule")
+        sources, kinds = self.on(raw)
+        when = self.when(raw["when"], _line(raw, "when")) if "when" in raw else None
+        link = self.link(raw.get("link"), _line(raw, "link") if "link" in raw else line)
+        stop = self.boolean(raw, "stop", False)
+        enabled = self.boolean(raw, "enabled", True)
+        mode = raw.get("mode", "live")
+        if mode not in MODES:
+            self.problem(
+                _line(raw, "mode"), f"mode must be live or dry-run, not {mode!r}{_did_you_mean(str(mode), MODES)}"
+            )
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            self.problem(_line(raw, "description"), "description must be text")
+            description = ""
+        examples = self.examples(raw.get("examples"), _line(raw, "examples"), sources) if "examples" in raw else ()
+        if name is None or link is None:
+            return None
+        return Rule(
+            name=name,
+            link=link,
+            description=description,
+            sources=sources,
+            kinds=kinds,
+            when=when,
+            stop=stop,
+            enabled=enabled,
+            mode=mode,
+            examples=examples,
+            line=line,
+        )
+
+    def boolean(self, raw: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(_line(raw, key), f"{key} must be true or false, not {value!r}")
+            return default
+        return value
+
+    def on(self, raw: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+        if "on" not in raw or raw["on"] is None:
+            return None, None
+        on = raw["on"]
+        line = _line(raw, "on")
+        if not isinstance(on, Mapping):
+            self.problem(line, "on must be a mapping with source: and/or kind:")
+            return None, None
+        self.keys(on, _ON_KEYS, "on")
+        sources = self.names(on, "source", "on.source")
+        if sources is not None and self.sources is not None:
+            for source in sources:
+                if source not in self.sources:
+                    self.problem(
+                        _line(on, "source"),
+                        f"on.source: no source named {source!r}{_did_you_mean(source, self.sources)}"
+                        f" (sources: {', '.join(self.sources)})",
+                    )
+        kinds = self.names(on, "kind", "on.kind")
+        return sources, kinds
+
+    def names(self, on: Mapping[str, Any], key: str, what: str) -> tuple[str, ...] | None:
+        if key not in on:
+            return None
+        value = on[key]
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(item, str) and item for item in values):
+            self.problem(_line(on, key), f"{what} must be a name or a list of names")
+            return None
+        return tuple(values)
+
+    def when(self, raw: Any, line: int) -> Group | None:
+        if isinstance(raw, list):
+            return self.group("all", raw, line, "when")
+        if isinstance(raw, Mapping) and "field" not in raw:
+            return self.block(raw, line, "when")
+        if isinstance(raw, Mapping):
+            condition = self.condition(raw, line, "when")
+            return Group("all", (condition,), "when") if condition else None
+        self.problem(line, "when must be a list of conditions or a mapping of all:/any:/none:")
+        return None
+
+    def block(self, raw: Mapping[str, Any], line: int, where: str) -> Group | None:
+        unknown = [key for key in raw if key not in GROUP_KEYS]
+        for key in unknown:
+            self.problem(
+                _line(raw, key),
+                f"{where}: unknown key {key!r}{_did_you_mean(str(key), (*GROUP_KEYS, 'field'))}"
+                " (a group has all:, any: and/or none:; a condition has field:)",
+            )
+        groups = []
+        for mode in GROUP_KEYS:
+            if mode not in raw:
+                continue
+            items = raw[mode]
+            if not isinstance(items, list) or not items:
+                self.problem(_line(raw, mode), f"{where}.{mode} must be a non-empty list")
+                continue
+            group = self.group(mode, items, _line(raw, mode), f"{where}.{mode}")
+            if group is not None:
+                groups.append(group)
+        if not groups and not unknown:
+            self.problem(line, f"{where}: a group needs all:, any: or none:")
+        if len(groups) == 1:
+            return groups[0]
+        return Group("all", tuple(groups), where)
+
+    def group(self, mode: str, raw: list[Any], line: int, where: str) -> Group | None:
+        items: list[Condition | Group] = []
+        for index, item in enumerate(raw):
+            item_where = f"{where}[{index}]"
+            item_line = _line(raw, index)
+            if isinstance(item, Mapping) and "field" in item:
+                condition = self.condition(item, item_line, item_where)
+                if condition:
+                    items.append(condition)
+            elif isinstance(item, Mapping):
+                group = self.block(item, item_line, item_where)
+                if group:
+                    items.append(group)
+            else:
+                self.problem(item_line, f"{item_where} must be a condition ({{field: …, operator: …}}) or a group")
+        return Group(mode, tuple(items), where)
+
+    def condition(self, raw: Mapping[str, Any], line: int, where: str) -> Condition | None:
+        problems_before = len(self.problems)
+        path = None
+        raw_field = raw.get("field")
+        if not isinstance(raw_field, str):
+            self.problem(_line(raw, "field"), f"{where}: field must be a dotted path such as title or tags.service")
+        else:
+            try:
+                path = FieldPath.parse(raw_field)
+            except ValueError as exc:
+                self.problem(_line(raw, "field"), f"{where}: {exc}")
+        operators = [key for key in raw if key in OPERATORS]
+        for key in raw:
+            if key not in OPERATORS and key not in ("field", "ignore_case"):
+                self.problem(
+                    _line(raw, key),
+                    f"{where}: unknown operator {key!r}{_did_you_mean(str(key), (*OPERATORS, 'ignore_case'))}"
+                    f" (operators: {', '.join(OPERATORS)})",
+                )
+        if len(operators) != 1:
+            if not operators:
+                if all(key in OPERATORS or key in ("field", "ignore_case") for key in raw):
+                    self.problem(line, f"{where}: a condition needs one operator ({', '.join(OPERATORS)})")
+            else:
+                self.problem(line, f"{where}: a condition takes one operator, not {', '.join(operators)}")
+            return None
+        operator = operators[0]
+        value = raw[operator]
+        ignore_case = raw.get("ignore_case", False)
+        value_line = _line(raw, operator)
+        if not isinstance(ignore_case, bool):
+            self.problem(_line(raw, "ignore_case"), f"{where}: ignore_case must be true or false")
+            ignore_case = False
+        if ignore_case and operator not in STRING_OPERATORS:
+            self.problem(_line(raw, "ignore_case"), f"{where}: ignore_case applies to text operators, not {operator}")
+        regex = None
+        if operator == "exists":
+            if not isinstance(value, bool):
+                self.problem(value_line, f"{where}: exists takes true or false, not {value!r}")
+        elif operator in ("in", "not_in"):
+            if not isinstance(value, list) or not value or not all(_is_scalar(item) for item in value):
+                self.problem(value_line, f"{where}: {operator} takes a non-empty list of values")
+        elif operator in ("matches", "not_matches"):
+            if not isinstance(value, str):
+                self.problem(value_line, f"{where}: {operator} takes a regular expression as text")
+            else:
+                try:
+                    regex = re.compile(value, re.IGNORECASE if ignore_case else 0)
+                except re.error as exc:
+                    self.problem(value_line, f"{where}: bad regular expression {value!r}: {exc}")
+        elif operator in ORDER_OPERATORS:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                self.problem(value_line, f"{where}: {operator} takes a number or a text value")
+        elif operator in ("contains", "not_contains", "starts_with", "ends_with"):
+            if not _is_scalar(value) or value == "":
+                self.problem(value_line, f"{where}: {operator} takes a non-empty text value")
+        elif not _is_scalar(value):
+            self.problem(value_line, f"{where}: {operator} takes a single value (use in: for a list)")
+        if len(self.problems) != problems_before or path is None:
+            return None
+        return Condition(path, operator, value, ignore_case, where, regex)
+
+    def link(self, raw: Any, line: int) -> LinkSpec | None:
+        if raw is None:
+            self.problem(line, "link: is missing (relationship, parent, child)")
+            return None
+        if not isinstance(raw, Mapping):
+            self.problem(line, "link must be a mapping with relationship, parent and child")
+            return None
+        problems_before = len(self.problems)
+        self.keys(raw, _LINK_KEYS, "link")
+        relationship = raw.get("relationship")
+        if relationship not in RELATIONSHIPS:
+            self.problem(
+                _line(raw, "relationship"),
+                f"link.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}"
+                f"{_did_you_mean(str(relationship), RELATIONSHIPS)}"
+                if "relationship" in raw
+                else "link.relationship is missing",
+            )
+        parent = self.ref(raw, "parent", line)
+        child = self.ref(raw, "child", line)
+        if parent and child and parent.type and child.type and "CASE" not in (parent.type, child.type):
+            self.problem(
+                line,
+                f"link can never have a CASE side ({parent.type} {relationship} {child.type}); "
+                "Datadog requires at least one side of a link to be a CASE",
+            )
+        if len(self.problems) != problems_before or parent is None or child is None:
+            return None
+        return LinkSpec(relationship, parent, child)
+
+    def ref(self, link: Mapping[str, Any], side: str, link_line: int) -> RefSpec | None:
+        where = f"link.{side}"
+        if side not in link:
+            self.problem(link_line, f"{where} is missing: event, {{type, id}} or {{type, find}}")
+            return None
+        raw = link[side]
+        line = _line(link, side)
+        if raw == "event":
+            return RefSpec(where)
+        if not isinstance(raw, Mapping):
+            self.problem(
+                line, f"{where} must be event, {{type, id: template}} or {{type, find: {{in, pattern}}}}, not {raw!r}"
+            )
+            return None
+        self.keys(raw, _REF_KEYS, where)
+        type_ = raw.get("type")
+        if type_ not in ENTITY_TYPES:
+            self.problem(
+                _line(raw, "type"),
+                f"{where}.type {type_!r} is not one of {', '.join(ENTITY_TYPES)}"
+                f"{_did_you_mean(str(type_), ENTITY_TYPES)}"
+                if "type" in raw
+                else f"{where}.type is missing ({', '.join(ENTITY_TYPES)})",
+            )
+            type_ = None
+        if ("id" in raw) == ("find" in raw):
+            self.problem(line, f"{where} needs exactly one of id: (a template) or find: (a search)")
+            return None
+        if "id" in raw:
+            template_text = raw["id"]
+            if not isinstance(template_text, str) or not template_text.strip():
+                self.problem(_line(raw, "id"), f"{where}.id must be text (a UUID, a case key or a template)")
+                return None
+            template = self.template(template_text, _line(raw, "id"), f"{where}.id")
+            if template is None or type_ is None:
+                return None
+            return RefSpec(where, type_, template=template, template_text=template_text)
+        find = raw["find"]
+        find_line = _line(raw, "find")
+        if not isinstance(find, Mapping):
+            self.problem(find_line, f"{where}.find must be a mapping with in: and pattern:")
+            return None
+        self.keys(find, _FIND_KEYS, f"{where}.find")
+        fields_raw = find.get("in")
+        fields_raw = [fields_raw] if isinstance(fields_raw, str) else fields_raw
+        paths: list[FieldPath] = []
+        if not isinstance(fields_raw, list) or not fields_raw:
+            self.problem(find_line, f"{where}.find.in must name the fields to search, e.g. [title, message]")
+        else:
+            for item in fields_raw:
+                try:
+                    paths.append(FieldPath.parse(str(item)))
+                except ValueError as exc:
+                    self.problem(_line(find, "in"), f"{where}.find.in: {exc}")
+        pattern_text = find.get("pattern")
+        pattern = None
+        if not isinstance(pattern_text, str) or not pattern_text:
+            self.problem(find_line, f"{where}.find.pattern must be a regular expression")
+        else:
+            try:
+                pattern = re.compile(pattern_text)
+            except re.error as exc:
+                self.problem(_line(find, "pattern"), f"{where}.find.pattern: bad regular expression: {exc}")
+        if pattern is None or type_ is None or len(paths) != len(fields_raw or []):
+            return None
+        return RefSpec(where, type_, fields=tuple(paths), pattern=pattern)
+
+    def template(self, source: str, line: int, where: str) -> jinja2.Template | None:
+        try:
+            parsed = _templates.parse(source)
+        except jinja2.TemplateSyntaxError as exc:
+            self.problem(line, f"{where}: template does not parse: {exc.message}")
+            return None
+        for name in sorted(meta.find_undeclared_variables(parsed)):
+            if name not in FIELD_NAMES:
+                self.problem(
+                    line,
+                    f"{where}: template uses undefined name {name!r}{_did_you_mean(name, FIELD_NAMES)}"
+                    f" (names: {', '.join(FIELD_NAMES)})",
+                )
+                return None
+        return _templates.from_string(source)
+
+    def examples(self, raw: Any, line: int, sources: tuple[str, ...] | None) -> tuple[Example, ...]:
+        if not isinstance(raw, list):
+            self.problem(line, "examples must be a list of {payload, links}")
+            return ()
+        examples = []
+        for index, item in enumerate(raw):
+            item_line = _line(raw, index)
+            where = f"examples[{index}]"
+            if not isinstance(item, Mapping):
+                self.problem(item_line, f"{where} must be a mapping with payload: and links:")
+                continue
+            self.keys(item, _EXAMPLE_KEYS, where)
+            source = item.get("source")
+            if source is None:
+                if sources is not None and len(sources) == 1:
+                    source = sources[0]
+                else:
+                    self.problem(item_line, f"{where} needs source: (the rule's on.source names no single source)")
+                    continue
+            elif self.sources is not None and source not in self.sources:
+                self.problem(
+                    _line(item, "source"),
+                    f"{where}.source: no source named {source!r}{_did_you_mean(str(source), self.sources)}",
+                )
+                continue
+            if "payload" not in item:
+                self.problem(item_line, f"{where}.payload is missing")
+                continue
+            links_raw = item.get("links")
+            if not isinstance(links_raw, list):
+                self.problem(item_line, f"{where}.links must be a list (use [] when the rule must plan nothing)")
+                continue
+            links = []
+            for link_index, link in enumerate(links_raw):
+                link_line = _line(links_raw, link_index)
+                link_where = f"{where}.links[{link_index}]"
+                if not isinstance(link, Mapping):
+                    self.problem(link_line, f"{link_where} must be {{parent, relationship, child}}")
+                    continue
+                self.keys(link, _EXAMPLE_LINK_KEYS, link_where)
+                try:
+                    parent = EntityRef.parse(str(link.get("parent")))
+                    child = EntityRef.parse(str(link.get("child")))
+                except ValueError as exc:
+                    self.problem(link_line, f"{link_where}: {exc}")
+                    continue
+                relationship = link.get("relationship")
+                if relationship not in RELATIONSHIPS:
+                    self.problem(
+                        link_line,
+                        f"{link_where}.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}",
+                    )
+                    continue
+                links.append(PlannedLink(_example_ref(parent), relationship, _example_ref(child)))
+            examples.append(Example(str(source), _plain(item["payload"]), tuple(links), item_line))
+        return tuple(examples)
+
+
+def _example_ref(ref: EntityRef) -> EntityRef:
+    try:
+        return EntityRef.checked(ref.type, ref.id)
+    except ValueError:
+        return ref
+
+
+def _plain(value: Any) -> Any:
+    """The loader's line-carrying containers as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _line(container: Any, key: Any = None) -> int:
+    if key is not None and isinstance(container, _Node) and key in getattr(container, "lines", {}):
+        return container.lines[key]
+    return getattr(container, "line", 0)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    lowered = {choice.lower(): choice for choice in choices}
+    if word.lower() in lowered and lowered[word.lower()] != word:
+        return f" (did you mean {lowered[word.lower()]!r}?)"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _same(value: Any, wanted: Any, ignore_case: bool) -> bool:
+    if _is_number(value) and _is_number(wanted):
+        return value == wanted
+    subject, expected = text(value), text(wanted)
+    if ignore_case:
+        return subject.casefold() == expected.casefold()
+    return subject == expected
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _compare(operator: str, value: Any, wanted: Any) -> bool:
+    if _is_number(wanted):
+        try:
+            subject: Any = float(value)
+        except (TypeError, ValueError):
+            return False
+    else:
+        subject = text(value)
+    if operator == "gt":
+        return subject > wanted
+    if operator == "gte":
+        return subject >= wanted
+    if operator == "lt":
+        return subject < wanted
+    return subject <= wanted
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    shown = repr(value) if not isinstance(value, str) else '"' + value.replace('"', '\\"') + '"'
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _one_of(names: Sequence[str]) -> str:
+    return repr(names[0]) if len(names) == 1 else "one of " + ", ".join(repr(name) for name in names)

@@ -1,0 +1,232 @@
+"""The ingest path, step by step: handler → events → rules → store, and readiness.
+
+`Service` holds what a process shares between requests (settings, store,
+rules in force, handler registry, the optional in-process worker); it lives
+in `app.extensions["caselink"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from caselink import logs
+from caselink import metrics
+from caselink.auth import AuthPolicy
+from caselink.config import Settings
+from caselink.datadog import DatadogClient
+from caselink.errors import CaselinkError
+from caselink.errors import NotFoundError
+from caselink.errors import NotReadyError
+from caselink.events import Event
+from caselink.events import WebhookRequest
+from caselink.rules import Evaluation
+from caselink.rules import LiveRules
+from caselink.rules import RuleSet
+from caselink.rules import _did_you_mean
+from caselink.rules import load_rules
+from caselink.store import Store
+from caselink.worker import CREDENTIALS_STATE
+from caselink.worker import DeliveryWorker
+
+log = logs.get("ingest")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The answer to a webhook: 202 when something new was stored, 200 for a repeat."""
+
+    status: int
+    events: list[dict[str, Any]]
+    links_planned: int
+
+    def body(self) -> dict[str, Any]:
+        return {"events": self.events, "links_planned": self.links_planned}
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: Store
+    rules: LiveRules
+    handlers: Mapping[str, Any]
+    client: DatadogClient | None = None
+    worker: DeliveryWorker | None = None
+    started_at: float = field(default_factory=time.time)
+
+    # -- webhooks -------------------------------------------------------------
+
+    def handler(self, source: str) -> Any:
+        handler = self.handlers.get(source)
+        if handler is None:
+            raise NotFoundError(
+                f"no webhook source named {source!r}{_did_you_mean(source, self.handlers)}; "
+                f"sources: {', '.join(sorted(self.handlers))}"
+            )
+        return handler
+
+    def auth_policy(self, source: str, now: float) -> AuthPolicy:
+        return AuthPolicy(
+            source=source,
+            secrets=self.settings.secrets_for(source),
+            open_without_secret=self.settings.dry_run,
+            tolerance=self.settings.signature_tolerance,
+            now=now,
+            grafana_signature_header=self.settings.grafana_signature_header,
+            grafana_timestamp_header=self.settings.grafana_timestamp_header,
+        )
+
+    def events_from(self, request: WebhookRequest, *, authenticate: bool = True) -> list[Event]:
+        """Authenticate, parse and normalise one request into events."""
+        handler = self.handler(request.source)
+        if authenticate:
+            handler.authenticate(request, self.auth_policy(request.source, request.received_at))
+        payload = handler.parse(request)
+        try:
+            return list(handler.normalise(payload, request))
+        except CaselinkError:
+            raise
+        except Exception as exc:
+            # The sender did nothing wrong; keep what it sent so nothing is lost.
+            log.exception("handler could not normalise a payload", extra={"fields": {"source": request.source}})
+            return [
+                Event(
+                    source=request.source,
+                    kind="unrecognised",
+                    dedup_key="sha256:" + hashlib.sha256(request.body).hexdigest(),
+                    payload=payload,
+                    problem=f"the {request.source} handler failed: {type(exc).__name__}: {exc}",
+                )
+            ]
+
+    def ruleset(self) -> RuleSet:
+        ruleset = self.rules.current()
+        if ruleset is None:
+            error = self.rules.error.problems[0] if self.rules.error else "no rules loaded"
+            raise NotReadyError(f"no valid rules are loaded ({error}); fix the rules file")
+        return ruleset
+
+    def ingest(self, request: WebhookRequest) -> IngestResult:
+        """The whole webhook path; the answer never waits on Datadog."""
+        events = self.events_from(request)
+        ruleset = self.ruleset()
+        evaluated: list[tuple[Event, Evaluation]] = [(event, ruleset.evaluate(event)) for event in events]
+        if not evaluated:
+            return IngestResult(200, [], 0)
+        recorded = self.store.record(
+            evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
+        )
+        new_links = 0
+        for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
+            metrics.EVENTS.labels(event.source, "duplicate" if stored.duplicate else "new").inc()
+            if stored.duplicate:
+                continue
+            for outcome in evaluation.matched:
+                metrics.RULE_MATCHES.labels(outcome.rule).inc()
+                if outcome.links:
+                    metrics.LINKS_PLANNED.labels(outcome.rule).inc(len(outcome.links))
+            new_links += stored.links_planned
+        if new_links and self.worker is not None:
+            self.worker.notify()
+        duplicate = all(stored.duplicate for stored in recorded)
+        return IngestResult(
+            200 if duplicate else 202,
+            [
+                {
+                    "id": stored.id,
+                    "kind": stored.kind,
+                    "duplicate": stored.duplicate,
+                    "links_planned": stored.links_planned,
+                }
+                for stored in recorded
+            ],
+            sum(stored.links_planned for stored in recorded if not stored.duplicate),
+        )
+
+    # -- health -----------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {}
+        ready = True
+        try:
+            self.store.ping()
+            checks["store"] = "ok"
+        except CaselinkError as exc:
+            checks["store"] = exc.message
+            ready = False
+        ruleset = self.rules.current()
+        if ruleset is None:
+            checks["rules"] = "not loaded: " + (self.rules.error.problems[0] if self.rules.error else "unknown")
+            ready = False
+        elif self.rules.error is not None:
+            checks["rules"] = (
+                f"{len(ruleset.rules)} rules in force; the file on disk has errors and was not loaded: "
+                + self.rules.error.problems[0]
+            )
+        else:
+            checks["rules"] = f"{len(ruleset.rules)} rules loaded"
+        if self.settings.dry_run:
+            checks["datadog"] = f"dry-run ({self.settings.dry_run_reason})"
+        elif checks["store"] == "ok":
+            rejected = self.store.get_state(CREDENTIALS_STATE)
+            if rejected:
+                checks["datadog"] = f"credentials {rejected}"
+                ready = False
+            else:
+                checks["datadog"] = "credentials not known to be rejected"
+        return ready, checks
+
+    # -- background work ------------------------------------------------------
+
+    def new_worker(self) -> DeliveryWorker:
+        if self.client is None:
+            raise NotReadyError(f"caselink runs in dry-run ({self.settings.dry_run_reason}); nothing is delivered")
+        return DeliveryWorker(self.store, self.client, self.settings)
+
+    def start_worker(self) -> None:
+        """Start the in-process delivery worker of a web process, unless told not to."""
+        if self.worker is None and self.client is not None and self.settings.in_process_worker:
+            self.worker = self.new_worker()
+            self.worker.start()
+
+    def stop_worker(self, grace: float = 20.0) -> None:
+        if self.worker is not None:
+            self.worker.stop(grace)
+
+
+def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
+    """Checks before serving: schema known, rules valid. Returns what to tell the operator."""
+    store = Store(settings.database_url)
+    try:
+        store.check_schema()
+    finally:
+        store.dispose()
+    ruleset = load_rules(settings.rules_file, sources=tuple(sources))
+    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}"]
+    if settings.dry_run:
+        notes.append(f"dry-run: {settings.dry_run_reason}; links are planned and recorded, never sent to Datadog")
+    else:
+        notes.append(f"live: links go to {settings.dd_api_url}")
+    for source in sources:
+        if settings.secrets_for(source):
+            continue
+        variable = f"{source.upper()}_WEBHOOK_SECRET"
+        if settings.dry_run:
+            notes.append(
+                f"warning: /webhooks/{source} accepts unauthenticated requests "
+                f"({variable} is not set; allowed only in dry-run)"
+            )
+        else:
+            notes.append(f"/webhooks/{source} refuses every request until {variable} is set")
+    for source in settings.webhook_secrets:
+        if source not in sources:
+            notes.append(
+                f"warning: {source.upper()}_WEBHOOK_SECRET names no webhook source{_did_you_mean(source, sources)}"
+            )
+    if settings.admin_token is None:
+        notes.append("/api/* is closed: ADMIN_TOKEN is not set")
+    return notes

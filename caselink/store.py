@@ -1,0 +1,774 @@
+"""The store: events, their evaluation traces, planned links and their delivery state.
+
+SQLAlchemy Core over SQLite (WAL) by default or PostgreSQL. The uniqueness
+that makes caselink exactly-once lives in the schema, not in process memory:
+an event is unique per (source, dedup key), and a link per (parent,
+relationship, child) both as planned and as resolved to UUIDs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
+
+from caselink.errors import ConflictError
+from caselink.errors import NotFoundError
+from caselink.errors import SchemaError
+from caselink.errors import StoreUnavailableError
+from caselink.events import EntityRef
+from caselink.events import Event
+from caselink.rules import Evaluation
+
+LINK_STATES = ("dry_run", "pending", "claimed", "delivered", "dead", "merged")
+_MAX_KEY = 255
+
+metadata = sa.MetaData()
+_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+_time = sa.Float(precision=53)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", _id, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("dedup_key", sa.String(_MAX_KEY), nullable=False),
+    sa.Column("kind", sa.String(255), nullable=False),
+    sa.Column("entity_type", sa.String(32)),
+    sa.Column("entity_id", sa.String(255)),
+    sa.Column("title", sa.Text, nullable=False, default=""),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("severity", sa.String(255), nullable=False, default=""),
+    sa.Column("priority", sa.String(255), nullable=False, default=""),
+    sa.Column("status", sa.String(255), nullable=False, default=""),
+    sa.Column("url", sa.Text, nullable=False, default=""),
+    sa.Column("tags", _json, nullable=False),
+    sa.Column("occurred_at", sa.String(64)),
+    sa.Column("payload", _json),
+    sa.Column("problem", sa.Text),
+    sa.Column("received_at", _time, nullable=False),
+    sa.Column("ruleset", sa.String(64), nullable=False),
+    sa.Column("trace", _json, nullable=False),
+    sa.Column("links_planned", sa.Integer, nullable=False, default=0),
+    sa.UniqueConstraint("source", "dedup_key", name="uq_events_delivery"),
+)
+sa.Index("ix_events_received_at", events.c.received_at)
+
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("id", _id, primary_key=True, autoincrement=True),
+    sa.Column("parent_type", sa.String(32), nullable=False),
+    sa.Column("parent_ref", sa.String(255), nullable=False),
+    sa.Column("relationship", sa.String(32), nullable=False),
+    sa.Column("child_type", sa.String(32), nullable=False),
+    sa.Column("child_ref", sa.String(255), nullable=False),
+    # UUIDs once the worker has resolved case keys; unique among resolved links.
+    sa.Column("parent_id", sa.String(64)),
+    sa.Column("child_id", sa.String(64)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", _time, nullable=False),
+    sa.Column("lease_until", _time),
+    sa.Column("claim_token", sa.String(32)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("datadog_link_id", sa.String(64)),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("merged_into", _id),
+    sa.Column("created_at", _time, nullable=False),
+    sa.Column("updated_at", _time, nullable=False),
+    sa.Column("delivered_at", _time),
+    sa.UniqueConstraint(
+        "parent_type",
+        "parent_ref",
+        "relationship",
+        "child_type",
+        "child_ref",
+        name="uq_links_planned",
+    ),
+    sa.UniqueConstraint(
+        "parent_type",
+        "parent_id",
+        "relationship",
+        "child_type",
+        "child_id",
+        name="uq_links_resolved",
+    ),
+)
+sa.Index("ix_links_due", links.c.state, links.c.next_attempt_at)
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("id", _id, primary_key=True, autoincrement=True),
+    sa.Column("event_id", _id, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("link_id", _id, sa.ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("rule", sa.String(255), nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.UniqueConstraint("event_id", "link_id", "rule", name="uq_plans"),
+)
+sa.Index("ix_plans_link", plans.c.link_id)
+
+service_state = sa.Table(
+    "service_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text),
+    sa.Column("updated_at", _time, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """What the store did with one event of a webhook."""
+
+    id: int
+    kind: str
+    duplicate: bool
+    links_planned: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """A link claimed by one worker until `lease_until`; `token` fences late writers."""
+
+    id: int
+    parent: EntityRef
+    relationship: str
+    child: EntityRef
+    parent_id: str | None
+    child_id: str | None
+    attempts: int
+    token: str
+
+    def __str__(self) -> str:
+        return f"{self.parent} {self.relationship} {self.child}"
+
+
+class Store:
+    """All reads and writes of caselink's state."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = url
+        self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+        if self.dialect == "sqlite":
+            _prepare_sqlite_path(url)
+            self.engine: Engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10)
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+        self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+
+    # -- plumbing ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from None
+
+    def ping(self) -> None:
+        with self.transaction() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def check_schema(self) -> None:
+        """Raise SchemaError unless the database is at this release's migration head."""
+        from caselink import migrations
+
+        try:
+            current = migrations.current_revision(self.engine)
+        except OperationalError as exc:
+            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from None
+        head = migrations.head_revision()
+        if current == head:
+            return
+        if current is None:
+            raise SchemaError("the database has no caselink schema; run `flask --app app db upgrade`")
+        if current in migrations.known_revisions():
+            raise SchemaError(
+                f"the database schema is at revision {current}, this release needs {head}; "
+                "run `flask --app app db upgrade`"
+            )
+        raise SchemaError(
+            f"the database schema is at revision {current}, which this release does not know "
+            f"(it knows up to {head}); was it upgraded by a newer release?"
+        )
+
+    # -- ingest -------------------------------------------------------------
+
+    def record(
+        self,
+        items: Sequence[tuple[Event, Evaluation]],
+        *,
+        ruleset: str,
+        dry_run: bool,
+        now: float | None = None,
+    ) -> list[RecordedEvent]:
+        """Store events, their traces and their planned links in one transaction."""
+        now = time.time() if now is None else now
+        recorded: list[RecordedEvent] = []
+        with self.transaction() as connection:
+            for event, evaluation in items:
+                recorded.append(self._record_one(connection, event, evaluation, ruleset, dry_run, now))
+        return recorded
+
+    def _record_one(
+        self,
+        connection: Connection,
+        event: Event,
+        evaluation: Evaluation,
+        ruleset: str,
+        dry_run: bool,
+        now: float,
+    ) -> RecordedEvent:
+        planned = evaluation.planned
+        row = {
+            "source": event.source,
+            "dedup_key": _bounded_key(event.dedup_key),
+            "kind": event.kind[:255],
+            "entity_type": event.entity.type if event.entity else None,
+            "entity_id": event.entity.id if event.entity else None,
+            "title": event.title,
+            "message": event.message,
+            "severity": event.severity[:255],
+            "priority": event.priority[:255],
+            "status": event.status[:255],
+            "url": event.url,
+            "tags": {name: list(values) for name, values in event.tags.items()},
+            "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
+            "payload": event.payload,
+            "problem": event.problem,
+            "received_at": now,
+            "ruleset": ruleset,
+            "trace": evaluation.trace(),
+            "links_planned": len(planned),
+        }
+        statement = (
+            self._insert(events)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
+            .returning(events.c.id)
+        )
+        event_id = connection.execute(statement).scalar()
+        if event_id is None:
+            existing = connection.execute(
+                sa.select(events.c.id, events.c.links_planned).where(
+                    events.c.source == event.source,
+                    events.c.dedup_key == row["dedup_key"],
+                )
+            ).one()
+            return RecordedEvent(existing.id, event.kind, True, existing.links_planned)
+        plan_rows = []
+        for outcome, link in planned:
+            link_dry_run = dry_run or outcome.dry_run
+            link_id = self._upsert_link(connection, link.parent, link.relationship, link.child, link_dry_run, now)
+            plan_rows.append({"event_id": event_id, "link_id": link_id, "rule": outcome.rule, "dry_run": link_dry_run})
+        if plan_rows:
+            connection.execute(
+                self._insert(plans).on_conflict_do_nothing(index_elements=["event_id", "link_id", "rule"]),
+                plan_rows,
+            )
+        return RecordedEvent(event_id, event.kind, False, len(planned))
+
+    def _upsert_link(
+        self,
+        connection: Connection,
+        parent: EntityRef,
+        relationship: str,
+        child: EntityRef,
+        dry_run: bool,
+        now: float,
+    ) -> int:
+        state = "dry_run" if dry_run else "pending"
+        statement = self._insert(links).values(
+            parent_type=parent.type,
+            parent_ref=parent.id,
+            relationship=relationship,
+            child_type=child.type,
+            child_ref=child.id,
+            parent_id=parent.id if parent.is_resolved else None,
+            child_id=child.id if child.is_resolved else None,
+            state=state,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        # A live plan wakes a link that so far only dry-run rules asked for.
+        promote = sa.and_(links.c.state == "dry_run", statement.excluded.state == "pending")
+        statement = statement.on_conflict_do_update(
+            index_elements=["parent_type", "parent_ref", "relationship", "child_type", "child_ref"],
+            set_={
+                "state": sa.case((promote, "pending"), else_=links.c.state),
+                "next_attempt_at": sa.case((promote, now), else_=links.c.next_attempt_at),
+                "updated_at": sa.case((promote, now), else_=links.c.updated_at),
+            },
+        ).returning(links.c.id)
+        try:
+            with connection.begin_nested():
+                return int(connection.execute(statement).scalar_one())
+        except IntegrityError:
+            # Planned with UUIDs that another row already resolved to: that row is the link.
+            return self._promote_resolved(connection, parent, relationship, child, dry_run, now)
+
+    def _promote_resolved(
+        self,
+        connection: Connection,
+        parent: EntityRef,
+        relationship: str,
+        child: EntityRef,
+        dry_run: bool,
+        now: float,
+    ) -> int:
+        row = connection.execute(
+            sa.select(links.c.id, links.c.state).where(
+                links.c.parent_type == parent.type,
+                links.c.parent_id == parent.id,
+                links.c.relationship == relationship,
+                links.c.child_type == child.type,
+                links.c.child_id == child.id,
+            )
+        ).one()
+        if row.state == "dry_run" and not dry_run:
+            connection.execute(
+                links.update().where(links.c.id == row.id).values(state="pending", next_attempt_at=now, updated_at=now)
+            )
+        return int(row.id)
+
+    def add_plans(
+        self,
+        event_id: int,
+        planned: Sequence[tuple[Any, Any]],
+        *,
+        dry_run: bool,
+        now: float | None = None,
+    ) -> None:
+        """Plan more links for a stored event (`replay --apply`)."""
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            rows = []
+            for outcome, link in planned:
+                link_dry_run = dry_run or outcome.dry_run
+                link_id = self._upsert_link(connection, link.parent, link.relationship, link.child, link_dry_run, now)
+                rows.append({"event_id": event_id, "link_id": link_id, "rule": outcome.rule, "dry_run": link_dry_run})
+            if rows:
+                connection.execute(
+                    self._insert(plans).on_conflict_do_nothing(index_elements=["event_id", "link_id", "rule"]),
+                    rows,
+                )
+                connection.execute(
+                    events.update()
+                    .where(events.c.id == event_id)
+                    .values(links_planned=events.c.links_planned + len(rows))
+                )
+
+    # -- delivery -----------------------------------------------------------
+
+    def claim(self, worker: str, limit: int, lease: float, now: float | None = None) -> list[Job]:
+        """Take up to `limit` due links (or links whose lease ran out) for this worker."""
+        now = time.time() if now is None else now
+        token = f"{worker[:16]}-{secrets.token_hex(6)}"
+        due = (
+            sa.select(links.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(links.c.state == "pending", links.c.next_attempt_at <= now),
+                    sa.and_(links.c.state == "claimed", links.c.lease_until < now),
+                )
+            )
+            .order_by(links.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            links.update()
+            .where(links.c.id.in_(due.scalar_subquery()))
+            .values(
+                state="claimed",
+                claim_token=token,
+                lease_until=now + lease,
+                attempts=links.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(
+                links.c.id,
+                links.c.parent_type,
+                links.c.parent_ref,
+                links.c.relationship,
+                links.c.child_type,
+                links.c.child_ref,
+                links.c.parent_id,
+                links.c.child_id,
+                links.c.attempts,
+            )
+        )
+        with self.transaction() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            Job(
+                id=row.id,
+                parent=EntityRef(row.parent_type, row.parent_ref),
+                relationship=row.relationship,
+                child=EntityRef(row.child_type, row.child_ref),
+                parent_id=row.parent_id,
+                child_id=row.child_id,
+                attempts=row.attempts,
+                token=token,
+            )
+            for row in sorted(rows, key=lambda row: row.id)
+        ]
+
+    def prepare(
+        self, job: Job, parent_id: str, child_id: str, *, lease: float, now: float | None = None
+    ) -> tuple[bool, int | None]:
+        """Record the UUIDs of a job's refs and renew its lease just before the POST.
+
+        Returns (still held, twin): `held` is false when the lease went to another
+        worker; `twin` is the id of an older link this one turned out to be once
+        case keys were resolved, in which case this one is merged into it.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            try:
+                with connection.begin_nested():
+                    updated = connection.execute(
+                        links.update()
+                        .where(links.c.id == job.id, links.c.claim_token == job.token)
+                        .values(
+                            parent_id=parent_id,
+                            child_id=child_id,
+                            lease_until=now + lease,
+                            updated_at=now,
+                        )
+                    ).rowcount
+                    return bool(updated), None
+            except IntegrityError:
+                pass
+            twin = connection.execute(
+                sa.select(links.c.id, links.c.state).where(
+                    links.c.parent_type == job.parent.type,
+                    links.c.parent_id == parent_id,
+                    links.c.relationship == job.relationship,
+                    links.c.child_type == job.child.type,
+                    links.c.child_id == child_id,
+                )
+            ).one()
+            merged = connection.execute(
+                links.update()
+                .where(links.c.id == job.id, links.c.claim_token == job.token)
+                .values(
+                    state="merged",
+                    merged_into=twin.id,
+                    claim_token=None,
+                    lease_until=None,
+                    updated_at=now,
+                    last_error=f"the same link as #{twin.id} once case keys were resolved",
+                )
+            ).rowcount
+            if twin.state == "dry_run":
+                connection.execute(
+                    links.update()
+                    .where(links.c.id == twin.id)
+                    .values(state="pending", next_attempt_at=now, updated_at=now)
+                )
+            return bool(merged), int(twin.id)
+
+    def delivered(self, job: Job, datadog_link_id: str, *, existed: bool, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self._finish(
+            job,
+            state="delivered",
+            datadog_link_id=datadog_link_id,
+            outcome="existing" if existed else "created",
+            delivered_at=now,
+            last_error=None,
+            last_status=None,
+            updated_at=now,
+        )
+
+    def retry_later(
+        self,
+        job: Job,
+        error: str,
+        *,
+        at: float,
+        status: int | None = None,
+        count_attempt: bool = True,
+        now: float | None = None,
+    ) -> bool:
+        now = time.time() if now is None else now
+        values: dict[str, Any] = {
+            "state": "pending",
+            "next_attempt_at": at,
+            "last_error": error[:2000],
+            "last_status": status,
+            "updated_at": now,
+        }
+        if not count_attempt:
+            values["attempts"] = links.c.attempts - 1
+        return self._finish(job, **values)
+
+    def dead(self, job: Job, error: str, *, status: int | None = None, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self._finish(job, state="dead", last_error=error[:2000], last_status=status, updated_at=now)
+
+    def _finish(self, job: Job, **values: Any) -> bool:
+        """Write a job's result unless its lease was taken over by another worker."""
+        values.setdefault("claim_token", None)
+        values.setdefault("lease_until", None)
+        with self.transaction() as connection:
+            updated = connection.execute(
+                links.update()
+                .where(links.c.id == job.id, links.c.claim_token == job.token, links.c.state == "claimed")
+                .values(**values)
+            ).rowcount
+        return bool(updated)
+
+    def next_due(self) -> float | None:
+        """When the earliest pending link becomes due, or a lease runs out."""
+        with self.transaction() as connection:
+            pending = connection.execute(
+                sa.select(sa.func.min(links.c.next_attempt_at)).where(links.c.state == "pending")
+            ).scalar()
+            lease = connection.execute(
+                sa.select(sa.func.min(links.c.lease_until)).where(links.c.state == "claimed")
+            ).scalar()
+        candidates = [value for value in (pending, lease) if value is not None]
+        return min(candidates) if candidates else None
+
+    # -- shared service state ---------------------------------------------
+
+    def set_state(self, name: str, value: str | None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        statement = self._insert(service_state).values(name=name, value=value, updated_at=now)
+        statement = statement.on_conflict_do_update(index_elements=["name"], set_={"value": value, "updated_at": now})
+        with self.transaction() as connection:
+            connection.execute(statement)
+
+    def get_state(self, name: str) -> str | None:
+        with self.transaction() as connection:
+            return connection.execute(sa.select(service_state.c.value).where(service_state.c.name == name)).scalar()
+
+    # -- reading and re-driving --------------------------------------------
+
+    def list_events(
+        self, *, limit: int = 50, before: int | None = None, source: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = (
+            sa.select(
+                events.c.id,
+                events.c.source,
+                events.c.kind,
+                events.c.entity_type,
+                events.c.entity_id,
+                events.c.title,
+                events.c.received_at,
+                events.c.links_planned,
+                events.c.problem,
+            )
+            .order_by(events.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(events.c.id < before)
+        if source is not None:
+            query = query.where(events.c.source == source)
+        with self.transaction() as connection:
+            return [_event_summary(row._mapping) for row in connection.execute(query)]
+
+    def get_event(self, event_id: int) -> dict[str, Any]:
+        """The explain record: the event, every rule's outcome, and the planned links' states."""
+        with self.transaction() as connection:
+            row = connection.execute(sa.select(events).where(events.c.id == event_id)).first()
+            if row is None:
+                raise NotFoundError(f"no event {event_id}")
+            planned = connection.execute(
+                sa.select(plans.c.rule, plans.c.dry_run, links)
+                .join(links, links.c.id == plans.c.link_id)
+                .where(plans.c.event_id == event_id)
+                .order_by(plans.c.id)
+            ).all()
+        record = _event_summary(row._mapping)
+        record.update(
+            dedup_key=row.dedup_key,
+            message=row.message,
+            severity=row.severity,
+            priority=row.priority,
+            status=row.status,
+            url=row.url,
+            tags=row.tags,
+            occurred_at=row.occurred_at,
+            ruleset=row.ruleset,
+            rules=row.trace,
+            links=[dict(_link_record(plan._mapping), rule=plan.rule) for plan in planned],
+            payload=row.payload,
+        )
+        return record
+
+    def events_since(self, since: float) -> Iterator[dict[str, Any]]:
+        query = sa.select(events).where(events.c.received_at >= since).order_by(events.c.id)
+        with self.transaction() as connection:
+            rows = connection.execute(query).all()
+        for row in rows:
+            yield dict(row._mapping)
+
+    def links_for_event(self, event_id: int) -> list[dict[str, Any]]:
+        with self.transaction() as connection:
+            rows = connection.execute(
+                sa.select(plans.c.rule, links)
+                .join(links, links.c.id == plans.c.link_id)
+                .where(plans.c.event_id == event_id)
+            ).all()
+        return [dict(_link_record(row._mapping), rule=row.rule) for row in rows]
+
+    def list_links(
+        self, *, state: str | None = None, limit: int = 100, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = sa.select(links).order_by(links.c.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(links.c.state == state)
+        if before is not None:
+            query = query.where(links.c.id < before)
+        with self.transaction() as connection:
+            return [_link_record(row._mapping) for row in connection.execute(query)]
+
+    def get_link(self, link_id: int) -> dict[str, Any]:
+        with self.transaction() as connection:
+            row = connection.execute(sa.select(links).where(links.c.id == link_id)).first()
+        if row is None:
+            raise NotFoundError(f"no link {link_id}")
+        return _link_record(row._mapping)
+
+    def retry(self, link_id: int, now: float | None = None) -> dict[str, Any]:
+        """Send a dead (or dry-run) link again: back to pending, attempts from zero."""
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            row = connection.execute(sa.select(links.c.state).where(links.c.id == link_id)).first()
+            if row is None:
+                raise NotFoundError(f"no link {link_id}")
+            if row.state not in ("dead", "dry_run"):
+                raise ConflictError(f"link {link_id} is {row.state}; only dead or dry-run links can be retried")
+            connection.execute(
+                links.update()
+                .where(links.c.id == link_id)
+                .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
+            )
+        return self.get_link(link_id)
+
+    def retry_dead(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            return connection.execute(
+                links.update()
+                .where(links.c.state == "dead")
+                .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
+            ).rowcount
+
+    def count_links(self) -> dict[str, int]:
+        with self.transaction() as connection:
+            rows = connection.execute(sa.select(links.c.state, sa.func.count()).group_by(links.c.state)).all()
+        counts = dict.fromkeys(LINK_STATES, 0)
+        counts.update({state: count for state, count in rows})
+        return counts
+
+
+def _event_summary(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "source": row["source"],
+        "kind": row["kind"],
+        "entity": f"{row['entity_type']}:{row['entity_id']}" if row["entity_type"] else None,
+        "title": row["title"],
+        "received_at": _iso(row["received_at"]),
+        "links_planned": row["links_planned"],
+        "problem": row["problem"],
+    }
+
+
+def _link_record(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "parent": f"{row['parent_type']}:{row['parent_ref']}",
+        "relationship": row["relationship"],
+        "child": f"{row['child_type']}:{row['child_ref']}",
+        "parent_id": row["parent_id"],
+        "child_id": row["child_id"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "next_attempt_at": _iso(row["next_attempt_at"]) if row["state"] == "pending" else None,
+        "last_error": row["last_error"],
+        "last_status": row["last_status"],
+        "datadog_link_id": row["datadog_link_id"],
+        "outcome": row["outcome"],
+        "merged_into": row["merged_into"],
+        "created_at": _iso(row["created_at"]),
+        "delivered_at": _iso(row["delivered_at"]),
+    }
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1000):03d}Z"
+
+
+def _bounded_key(key: str) -> str:
+    if len(key) <= _MAX_KEY:
+        return key
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    original = getattr(exc, "orig", None)
+    return str(original or exc).splitlines()[0][:200]
+
+
+def _prepare_sqlite_path(url: str) -> None:
+    database = sa.engine.make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's BEGIN below decide transactions, not the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed; only an
+        # OS crash or power cut can lose the last transactions.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # Take the write lock up front so two writers queue on busy_timeout
+        # instead of failing when a read lock cannot be upgraded.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

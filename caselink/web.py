@@ -1,0 +1,186 @@
+"""HTTP: the webhook endpoint, health checks, metrics and the admin API.
+
+Views only translate between HTTP and `Service`; every error answer is JSON
+`{"error": {"code", "message"}}`, including werkzeug's own 404/405/413.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import jsonify
+from flask import request
+from werkzeug.exceptions import HTTPException
+
+from caselink import logs
+from caselink import metrics
+from caselink.errors import AuthenticationError
+from caselink.errors import BadRequestError
+from caselink.errors import CaselinkError
+from caselink.events import Headers
+from caselink.events import WebhookRequest
+from caselink.service import Service
+from caselink.store import LINK_STATES
+
+bp = Blueprint("caselink", __name__)
+log = logs.get("web")
+
+
+def service() -> Service:
+    return current_app.extensions["caselink"]
+
+
+@bp.post("/webhooks/<source>")
+def receive(source: str) -> tuple[Response, int]:
+    started = time.monotonic()
+    fields: dict[str, Any] = {"source": source, "remote": request.remote_addr}
+    status = 500
+    try:
+        service().handler(source)
+        webhook = WebhookRequest(
+            source=source,
+            body=request.get_data(cache=False),
+            headers=Headers(request.headers.items()),
+            content_type=request.content_type or "",
+            received_at=time.time(),
+        )
+        fields["bytes"] = len(webhook.body)
+        result = service().ingest(webhook)
+        status = result.status
+        fields.update(
+            events=len(result.events),
+            new=sum(1 for event in result.events if not event["duplicate"]),
+            links_planned=result.links_planned,
+        )
+        return jsonify(result.body()), status
+    except CaselinkError as exc:
+        status = exc.status_code
+        fields.update(error=exc.code, reason=exc.detail.get("reason", exc.message))
+        raise
+    except HTTPException as exc:
+        status = exc.code or 500
+        fields["error"] = exc.name
+        raise
+    finally:
+        duration = time.monotonic() - started
+        fields.update(status=status, duration_ms=round(duration * 1000, 2))
+        metrics.WEBHOOKS.labels(source if source in service().handlers else "unknown", str(status)).inc()
+        metrics.WEBHOOK_SECONDS.observe(duration)
+        log.log(20 if status < 400 else 30, "webhook", extra={"fields": fields})
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[dict[str, Any], int]:
+    ready, checks = service().readiness()
+    return {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics_view() -> Response:
+    svc = service()
+    body = metrics.render(svc.store.count_links, svc.settings.prometheus_multiproc_dir)
+    return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+# -- admin API ------------------------------------------------------------------
+
+
+@bp.before_request
+def _admin_only() -> None:
+    if not request.path.startswith("/api/"):
+        return
+    token = service().settings.admin_token
+    if token is None:
+        raise AuthenticationError("the API is closed: set ADMIN_TOKEN to open it", reason="api_closed")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.matches(presented.strip()):
+        raise AuthenticationError("send Authorization: Bearer <ADMIN_TOKEN>", reason="bad_admin_token")
+
+
+@bp.get("/api/events")
+def list_events() -> dict[str, Any]:
+    limit = _int_arg("limit", 50, maximum=500)
+    before = _int_arg("before", None)
+    events = service().store.list_events(limit=limit, before=before, source=request.args.get("source"))
+    return {"events": events}
+
+
+@bp.get("/api/events/<int:event_id>")
+def get_event(event_id: int) -> dict[str, Any]:
+    return service().store.get_event(event_id)
+
+
+@bp.get("/api/links")
+def list_links() -> dict[str, Any]:
+    state = request.args.get("state")
+    if state is not None and state not in LINK_STATES:
+        raise BadRequestError(f"state must be one of {', '.join(LINK_STATES)}")
+    limit = _int_arg("limit", 100, maximum=1000)
+    before = _int_arg("before", None)
+    return {"links": service().store.list_links(state=state, limit=limit, before=before)}
+
+
+@bp.post("/api/links/<int:link_id>/retry")
+def retry_link(link_id: int) -> dict[str, Any]:
+    link = service().store.retry(link_id)
+    if service().worker is not None:
+        service().worker.notify()
+    return link
+
+
+def _int_arg(name: str, default: int | None, *, maximum: int | None = None) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"{name} must be a whole number") from None
+    if value < 1 or (maximum is not None and value > maximum):
+        raise BadRequestError(f"{name} must be between 1 and {maximum}")
+    return value
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(CaselinkError)
+    def _caselink_error(exc: CaselinkError) -> tuple[Response, int]:
+        response = jsonify(exc.to_dict())
+        if exc.status_code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="caselink"'
+        if exc.retryable and exc.status_code == 503:
+            response.headers["Retry-After"] = "5"
+        return response, exc.status_code
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if code == 413:
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the body is larger than MAX_BODY_BYTES ({limit} bytes)"
+            name = "payload_too_large"
+        response = jsonify({"error": {"code": name, "message": message}})
+        for header in ("Allow",):
+            if exc.get_headers() and dict(exc.get_headers()).get(header):
+                response.headers[header] = dict(exc.get_headers())[header]
+        return response, code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error", extra={"fields": {"path": request.path}})
+        body = {"error": {"code": "internal_error", "message": "caselink failed to handle this request; see its logs"}}
+        return jsonify(body), 500

@@ -1,0 +1,77 @@
+"""gunicorn settings for caselink; gunicorn reads this file from the working directory.
+
+PORT and WEB_CONCURRENCY are read the way every PaaS sets them. Before any
+worker starts, the master checks the configuration, the database schema and
+the rules, and refuses to start with a message that says what to fix.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# PaaS send SIGTERM and allow about 30 s before SIGKILL.
+graceful_timeout = 25
+timeout = 30
+keepalive = 5
+accesslog = None  # caselink logs one line per webhook itself
+errorlog = "-"
+capture_output = False
+# gunicorn's control socket sits at one fixed path per user; several instances
+# on one machine (tests, benchmarks) would fight over it, and caselink needs none.
+no_control_socket = True
+
+_metrics_dir = None
+
+
+def on_starting(server):
+    global _metrics_dir
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker process writes its counters here, so /metrics adds them up.
+        _metrics_dir = tempfile.mkdtemp(prefix="caselink-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+    from caselink import logs
+    from caselink.config import Settings
+    from caselink.errors import CaselinkError
+    from caselink.service import preflight
+    from handlers import REGISTRY
+
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_level, settings.log_format)
+        notes = preflight(settings, REGISTRY)
+    except CaselinkError as exc:
+        print(f"caselink cannot start: {exc.message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    log = logs.get("start")
+    for note in notes:
+        if note.startswith("warning: "):
+            log.warning(note.removeprefix("warning: "))
+        else:
+            log.info(note)
+
+
+def post_worker_init(worker):
+    worker.wsgi.extensions["caselink"].start_worker()
+
+
+def worker_exit(server, worker):
+    service = getattr(worker, "wsgi", None)
+    if service is not None and "caselink" in getattr(service, "extensions", {}):
+        service.extensions["caselink"].stop_worker(grace=graceful_timeout - 5)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

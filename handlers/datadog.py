@@ -1,0 +1,151 @@
+"""Datadog webhooks: incident, case, On-Call page and monitor alert notifications.
+
+Datadog does not sign webhooks, so the sender presents DATADOG_WEBHOOK_SECRET
+as a Bearer token, a basic-auth password or an X-Webhook-Token header. The
+body is the JSON template from the README, or Datadog's default payload; with
+"encode as form" its top-level keys arrive as form fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC
+from datetime import datetime
+from typing import Any
+
+from caselink import auth
+from caselink.auth import AuthPolicy
+from caselink.bodies import form_body
+from caselink.bodies import json_body
+from caselink.events import EntityRef
+from caselink.events import Event
+from caselink.events import WebhookRequest
+from caselink.events import is_uuid
+from caselink.events import parse_tags
+from caselink.events import text
+
+SOURCE = "datadog"
+# The object in the payload, the entity type it stands for, and the kind used when `event` is absent.
+_OBJECTS = (
+    ("incident", "INCIDENT"),
+    ("case", "CASE"),
+    ("page", "PAGE"),
+    ("alert", None),
+)
+
+
+def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
+    auth.check_token(request, policy)
+
+
+def parse(request: WebhookRequest) -> Any:
+    if request.mimetype == "application/x-www-form-urlencoded":
+        return form_body(request)
+    return json_body(request)
+
+
+def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
+    if not isinstance(payload, Mapping):
+        return [_unrecognised(payload, request, "the body is JSON but not an object")]
+    name, entity_type, obj = _main_object(payload)
+    kind = text(payload.get("event")).strip() or _kind_without_event(name, obj, payload)
+    entity = _entity(entity_type, obj)
+    fields = _text_fields(name, obj, payload)
+    return [
+        Event(
+            source=SOURCE,
+            kind=kind,
+            dedup_key=_dedup_key(kind, payload, request.body),
+            entity=entity,
+            tags=parse_tags(payload.get("tags")),
+            occurred_at=_occurred_at(payload.get("date")),
+            payload=payload,
+            **fields,
+        )
+    ]
+
+
+def _main_object(payload: Mapping[str, Any]) -> tuple[str | None, str | None, Mapping[str, Any]]:
+    for name, entity_type in _OBJECTS:
+        obj = payload.get(name)
+        if isinstance(obj, Mapping):
+            return name, entity_type, obj
+    return None, None, {}
+
+
+def _kind_without_event(name: str | None, obj: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+    if name == "alert" and obj.get("transition"):
+        return "alert." + text(obj["transition"]).strip().lower().replace(" ", "_")
+    if name is not None:
+        return f"{name}.notification"
+    # Datadog's default payload names the event type in event_type.
+    return text(payload.get("event_type")).strip() or "notification"
+
+
+def _entity(entity_type: str | None, obj: Mapping[str, Any]) -> EntityRef | None:
+    if entity_type is None:
+        return None
+    ident = text(obj.get("id")).strip()
+    if is_uuid(ident):
+        return EntityRef(entity_type, ident.lower())
+    if entity_type == "CASE":
+        # Case notifications may carry only the key; the worker resolves it.
+        for candidate in (ident, text(obj.get("key")).strip()):
+            try:
+                return EntityRef.checked("CASE", candidate)
+            except ValueError:
+                continue
+    return None
+
+
+def _text_fields(name: str | None, obj: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, str]:
+    if name is None:
+        return {
+            "title": text(payload.get("title")),
+            "message": text(payload.get("body") or payload.get("message")),
+            "priority": text(payload.get("priority")),
+            "url": text(payload.get("link") or payload.get("url")),
+        }
+    return {
+        "title": text(obj.get("title")),
+        "message": text(obj.get("message")),
+        "severity": text(obj.get("severity") or obj.get("urgency")),
+        "priority": text(obj.get("priority")),
+        "status": text(obj.get("status") or obj.get("transition")),
+        "url": text(obj.get("url")),
+    }
+
+
+def _dedup_key(kind: str, payload: Mapping[str, Any], body: bytes) -> str:
+    ident = text(payload.get("id")).strip()
+    if ident and not ident.startswith("$"):
+        return f"{kind}:{ident}"
+    # Without $ID in the template, identical bodies are the same delivery.
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _occurred_at(value: Any) -> str | None:
+    """$DATE is epoch milliseconds as text; anything else is kept as the sender wrote it."""
+    raw = text(value).strip()
+    if not raw or raw.startswith("$"):
+        return None
+    try:
+        millis = float(raw)
+    except ValueError:
+        return raw
+    try:
+        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return raw
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _unrecognised(payload: Any, request: WebhookRequest, problem: str) -> Event:
+    return Event(
+        source=SOURCE,
+        kind="unrecognised",
+        dedup_key="sha256:" + hashlib.sha256(request.body).hexdigest(),
+        payload=payload,
+        problem=problem,
+    )
