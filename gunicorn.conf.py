@@ -23,7 +23,7 @@ errorlog = "-"
 capture_output = False
 # gunicorn's control socket sits at one fixed path per user; several instances
 # on one machine (tests, benchmarks) would fight over it, and caselink needs none.
-no_control_socket = True
+control_socket_disable = True
 
 _metrics_dir = None
 
