@@ -9,7 +9,9 @@ relationship, child) both as planned and as resolved to UUIDs.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -36,6 +38,10 @@ from caselink.events import Event
 from caselink.rules import Evaluation
 
 LINK_STATES = ("dry_run", "pending", "claimed", "delivered", "dead", "merged")
+# PostgreSQL channel on which a commit that makes links due wakes idle workers.
+NOTIFY_CHANNEL = "caselink_links"
+# PostgreSQL channel on which a commit that makes links due wakes idle workers.
+NOTIFY_CHANNEL = "caselink_links"
 _MAX_KEY = 255
 
 metadata = sa.MetaData()
@@ -232,7 +238,39 @@ class Store:
         with self.transaction() as connection:
             for event, evaluation in items:
                 recorded.append(self._record_one(connection, event, evaluation, ruleset, dry_run, now))
+            if not dry_run and any(not event.duplicate and event.links_planned for event in recorded):
+                self._notify(connection)
         return recorded
+
+    def _notify(self, connection: Connection) -> None:
+        """Wake listening workers once this transaction commits (PostgreSQL; SQLite workers poll)."""
+        if self.dialect == "postgresql":
+            connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+    def listen(self, on_notify: Callable[[], None], stop: threading.Event) -> None:
+        """Call `on_notify` whenever links become due, until `stop` is set (PostgreSQL only).
+
+        Runs on its own connection outside the pool; reconnects with backoff if
+        the database goes away, and calls `on_notify` after reconnecting in case
+        a notification was missed meanwhile.
+        """
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = 0.5
+                    on_notify()
+                    while not stop.is_set():
+                        for _ in connection.notifies(timeout=1.0):
+                            on_notify()
+            except psycopg.Error:
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def _record_one(
         self,
@@ -675,16 +713,20 @@ class Store:
                 .where(links.c.id == link_id)
                 .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
             )
+            self._notify(connection)
         return self.get_link(link_id)
 
     def retry_dead(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         with self.transaction() as connection:
-            return connection.execute(
+            count = connection.execute(
                 links.update()
                 .where(links.c.state == "dead")
                 .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
             ).rowcount
+            if count:
+                self._notify(connection)
+            return count
 
     def count_links(self) -> dict[str, int]:
         with self.transaction() as connection:

@@ -132,6 +132,10 @@ class DeliveryWorker:
             },
         )
         self._check_recorded_rejection()
+        if self.store.dialect == "postgresql":
+            threading.Thread(
+                target=self.store.listen, args=(self.notify, self._stopping), name="caselink-listen", daemon=True
+            ).start()
         failures = 0
         while not self._stopping.is_set():
             try:

@@ -66,6 +66,8 @@ class Script:
 
     fail_ratio: float = 0.0
     faults: tuple[str, ...] = FAULTS
+    # which calls may fail: "create" (POST link), "read" (every GET)
+    fault_on: tuple[str, ...] = ("create", "read")
     slow_seconds: float = 0.0
     timeout_seconds: float = 3.0
     reject_keys: bool = False
@@ -120,7 +122,7 @@ class FakeDatadog:
             for name, value in changes.items():
                 if name == "limits":
                     value = {endpoint: Limit(**spec) for endpoint, spec in value.items()}
-                if name == "faults":
+                if name in ("faults", "fault_on"):
                     value = tuple(value)
                 if name == "seed" and value is not None:
                     self._random.seed(value)
@@ -178,6 +180,8 @@ class FakeDatadog:
             time.sleep(self.script.slow_seconds)
         if not self._authorised(handler):
             return self._answer(handler, record, 403, {"errors": ["Forbidden"]})
+        if handler.command == "GET" and self._read_fault(handler, record):
+            return None
         if handler.command == "POST" and parts.path == "/api/v2/cases/link":
             return self._create(handler, record)
         if handler.command == "GET" and parts.path == "/api/v2/cases/link":
@@ -251,9 +255,7 @@ class FakeDatadog:
                 forced = self.script.next_create.pop(0)
         if forced is not None:
             return self._answer(handler, record, forced, {"errors": [f"forced {forced}"]}, endpoint="create")
-        fault = None
-        if self.script.fail_ratio and self._random.random() < self.script.fail_ratio:
-            fault = self._random.choice(self.script.faults)
+        fault = self._roll("create")
         record.fault = fault
         if fault == "500":
             return self._answer(handler, record, 500, {"errors": ["Internal Server Error"]}, endpoint="create")
@@ -273,6 +275,29 @@ class FakeDatadog:
             record.status = None
             return handler.drop()
         self._answer(handler, record, 201, {"data": link}, endpoint="create")
+
+    def _roll(self, call: str) -> str | None:
+        with self._lock:
+            if call not in self.script.fault_on:
+                return None
+            if self.script.fail_ratio and self._random.random() < self.script.fail_ratio:
+                return self._random.choice(self.script.faults)
+        return None
+
+    def _read_fault(self, handler: _Handler, record: Recorded) -> bool:
+        """A read fails like a write would, minus the recording: 5xx, a hang, or a dropped connection."""
+        fault = self._roll("read")
+        record.fault = fault
+        if fault is None:
+            return False
+        if fault in ("500", "503_after_record"):
+            self._answer(handler, record, 503, {"errors": ["Service Unavailable"]})
+        elif fault == "timeout_after_record":
+            time.sleep(self.script.timeout_seconds)
+            handler.drop()
+        else:
+            handler.drop()
+        return True
 
     def _over_limit(self, handler: _Handler, record: Recorded, endpoint: str) -> bool:
         limit = self.script.limits.get(endpoint)

@@ -1,0 +1,158 @@
+"""Delivery through failures, for real: gunicorn, its in-process worker, SIGKILL, and a failing fake Datadog."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from caselink.store import Store
+from tests.servers import wait_for
+
+pytestmark = pytest.mark.slow
+
+CASES = [f"OPS-{number}" for number in range(100, 150)]
+FAST_RETRIES = {
+    "DD_TIMEOUT": "1",
+    "DELIVERY_LEASE": "3",
+    "DELIVERY_BACKOFF_BASE": "0.05",
+    "DELIVERY_BACKOFF_MAX": "0.5",
+    "WORKER_CONCURRENCY": "8",
+    "AUTH_PROBE_MAX": "0.5",
+}
+
+
+def incident_body(index: int, case: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "incident.created",
+            "id": f"evt-{index}",
+            "incident": {
+                "id": f"00000000-0000-4000-8000-{index:012d}",
+                "title": f"Incident {index}, related to {case}",
+                "severity": "SEV-1",
+            },
+        }
+    ).encode()
+
+
+def post_all(web, bodies: list[bytes]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda body: web.post("datadog", body).status_code, bodies))
+    assert statuses == [202] * len(bodies)
+
+
+def link_states(stack) -> dict[str, int]:
+    store = Store(stack.database_url)
+    try:
+        return {state: count for state, count in store.count_links().items() if count}
+    finally:
+        store.dispose()
+
+
+def test_a_thousand_links_arrive_exactly_once_through_random_failures_and_a_sigkill(stack, fake_datadog):
+    for case in CASES:
+        fake_datadog.add_case(case)
+    fake_datadog.configure(fail_ratio=0.3, timeout_seconds=1.5, seed=20261126)
+    web = stack.service(**FAST_RETRIES)
+    bodies = [incident_body(index, CASES[index % len(CASES)]) for index in range(1000)]
+
+    post_all(web, bodies)
+    wait_for(lambda: len(fake_datadog.links) >= 300, timeout=60, message="300 links before the kill")
+    web.kill()
+    assert link_states(stack).get("delivered", 0) < 1000
+    restarted = stack.service("web-restarted", **FAST_RETRIES)
+
+    wait_for(lambda: link_states(stack) == {"delivered": 1000}, timeout=240, interval=0.5, message="1000 delivered")
+
+    counts = fake_datadog.link_counts()
+    assert len(counts) == 1000
+    assert set(counts.values()) == {1}, {key: n for key, n in counts.items() if n > 1}
+    faults = {request.fault for request in fake_datadog.requests if request.fault}
+    assert faults == {"500", "503_after_record", "timeout_after_record", "drop_after_record", "drop_before_record"}
+    assert restarted.running
+
+
+def test_rejected_keys_pause_delivery_and_it_resumes_by_itself_with_no_dead_letters(stack, fake_datadog):
+    fake_datadog.configure(reject_keys=True)
+    web = stack.service(**FAST_RETRIES)
+    post_all(web, [incident_body(index, "OPS-42") for index in range(20)])
+
+    rejected = wait_for(
+        lambda: (answer := web.http.get(web.url + "/readyz", timeout=5)).status_code == 503 and answer.json(),
+        message="/readyz to report the rejected keys",
+    )
+    assert "rejected" in rejected["checks"]["datadog"]
+    assert link_states(stack) == {"pending": 20}
+    fake_datadog.configure(reject_keys=False)
+
+    wait_for(lambda: link_states(stack) == {"delivered": 20}, timeout=30, message="every link delivered")
+    assert web.http.get(web.url + "/readyz", timeout=5).status_code == 200
+    assert "delivery paused" in web.logs()
+    assert fake_datadog.api_key not in web.logs()
+
+
+def test_new_keys_after_a_restart_deliver_what_the_old_keys_could_not(stack, fake_datadog):
+    fake_datadog.api_key = "the-new-api-key"
+    web = stack.service(**FAST_RETRIES, DD_API_KEY="the-old-api-key")
+    post_all(web, [incident_body(index, "OPS-42") for index in range(5)])
+    wait_for(lambda: web.http.get(web.url + "/readyz", timeout=5).status_code == 503, message="not ready")
+    web.stop()
+
+    fixed = stack.service("web-new-keys", migrate=False, **FAST_RETRIES, DD_API_KEY="the-new-api-key")
+
+    wait_for(lambda: link_states(stack) == {"delivered": 5}, timeout=30, message="delivery with the new keys")
+    wait_for(lambda: fixed.http.get(fixed.url + "/readyz", timeout=5).status_code == 200, message="ready again")
+    assert "the-old-api-key" not in web.logs() + fixed.logs()
+
+
+def test_sigterm_releases_deliveries_in_flight_and_the_next_process_finishes_them(stack, fake_datadog):
+    fake_datadog.configure(slow_seconds=0.5)
+    web = stack.service(**dict(FAST_RETRIES, DD_TIMEOUT="5", DELIVERY_LEASE="30"))
+    post_all(web, [incident_body(index, "OPS-42") for index in range(30)])
+    wait_for(lambda: link_states(stack).get("claimed"), message="deliveries in flight")
+
+    started = time.monotonic()
+    web.signal(signal.SIGTERM)
+    web.popen.wait(30)
+
+    assert time.monotonic() - started < 25
+    assert link_states(stack).get("claimed", 0) == 0
+    fake_datadog.configure(slow_seconds=0)
+    stack.service("web-next", migrate=False, **FAST_RETRIES)
+    wait_for(lambda: link_states(stack) == {"delivered": 30}, timeout=30, message="all delivered")
+    assert set(fake_datadog.link_counts().values()) == {1}
+
+
+@pytest.mark.postgres
+def test_a_webhook_gets_503_and_nothing_is_acknowledged_while_the_store_is_down(stack, postgres_url):
+    url = postgres_url
+    web = stack.service(DATABASE_URL=url)
+    admin = sa.create_engine(
+        url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+        isolation_level="AUTOCOMMIT",
+    )
+    name = url.rsplit("/", 1)[1]
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": name}
+            )
+
+        down = web.post("datadog", incident_body(1, "OPS-42"))
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "store_unavailable"
+        assert web.http.get(web.url + "/readyz", timeout=5).status_code == 503
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+    up = web.post("datadog", incident_body(1, "OPS-42"))
+    assert up.status_code == 202
+    assert [event["id"] for event in web.api("/api/events").json()["events"]] == [up.json()["events"][0]["id"]]

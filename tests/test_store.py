@@ -1,0 +1,191 @@
+"""The store on SQLite and on PostgreSQL: dedup, link uniqueness, claims, leases, results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from caselink import migrations
+from caselink.events import EntityRef
+from caselink.events import Event
+from caselink.rules import Evaluation
+from caselink.rules import PlannedLink
+from caselink.rules import RuleOutcome
+from caselink.store import Store
+
+INCIDENT = "01c03111-172a-50c7-8df3-d61e64b0e74b"
+OTHER_INCIDENT = "3b1f0c2e-9a7d-4e55-8c21-6f0e2d9a1b44"
+CASE_UUID = "9daaa414-8843-46e2-8360-c36d3713285f"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
+    built = Store(url)
+    migrations.upgrade(built.engine)
+    yield built
+    built.dispose()
+
+
+def event(dedup_key: str = "d1", incident: str = INCIDENT, **fields) -> Event:
+    return Event(
+        source="datadog",
+        kind="incident.created",
+        dedup_key=dedup_key,
+        entity=EntityRef("INCIDENT", incident),
+        title="see OPS-42",
+        payload={"id": dedup_key},
+        **fields,
+    )
+
+
+def planning(*links: tuple[str, PlannedLink], dry_run: bool = False) -> Evaluation:
+    outcomes = {}
+    for rule, link in links:
+        outcomes.setdefault(rule, RuleOutcome(rule, "matched", dry_run=dry_run)).links.append(link)
+    return Evaluation(list(outcomes.values()))
+
+
+def causes(incident: str = INCIDENT, case: str = "OPS-42") -> PlannedLink:
+    return PlannedLink(EntityRef("INCIDENT", incident), "CAUSES", EntityRef.checked("CASE", case))
+
+
+def test_an_event_is_stored_once_per_source_and_dedup_key(store):
+    first = store.record([(event(), planning(("r1", causes())))], ruleset="abc", dry_run=False)
+    again = store.record([(event(), planning(("r1", causes())))], ruleset="abc", dry_run=False)
+
+    assert [e.duplicate for e in first] == [False]
+    assert [e.duplicate for e in again] == [True]
+    assert again[0].id == first[0].id
+    assert len(store.list_events()) == 1
+    assert len(store.list_links()) == 1
+
+
+def test_the_same_link_planned_by_several_events_and_rules_is_one_link(store):
+    store.record([(event("a"), planning(("r1", causes()), ("r2", causes())))], ruleset="x", dry_run=False)
+    store.record([(event("b"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+
+    [link] = store.list_links()
+    assert link["state"] == "pending"
+    assert sorted(item["rule"] for item in store.get_event(1)["links"]) == ["r1", "r2"]
+
+
+def test_a_live_plan_wakes_a_link_only_dry_run_rules_asked_for(store):
+    store.record([(event("a"), planning(("shadow", causes()), dry_run=True))], ruleset="x", dry_run=False)
+    assert store.list_links()[0]["state"] == "dry_run"
+
+    store.record([(event("b"), planning(("live", causes())))], ruleset="x", dry_run=False)
+
+    assert store.list_links()[0]["state"] == "pending"
+
+
+def test_global_dry_run_plans_links_that_are_never_claimed(store):
+    store.record([(event(), planning(("r1", causes())))], ruleset="x", dry_run=True)
+
+    assert store.claim("w", 10, lease=30) == []
+    assert store.list_links()[0]["state"] == "dry_run"
+
+
+def test_two_workers_never_claim_the_same_link(store):
+    for index in range(40):
+        incident = f"00000000-0000-4000-8000-{index:012d}"
+        store.record([(event(f"e{index}", incident), planning(("r", causes(incident))))], ruleset="x", dry_run=False)
+    claimed: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def take(name: str) -> None:
+        barrier.wait()
+        mine = []
+        while batch := store.claim(name, 3, lease=30):
+            mine.extend(job.id for job in batch)
+        claimed.append(mine)
+
+    threads = [threading.Thread(target=take, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    everything = [link_id for mine in claimed for link_id in mine]
+    assert sorted(everything) == list(range(1, 41))
+
+
+def test_a_claim_whose_lease_ran_out_is_taken_over_and_the_old_holder_is_fenced(store):
+    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
+    now = time.time()
+    [first] = store.claim("a", 1, lease=5, now=now)
+    assert store.claim("b", 1, lease=5, now=now + 1) == []
+
+    [second] = store.claim("b", 1, lease=5, now=now + 6)
+
+    assert second.id == first.id
+    assert second.attempts == 2
+    assert store.delivered(first, "late", existed=False) is False
+    assert store.delivered(second, "link-1", existed=False) is True
+    assert store.get_link(first.id)["datadog_link_id"] == "link-1"
+
+
+def test_a_transient_failure_waits_for_its_time_and_counts_an_attempt(store):
+    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
+    now = time.time()
+    [job] = store.claim("a", 1, lease=30, now=now)
+
+    assert store.retry_later(job, "503", at=now + 60, status=503, now=now) is True
+
+    assert store.claim("a", 1, lease=30, now=now + 1) == []
+    [again] = store.claim("a", 1, lease=30, now=now + 61)
+    assert again.attempts == 2
+    assert store.get_link(job.id)["last_error"] == "503"
+
+
+def test_a_release_that_does_not_count_leaves_attempts_unchanged(store):
+    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
+    [job] = store.claim("a", 1, lease=30)
+
+    store.retry_later(job, "credentials rejected", at=time.time(), count_attempt=False)
+
+    assert store.get_link(job.id)["attempts"] == 0
+
+
+def test_dead_letters_keep_their_reason_and_can_be_retried(store):
+    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
+    [job] = store.claim("a", 1, lease=30)
+    store.dead(job, "case OPS-42 does not exist", status=404)
+
+    [dead] = store.list_links(state="dead")
+    assert (dead["last_error"], dead["last_status"], dead["attempts"]) == ("case OPS-42 does not exist", 404, 1)
+    assert store.retry_dead() == 1
+    assert store.list_links(state="pending")[0]["attempts"] == 0
+
+
+def test_two_plans_that_resolve_to_the_same_uuids_become_one_link(store):
+    by_key = PlannedLink(EntityRef("INCIDENT", INCIDENT), "CAUSES", EntityRef("CASE", "OPS-42"))
+    by_uuid = PlannedLink(EntityRef("INCIDENT", INCIDENT), "CAUSES", EntityRef("CASE", CASE_UUID))
+    store.record([(event("a"), planning(("r", by_uuid)))], ruleset="x", dry_run=False)
+    store.record([(event("b"), planning(("r", by_key)))], ruleset="x", dry_run=False)
+    jobs = {job.child.id: job for job in store.claim("w", 10, lease=30)}
+
+    held, twin = store.prepare(jobs["OPS-42"], INCIDENT, CASE_UUID, lease=30)
+
+    assert (held, twin) == (True, jobs[CASE_UUID].id)
+    assert store.get_link(jobs["OPS-42"].id)["state"] == "merged"
+
+
+def test_the_explain_record_shows_the_trace_and_the_link_states(store):
+    evaluation = planning(("r1", causes()))
+    evaluation.outcomes.append(RuleOutcome("r2", "not_matched", "when[0]: severity in ['SEV-1']: severity is 'SEV-4'"))
+    [recorded] = store.record([(event(), evaluation)], ruleset="abc", dry_run=False)
+
+    record = store.get_event(recorded.id)
+
+    assert [rule["outcome"] for rule in record["rules"]] == ["matched", "not_matched"]
+    assert record["rules"][1]["reason"].startswith("when[0]")
+    assert [(link["child"], link["state"], link["rule"]) for link in record["links"]] == [
+        ("CASE:OPS-42", "pending", "r1")
+    ]

@@ -1,0 +1,257 @@
+"""The delivery worker against the fake Datadog over loopback HTTP: outcomes, retries, pauses, limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from caselink import migrations
+from caselink.config import Secret
+from caselink.config import Settings
+from caselink.datadog import DatadogClient
+from caselink.events import EntityRef
+from caselink.events import Event
+from caselink.rules import Evaluation
+from caselink.rules import PlannedLink
+from caselink.rules import RuleOutcome
+from caselink.store import Store
+from caselink.worker import CREDENTIALS_STATE
+from caselink.worker import DeliveryWorker
+from tests.fake_datadog import case_uuid
+from tests.servers import wait_for
+
+
+def incident(index: int) -> str:
+    return f"00000000-0000-4000-8000-{index:012d}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_datadog) -> Settings:
+    return Settings(
+        dd_api_key=Secret(fake_datadog.api_key),
+        dd_app_key=Secret(fake_datadog.app_key),
+        dd_api_url=fake_datadog.url,
+        dd_timeout=0.5,
+        database_url=f"sqlite:///{tmp_path / 'worker.db'}",
+        worker_poll_interval=0.02,
+        delivery_lease=5,
+        delivery_backoff_base=0.01,
+        delivery_backoff_max=0.05,
+        auth_probe_max=0.2,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings):
+    built = Store(settings.database_url)
+    migrations.upgrade(built.engine)
+    yield built
+    built.dispose()
+
+
+@pytest.fixture
+def make_worker(store: Store, settings: Settings):
+    workers = []
+
+    def make(**changes) -> DeliveryWorker:
+        effective = replace(settings, **changes)
+        worker = DeliveryWorker(store, DatadogClient.from_settings(effective), effective, name=f"w{len(workers)}")
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop(grace=2)
+
+
+def plan(store: Store, *links: PlannedLink, dedup: str | None = None) -> None:
+    outcome = RuleOutcome("rule", "matched", links=list(links))
+    event = Event("datadog", "incident.created", dedup or f"e{time.monotonic_ns()}")
+    store.record([(event, Evaluation([outcome]))], ruleset="test", dry_run=False)
+
+
+def causes(index: int, case: str = "OPS-42") -> PlannedLink:
+    return PlannedLink(EntityRef("INCIDENT", incident(index)), "CAUSES", EntityRef("CASE", case))
+
+
+def states(store: Store) -> dict[str, int]:
+    return {state: count for state, count in store.count_links().items() if count}
+
+
+def test_a_planned_link_is_resolved_checked_and_created_once(store, make_worker, fake_datadog):
+    plan(store, causes(1))
+
+    make_worker().run_until_idle()
+
+    [link] = store.list_links()
+    assert (link["state"], link["outcome"], link["child_id"]) == ("delivered", "created", case_uuid("OPS-42"))
+    assert link["datadog_link_id"] == fake_datadog.links[0]["id"]
+    calls = [(r.method, r.path) for r in fake_datadog.requests]
+    assert calls == [
+        ("GET", "/api/v2/cases/OPS-42"),
+        ("GET", "/api/v2/cases/link"),
+        ("POST", "/api/v2/cases/link"),
+    ]
+    assert fake_datadog.requests[1].query == {
+        "entity_type": ["CASE"],
+        "entity_id": [case_uuid("OPS-42")],
+        "relationship": ["CAUSES"],
+    }
+
+
+def test_a_link_that_already_exists_in_datadog_is_adopted_not_posted(store, make_worker, fake_datadog):
+    attributes = {
+        "parent_entity_type": "INCIDENT",
+        "parent_entity_id": incident(1),
+        "relationship": "CAUSES",
+        "child_entity_type": "CASE",
+        "child_entity_id": case_uuid("OPS-42"),
+    }
+    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+    plan(store, causes(1))
+
+    make_worker().run_until_idle()
+
+    assert fake_datadog.creations() == []
+    [link] = store.list_links()
+    assert (link["state"], link["outcome"], link["datadog_link_id"]) == ("delivered", "existing", "made-by-hand")
+
+
+def test_plans_by_case_key_and_by_uuid_end_as_one_link(store, make_worker, fake_datadog):
+    plan(store, causes(1))
+    plan(store, PlannedLink(EntityRef("INCIDENT", incident(1)), "CAUSES", EntityRef("CASE", case_uuid("OPS-42"))))
+
+    make_worker(worker_concurrency=1).run_until_idle()
+
+    assert len(fake_datadog.creations()) == 1
+    assert sorted(link["state"] for link in store.list_links()) == ["delivered", "merged"]
+
+
+@pytest.mark.parametrize("fault", ["503_after_record", "drop_after_record", "timeout_after_record"])
+def test_an_ambiguous_failure_is_checked_before_posting_again(store, make_worker, fake_datadog, fault):
+    fake_datadog.configure(fail_ratio=1.0, faults=[fault], fault_on=["create"], timeout_seconds=1.0)
+    plan(store, causes(1))
+    worker = make_worker()
+    worker.run_until_idle()
+    assert len(fake_datadog.links) == 1
+    fake_datadog.configure(fail_ratio=0.0)
+
+    time.sleep(0.1)
+    worker.run_until_idle()
+
+    [link] = store.list_links()
+    assert (link["state"], link["outcome"], link["attempts"]) == ("delivered", "existing", 2)
+    assert len(fake_datadog.links) == 1
+
+
+def test_a_failure_before_anything_was_recorded_is_simply_retried(store, make_worker, fake_datadog):
+    fake_datadog.configure(next_create=[500, 502])
+    plan(store, causes(1))
+    worker = make_worker()
+    worker.start()
+
+    wait_for(lambda: states(store) == {"delivered": 1}, message="delivery after two 5xx")
+
+    assert store.list_links()[0]["attempts"] == 3
+    assert len(fake_datadog.links) == 1
+
+
+def test_an_unknown_case_key_is_a_dead_letter_and_the_rest_go_on(store, make_worker, fake_datadog):
+    plan(store, causes(1, "NOPE-1"), causes(2))
+
+    make_worker().run_until_idle()
+
+    dead = store.list_links(state="dead")
+    assert [link["child"] for link in dead] == ["CASE:NOPE-1"]
+    assert "NOPE-1 does not exist" in dead[0]["last_error"]
+    assert dead[0]["last_status"] == 404
+    assert len(store.list_links(state="delivered")) == 1
+
+
+def test_a_rejected_link_is_dead_for_that_link_only(store, make_worker, fake_datadog):
+    fake_datadog.configure(next_create=[400])
+    plan(store, causes(1))
+    plan(store, causes(2))
+
+    make_worker(worker_concurrency=1).run_until_idle()
+
+    assert states(store) == {"dead": 1, "delivered": 1}
+    assert store.list_links(state="dead")[0]["last_status"] == 400
+
+
+def test_transient_failures_become_a_dead_letter_after_the_attempt_limit(store, make_worker, fake_datadog):
+    fake_datadog.configure(next_create=[503] * 10)
+    plan(store, causes(1))
+    worker = make_worker(delivery_max_attempts=3)
+    worker.start()
+
+    wait_for(lambda: states(store) == {"dead": 1}, message="the dead letter")
+
+    [dead] = store.list_links(state="dead")
+    assert dead["attempts"] == 3
+    assert dead["last_error"].startswith("gave up after 3 attempts")
+
+
+def test_rejected_credentials_pause_delivery_until_the_keys_work_again(store, make_worker, fake_datadog):
+    fake_datadog.configure(reject_keys=True)
+    for index in range(5):
+        plan(store, causes(index))
+    worker = make_worker()
+    worker.start()
+
+    wait_for(lambda: store.get_state(CREDENTIALS_STATE), message="the recorded rejection")
+    time.sleep(0.5)
+    assert worker.pause is not None
+    assert states(store) == {"pending": 5}
+    assert all(link["attempts"] == 0 for link in store.list_links())
+    fake_datadog.configure(reject_keys=False)
+
+    wait_for(lambda: states(store) == {"delivered": 5}, message="delivery after the keys work again")
+
+    assert store.get_state(CREDENTIALS_STATE) is None
+    assert worker.pause is None
+
+
+def test_a_restarted_worker_probes_keys_that_were_rejected_before(store, make_worker, fake_datadog):
+    store.set_state(CREDENTIALS_STATE, "rejected: 403")
+    worker = make_worker()
+    worker.start()
+
+    wait_for(lambda: store.get_state(CREDENTIALS_STATE) is None, message="the rejection cleared")
+
+    assert ("GET", "/api/v2/cases") in [(r.method, r.path) for r in fake_datadog.requests]
+
+
+def test_the_worker_runs_at_the_rate_limit_and_never_over_it(store, make_worker, fake_datadog):
+    fake_datadog.configure(limits={"create": {"limit": 4, "period": 1.0, "name": "cases_link_create"}})
+    for index in range(10):
+        plan(store, causes(index))
+    worker = make_worker(worker_concurrency=3)
+    started = time.monotonic()
+    worker.start()
+
+    wait_for(lambda: states(store) == {"delivered": 10}, timeout=15, message="all ten links")
+
+    assert fake_datadog.too_many == 0
+    assert time.monotonic() - started >= 1.0
+    windows: dict[int, int] = {}
+    for request in fake_datadog.creations():
+        windows[int(request.at)] = windows.get(int(request.at), 0) + 1
+    assert max(windows.values()) <= 4
+
+
+def test_stopping_releases_claimed_links_without_counting_an_attempt(store, make_worker, fake_datadog):
+    fake_datadog.configure(slow_seconds=0.4)
+    for index in range(3):
+        plan(store, causes(index))
+    worker = make_worker(worker_concurrency=3, dd_timeout=2.0)
+    worker.start()
+    wait_for(lambda: store.count_links()["claimed"] == 3, message="three claims")
+
+    worker.stop(grace=0.05)
+
+    assert store.count_links()["claimed"] == 0
+    assert all(link["attempts"] == 0 for link in store.list_links(state="pending"))
