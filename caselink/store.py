@@ -75,6 +75,7 @@ events = sa.Table(
     sa.UniqueConstraint("source", "dedup_key", name="uq_events_delivery"),
 )
 sa.Index("ix_events_received_at", events.c.received_at)
+sa.Index("ix_events_source", events.c.source, events.c.id)
 
 links = sa.Table(
     "links",
@@ -93,6 +94,8 @@ links = sa.Table(
     sa.Column("next_attempt_at", _time, nullable=False),
     sa.Column("lease_until", _time),
     sa.Column("claim_token", sa.String(32)),
+    # The worker (host:pid) that holds or last held the link, for operators.
+    sa.Column("claimed_by", sa.String(128)),
     sa.Column("last_error", sa.Text),
     sa.Column("last_status", sa.Integer),
     sa.Column("datadog_link_id", sa.String(64)),
@@ -234,13 +237,21 @@ class Store:
     ) -> list[RecordedEvent]:
         """Store events, their traces and their planned links in one transaction."""
         now = time.time() if now is None else now
-        recorded: list[RecordedEvent] = []
-        with self.transaction() as connection:
-            for event, evaluation in items:
-                recorded.append(self._record_one(connection, event, evaluation, ruleset, dry_run, now))
-            if not dry_run and any(not event.duplicate and event.links_planned for event in recorded):
-                self._notify(connection)
-        return recorded
+        for attempt in range(3):
+            recorded: list[RecordedEvent] = []
+            try:
+                with self.transaction() as connection:
+                    for event, evaluation in items:
+                        recorded.append(self._record_one(connection, event, evaluation, ruleset, dry_run, now))
+                    if not dry_run and any(not event.duplicate and event.links_planned for event in recorded):
+                        self._notify(connection)
+                return recorded
+            except StoreUnavailableError as exc:
+                # Two webhooks planning the same links in another order can deadlock
+                # on PostgreSQL; one of them is told to try again, and does.
+                if attempt == 2 or not _is_transient(exc.__context__):
+                    raise
+        raise AssertionError("unreachable")
 
     def _notify(self, connection: Connection) -> None:
         """Wake listening workers once this transaction commits (PostgreSQL; SQLite workers poll)."""
@@ -446,6 +457,7 @@ class Store:
             .values(
                 state="claimed",
                 claim_token=token,
+                claimed_by=worker[:128],
                 lease_until=now + lease,
                 attempts=links.c.attempts + 1,
                 updated_at=now,
@@ -759,6 +771,7 @@ def _link_record(row: Any) -> dict[str, Any]:
         "child_id": row["child_id"],
         "state": row["state"],
         "attempts": row["attempts"],
+        "claimed_by": row["claimed_by"],
         "next_attempt_at": _iso(row["next_attempt_at"]) if row["state"] == "pending" else None,
         "last_error": row["last_error"],
         "last_status": row["last_status"],
@@ -782,6 +795,12 @@ def _bounded_key(key: str) -> str:
     import hashlib
 
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _is_transient(exc: BaseException | None) -> bool:
+    """A deadlock or serialization failure: the same transaction may succeed if run again."""
+    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return code in ("40P01", "40001")
 
 
 def _reason(exc: SQLAlchemyError) -> str:

@@ -1,0 +1,98 @@
+"""Schema migrations: an empty database, one made by the previous release, and a schema caselink does not know."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from caselink import migrations
+from caselink.errors import SchemaError
+from caselink.store import Store
+from caselink.store import metadata
+from tests.servers import flask
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'migrations.db'}"
+    return request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def test_upgrade_builds_exactly_the_schema_the_code_uses_from_an_empty_database(url):
+    store = Store(url)
+    migrations.upgrade(store.engine)
+
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    store.check_schema()
+    store.dispose()
+
+
+def test_a_database_made_by_the_previous_release_upgrades_and_keeps_its_data(url):
+    engine = sa.create_engine(url)
+    migrations.upgrade(engine, "0001")
+    now = time.time()
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO events (source, dedup_key, kind, title, message, severity, priority, status, url, tags,"
+            " received_at, ruleset, trace, links_planned) VALUES ('datadog', 'k1', 'incident.created', 't', '', '',"
+            " '', '', '', '{}', :now, 'abc', '[]', 1)"), {"now": now})
+        connection.execute(sa.text(
+            "INSERT INTO links (parent_type, parent_ref, relationship, child_type, child_ref, state, attempts,"
+            " next_attempt_at, created_at, updated_at) VALUES ('INCIDENT', '01c03111-172a-50c7-8df3-d61e64b0e74b',"
+            " 'CAUSES', 'CASE', 'OPS-42', 'pending', 0, :now, :now, :now)"), {"now": now})
+    store = Store(url)
+    with pytest.raises(SchemaError, match="flask --app app db upgrade"):
+        store.check_schema()
+
+    migrations.upgrade(store.engine)
+
+    store.check_schema()
+    assert [event["kind"] for event in store.list_events()] == ["incident.created"]
+    [job] = store.claim("worker-after-upgrade", 5, lease=30)
+    assert str(job) == "INCIDENT:01c03111-172a-50c7-8df3-d61e64b0e74b CAUSES CASE:OPS-42"
+    assert store.get_link(job.id)["claimed_by"] == "worker-after-upgrade"
+    store.dispose()
+    engine.dispose()
+
+
+def test_an_empty_database_is_refused_with_the_command_to_run(url):
+    store = Store(url)
+    with pytest.raises(SchemaError, match="no caselink schema; run `flask --app app db upgrade`"):
+        store.check_schema()
+    store.dispose()
+
+
+def test_a_schema_from_a_newer_release_is_refused(url):
+    store = Store(url)
+    migrations.upgrade(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+
+    with pytest.raises(SchemaError, match="does not know"):
+        store.check_schema()
+    store.dispose()
+
+
+@pytest.mark.slow
+def test_gunicorn_refuses_to_start_on_an_old_schema_and_says_what_to_run(stack):
+    env = stack.env()
+    engine = sa.create_engine(stack.database_url)
+    migrations.upgrade(engine, "0001")
+    engine.dispose()
+
+    web = stack.service(migrate=False, wait=False)
+    web.popen.wait(30)
+
+    assert web.popen.returncode != 0
+    assert "this release needs" in web.logs()
+    assert "flask --app app db upgrade" in web.logs()
+    result = flask(env, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "0001 -> 0002" in result.stdout
