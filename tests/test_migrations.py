@@ -39,14 +39,22 @@ def test_a_database_made_by_the_previous_release_upgrades_and_keeps_its_data(url
     migrations.upgrade(engine, "0001")
     now = time.time()
     with engine.begin() as connection:
-        connection.execute(sa.text(
-            "INSERT INTO events (source, dedup_key, kind, title, message, severity, priority, status, url, tags,"
-            " received_at, ruleset, trace, links_planned) VALUES ('datadog', 'k1', 'incident.created', 't', '', '',"
-            " '', '', '', '{}', :now, 'abc', '[]', 1)"), {"now": now})
-        connection.execute(sa.text(
-            "INSERT INTO links (parent_type, parent_ref, relationship, child_type, child_ref, state, attempts,"
-            " next_attempt_at, created_at, updated_at) VALUES ('INCIDENT', '01c03111-172a-50c7-8df3-d61e64b0e74b',"
-            " 'CAUSES', 'CASE', 'OPS-42', 'pending', 0, :now, :now, :now)"), {"now": now})
+        connection.execute(
+            sa.text(
+                "INSERT INTO events (source, dedup_key, kind, title, message, severity, priority, status, url, tags,"
+                " received_at, ruleset, trace, links_planned) VALUES ('datadog', 'k1', 'incident.created', 't', '', '',"
+                " '', '', '', '{}', :now, 'abc', '[]', 1)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO links (parent_type, parent_ref, relationship, child_type, child_ref, state, attempts,"
+                " next_attempt_at, created_at, updated_at) VALUES ('INCIDENT', '01c03111-172a-50c7-8df3-d61e64b0e74b',"
+                " 'CAUSES', 'CASE', 'OPS-42', 'pending', 0, :now, :now, :now)"
+            ),
+            {"now": now},
+        )
     store = Store(url)
     with pytest.raises(SchemaError, match="flask --app app db upgrade"):
         store.check_schema()
