@@ -24,9 +24,8 @@ from tests.servers import Worker
 from tests.servers import base_env
 from tests.servers import flask
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-if not FIXTURES.exists():
-    FIXTURES = ROOT / "tests" / "fixtures"
+# Sample payloads as the senders send them (a copy of the product's shared fixtures).
+FIXTURES = ROOT / "tests" / "fixtures"
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
