@@ -14,6 +14,7 @@ import click
 from flask import Flask
 from flask import current_app
 from flask.cli import AppGroup
+from flask.cli import with_appcontext
 
 from caselink.errors import CaselinkError
 from caselink.errors import RulesError
@@ -172,6 +173,7 @@ def _event_summary(event: Event) -> dict[str, Any]:
 @click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
 @click.option("--rules", "rules_file", help="Rules file to replay against (default: RULES_FILE).")
 @click.option("--apply", is_flag=True, help="Plan the links the rules would add.")
+@with_appcontext
 def replay(since: str, rules_file: str | None, apply: bool) -> None:
     """Re-evaluate stored events: links the rules would add and no longer make."""
     svc = _service()
@@ -230,6 +232,7 @@ def _duration(text: str) -> float:
 @click.command("worker")
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 @click.option("--grace", default=20.0, show_default=True, help="Seconds to finish deliveries on SIGTERM.")
+@with_appcontext
 def worker(once: bool, grace: float) -> None:
     """Run the delivery worker in the foreground."""
     svc = _service()

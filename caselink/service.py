@@ -153,7 +153,7 @@ class Service:
         checks: dict[str, Any] = {}
         ready = True
         try:
-            self.store.ping()
+            self.store.check_schema()
             checks["store"] = "ok"
         except CaselinkError as exc:
             checks["store"] = exc.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -20,14 +21,16 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@cache
 def head_revision() -> str:
     head = ScriptDirectory(str(_HERE)).get_current_head()
     assert head is not None
     return head
 
 
-def known_revisions() -> set[str]:
-    return {script.revision for script in ScriptDirectory(str(_HERE)).walk_revisions()}
+@cache
+def known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in ScriptDirectory(str(_HERE)).walk_revisions())
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,0 +1,161 @@
+"""The operator commands: links, worker, replay, db (the rules commands have their own tests)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from caselink import migrations
+from caselink.config import Secret
+from tests.conftest import fixture_bytes
+from tests.fake_datadog import case_uuid
+from tests.servers import WEBHOOK_SECRET
+
+AUTH = {"Authorization": f"Bearer {WEBHOOK_SECRET}"}
+
+
+@pytest.fixture
+def live_app(settings, fake_datadog):
+    from app import create_app
+
+    application = create_app(
+        replace(
+            settings,
+            dd_api_key=Secret(fake_datadog.api_key),
+            dd_app_key=Secret(fake_datadog.app_key),
+            dd_api_url=fake_datadog.url,
+            dd_timeout=1.0,
+            delivery_lease=5,
+        )
+    )
+    migrations.upgrade(application.extensions["caselink"].store.engine)
+    yield application
+    application.extensions["caselink"].store.dispose()
+
+
+def receive(app, name="incident-created.json"):
+    answer = app.test_client().post(
+        "/webhooks/datadog", data=fixture_bytes("datadog", name), headers=AUTH, content_type="application/json"
+    )
+    assert answer.status_code == 202, answer.json
+    return answer.json
+
+
+def test_worker_once_delivers_what_is_due_and_exits(live_app, fake_datadog):
+    receive(live_app)
+
+    result = live_app.test_cli_runner().invoke(args=["worker", "--once"])
+
+    assert result.exit_code == 0, result.output
+    [link] = fake_datadog.links
+    assert link["attributes"]["child_entity_id"] == case_uuid("OPS-42")
+
+
+def test_worker_refuses_to_run_in_dry_run(runner):
+    result = runner.invoke(args=["worker", "--once"])
+
+    assert result.exit_code == 1
+    assert "dry-run" in result.output
+
+
+def test_links_list_shows_state_and_last_error(live_app, fake_datadog):
+    fake_datadog.configure(next_create=[404])
+    receive(live_app)
+    runner = live_app.test_cli_runner()
+    runner.invoke(args=["worker", "--once"])
+
+    listed = runner.invoke(args=["links", "list", "--state", "dead"])
+
+    assert listed.exit_code == 0
+    assert "dead" in listed.output
+    assert "CASE:OPS-42" in listed.output
+    assert "answered 404" in listed.output
+    as_json = json.loads(runner.invoke(args=["links", "list", "--json"]).output)
+    assert as_json[0]["last_status"] == 404
+
+
+def test_links_retry_re_drives_one_dead_link_or_all(live_app, fake_datadog):
+    fake_datadog.configure(next_create=[404, 404])
+    receive(live_app)
+    receive(live_app, "page-escalated.json")
+    fake_datadog.add_case("PAY-9", "9daaa414-8843-46e2-8360-c36d3713285f")
+    runner = live_app.test_cli_runner()
+    runner.invoke(args=["worker", "--once"])
+    store = live_app.extensions["caselink"].store
+    first, second = sorted(link["id"] for link in store.list_links(state="dead"))
+
+    one = runner.invoke(args=["links", "retry", str(first)])
+    runner.invoke(args=["worker", "--once"])
+    assert one.exit_code == 0
+    assert {link["id"] for link in store.list_links(state="delivered")} == {first}
+
+    every = runner.invoke(args=["links", "retry", "--dead"])
+    runner.invoke(args=["worker", "--once"])
+    assert "1 dead link(s) queued again" in every.output
+    assert len(store.list_links(state="delivered")) == 2
+    assert len(fake_datadog.links) == 2
+
+
+def test_links_retry_needs_an_id_or_dead(runner):
+    assert runner.invoke(args=["links", "retry"]).exit_code == 2
+    missing = runner.invoke(args=["links", "retry", "999"])
+    assert missing.exit_code == 1
+    assert "no link 999" in missing.output
+
+
+def test_replay_shows_what_a_new_rules_file_would_add_and_apply_plans_it(app, runner, tmp_path):
+    app.test_client().post(
+        "/webhooks/datadog",
+        data=fixture_bytes("datadog", "monitor-alert.json"),
+        headers=AUTH,
+        content_type="application/json",
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """
+version: 1
+rules:
+  - name: alert-relates-cases
+    on: {source: datadog, kind: alert.*}
+    link:
+      relationship: RELATES_TO
+      parent: {type: CASE, id: OPS-42}
+      child: {type: CASE, find: {in: [message], pattern: '\\b[A-Z]+-\\d+\\b'}}
+"""
+    )
+
+    preview = runner.invoke(args=["replay", "--since", "1h", "--rules", str(rules)])
+    applied = runner.invoke(args=["replay", "--since", "1h", "--rules", str(rules), "--apply"])
+    again = runner.invoke(args=["replay", "--since", "1h", "--rules", str(rules)])
+
+    assert "+ event 1: CASE:OPS-42 RELATES_TO CASE:SEC-7" in preview.output
+    assert "would add 1 link(s)" in preview.output
+    assert "planned 1 link(s)" in applied.output
+    assert "would add 0 link(s)" in again.output
+    [link] = app.extensions["caselink"].store.list_links()
+    assert (link["parent"], link["child"], link["state"]) == ("CASE:OPS-42", "CASE:SEC-7", "dry_run")
+
+
+def test_replay_rejects_a_bad_duration(runner):
+    result = runner.invoke(args=["replay", "--since", "yesterday"])
+
+    assert result.exit_code == 2
+    assert "90s, 30m, 24h, 7d" in result.output
+
+
+def test_db_upgrade_and_current(settings, tmp_path):
+    from app import create_app
+
+    application = create_app(replace(settings, database_url=f"sqlite:///{tmp_path / 'fresh.db'}"))
+    runner = application.test_cli_runner()
+
+    before = runner.invoke(args=["db", "current"])
+    upgraded = runner.invoke(args=["db", "upgrade"])
+    after = runner.invoke(args=["db", "current"])
+
+    assert "database: empty" in before.output
+    assert f"empty -> {migrations.head_revision()}" in upgraded.output
+    assert f"database: {migrations.head_revision()}" in after.output
+    application.extensions["caselink"].store.dispose()
