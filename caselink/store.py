@@ -375,6 +375,9 @@ class Store:
                 "updated_at": sa.case((promote, now), else_=links.c.updated_at),
             },
         ).returning(links.c.id)
+        if not (parent.is_resolved and child.is_resolved):
+            # Only a plan with UUIDs on both sides can collide with a resolved link.
+            return int(connection.execute(statement).scalar_one())
         try:
             with connection.begin_nested():
                 return int(connection.execute(statement).scalar_one())
