@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
+from typing import TypeVar
 
 from caselink import logs
 from caselink import metrics
@@ -38,6 +39,7 @@ from caselink.store import Job
 from caselink.store import Store
 
 CREDENTIALS_STATE = "datadog_credentials"
+T = TypeVar("T")
 log = logs.get("worker")
 
 
@@ -285,15 +287,31 @@ class DeliveryWorker:
         if not held:
             return "lease_lost"
         link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
-        existing = self.client.find_link(link)
+        existing = self._within_budget(lambda: self.client.find_link(link))
         self._credentials_work()
         if existing is not None:
             self.store.delivered(job, existing, existed=True, now=self.clock())
             return "existing"
-        link_id = self.client.create_link(link)
+        link_id = self._within_budget(lambda: self.client.create_link(link))
         if not self.store.delivered(job, link_id, existed=False, now=self.clock()):
             return "lease_lost"
         return "created"
+
+    def _within_budget(self, call: Callable[[], T]) -> T:
+        """Make a call, waiting here for a rate limit that resets soon rather than re-queueing.
+
+        Waiting in place keeps a claimed, half-done delivery moving the moment the
+        budget returns; a long wait (or a stop) goes back to the queue instead.
+        """
+        longest = min(10.0, self.settings.delivery_lease / 4)
+        while True:
+            try:
+                return call()
+            except DatadogRateLimitedError as exc:
+                wait_for = exc.retry_after
+                if wait_for is None or wait_for > longest or self._stopping.is_set():
+                    raise
+                self._stopping.wait(wait_for)
 
     def _backoff(self, attempts: int) -> float:
         delay = min(
