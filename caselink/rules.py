@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Any
 import jinja2
 import yaml
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from yaml.reader import ReaderError
 
 from caselink.errors import RulesError
 from caselink.events import ENTITY_TYPES
@@ -70,9 +72,54 @@ _FIND_KEYS = ("in", "pattern")
 _EXAMPLE_KEYS = ("source", "payload", "links")
 _EXAMPLE_LINK_KEYS = ("parent", "relationship", "child")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PATH_PART = re.compile(r"""\.?(?:([A-Za-z0-9_$@-]+)|\[(?:"([^"]*)"|'([^']*)'|(\d+))\])""")
+_PATH_NAME = re.compile(r"[A-Za-z0-9_$@-]+")
+_PATH_INDEX = re.compile(r"""\[(?:"([^"]*)"|'([^']*)'|(\d+))\]""")
+# Text that reads as a number, so `gt: 1000` works on the strings webhooks send ("1482").
+_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_INTEGER = re.compile(r"[-+]?\d+")
+_GLOB_CHARACTERS = frozenset("*?[")
+_TEMPLATE_MARKS = ("{{", "{%", "{#")
+# What other rule engines call our operators, so the did-you-mean can point across.
+_OPERATOR_ALIASES = {
+    "eq": "equals",
+    "ne": "not_equals",
+    "neq": "not_equals",
+    "nequals": "not_equals",
+    "nin": "not_in",
+    "inside": "in",
+    "ncontains": "not_contains",
+    "regex": "matches",
+    "search": "matches",
+    "iregex": "matches with ignore_case: true",
+    "icontains": "contains with ignore_case: true",
+    "iequals": "equals with ignore_case: true",
+    "istartswith": "starts_with with ignore_case: true",
+    "iendswith": "ends_with with ignore_case: true",
+    "greater_than": "gt",
+    "greaterthan": "gt",
+    "less_than": "lt",
+    "lessthan": "lt",
+    "missing": "exists: false",
+    "nexists": "exists: false",
+}
 
-_templates = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+class _TemplateEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja for `id:` templates.
+
+    Sandboxed, and immutable because a template must not change the event it
+    reads (the event is stored after evaluation). A mapping's key wins over a
+    dict method of the same name, so `payload.items` is the payload's "items".
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_templates = _TemplateEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_TEMPLATE_NAMES = (*FIELD_NAMES, *sorted(_templates.globals))
 
 
 # ---------------------------------------------------------------------------
@@ -100,7 +147,7 @@ class PlannedLink:
 
 @dataclass(frozen=True)
 class FieldPath:
-    """A dotted path into an event's fields: `title`, `tags.service`, `payload.a["b.c"]`."""
+    """A dotted path into an event's fields: `title`, `tags.service`, `payload.a["b.c"]`, `payload.list[0]`."""
 
     text: str
     parts: tuple[str | int, ...]
@@ -110,15 +157,19 @@ class FieldPath:
         parts: list[str | int] = []
         position = 0
         while position < len(path):
-            match = _PATH_PART.match(path, position)
-            if not match or (position == 0 and path.startswith(".")):
-                raise ValueError(f"cannot read field path {path!r} at character {position + 1}")
-            name, double, single, index = match.groups()
-            if index is not None:
-                parts.append(int(index))
+            # A name is followed by nothing, `.name` or `[…]`; a dot never starts or ends the path.
+            dotted = bool(parts) and path.startswith(".", position)
+            name = _PATH_NAME.match(path, position + 1 if dotted else position)
+            index = None if dotted else _PATH_INDEX.match(path, position)
+            if name is not None and (dotted or not parts):
+                parts.append(name.group())
+                position = name.end()
+            elif index is not None:
+                double, single, number = index.groups()
+                parts.append(int(number) if number is not None else (double if double is not None else single))
+                position = index.end()
             else:
-                parts.append(name if name is not None else (double if double is not None else single))
-            position = match.end()
+                raise ValueError(f"cannot read field path {path!r} at character {position + 1}")
         if not parts:
             raise ValueError("field path is empty")
         if parts[0] not in FIELD_NAMES:
@@ -129,20 +180,23 @@ class FieldPath:
         return cls(path, tuple(parts))
 
     def values(self, fields: Mapping[str, Any]) -> list[Any]:
-        """Every value at this path; lists are crossed element by element and flattened."""
+        """Every value at this path; lists are crossed element by element and flattened.
+
+        A null is no value: a field that is null, like one that is absent, is missing.
+        """
         current: list[Any] = [fields]
         for part in self.parts:
             following: list[Any] = []
             for value in current:
                 if isinstance(value, Mapping):
-                    if isinstance(part, str) and part in value:
-                        following.append(value[part])
-                    elif isinstance(part, int) and str(part) in value:
-                        following.append(value[str(part)])
+                    key = part if isinstance(part, str) else str(part)
+                    if key in value:
+                        following.append(value[key])
                 elif isinstance(value, list):
-                    if isinstance(part, int):
-                        if part < len(value):
-                            following.append(value[part])
+                    position = _list_index(part)
+                    if position is not None:
+                        if position < len(value):
+                            following.append(value[position])
                     else:
                         following.extend(item[part] for item in value if isinstance(item, Mapping) and part in item)
             current = following
@@ -153,6 +207,13 @@ class FieldPath:
             elif value is not None:
                 found.append(value)
         return found
+
+
+def _list_index(part: str | int) -> int | None:
+    """The list position a path part names: `[0]`, or a digits-only name as in `alerts.0`."""
+    if isinstance(part, int):
+        return part
+    return int(part) if part.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -180,15 +241,15 @@ class Condition:
             return not any(self._test(positive, value) for value in values)
         return any(self._test(self.operator, value) for value in values)
 
-    def failure(self, fields: Mapping[str, Any]) -> str:
+    def observed(self, fields: Mapping[str, Any]) -> str:
+        """What the field holds, for an explanation: `title is "DB down"`."""
         values = self.path.values(fields)
         if not values:
-            got = f"{self.path.text} is missing"
-        elif len(values) == 1:
-            got = f"{self.path.text} is {_show(values[0])}"
-        else:
-            got = f"{self.path.text} is {_show(values)}"
-        return f"{self.where}: {self.describe()}: {got}"
+            return f"{self.path.text} is missing"
+        return f"{self.path.text} is {_show(values[0] if len(values) == 1 else values)}"
+
+    def failure(self, fields: Mapping[str, Any]) -> str:
+        return f"{self.where}: {self.describe()}: {self.observed(fields)}"
 
     def _test(self, operator: str, value: Any) -> bool:
         if isinstance(value, (Mapping, list)):
@@ -240,8 +301,9 @@ class Group:
             return f"{self.where}: none held (first: {reasons[0]})" if reasons else None
         for item in self.items:
             if _failure(item, fields) is None:
-                described = item.describe() if isinstance(item, Condition) else "the group held"
-                return f"{item.where}: must not hold, but {described} does"
+                if isinstance(item, Condition):
+                    return f"{item.where}: {item.describe()} holds ({item.observed(fields)}) but must not"
+                return f"{item.where}: the group holds but must not"
         return None
 
 
@@ -275,8 +337,9 @@ class RefSpec:
         if self.template is not None:
             try:
                 rendered = self.template.render(names)
-            except jinja2.TemplateError as exc:
-                problems.append(f"{self.where}.id: template failed: {exc}")
+            # Whatever an operator's template raises is a problem of this event, never a failed webhook.
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {exc}")
                 return []
             return _checked_refs(self.type, [rendered], self.where, problems)
         assert self.pattern is not None
@@ -350,7 +413,7 @@ class Rule:
 
     def applies_to(self, event: Event) -> str | None:
         """None when `on` selects the event, else why not."""
-        if self.sources is not None and event.source not in self.sources:
+        if self.sources is not None and not any(fnmatch.fnmatchcase(event.source, name) for name in self.sources):
             return f"on.source: {event.source!r} is not {_one_of(self.sources)}"
         if self.kinds is not None and not any(fnmatch.fnmatchcase(event.kind, kind) for kind in self.kinds):
             return f"on.kind: {event.kind!r} is not {_one_of(self.kinds)}"
@@ -467,18 +530,9 @@ def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = 
 
 
 def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequence[str] | None = None) -> RuleSet:
-    loader = _Loader(source_text)
-    try:
-        document = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise RulesError([f"{filename}: not valid YAML: {exc}"]) from None
-    finally:
-        loader.dispose()
-    validator = _Validator(filename, sources, loader.duplicates)
+    """Validate rules from text; `sources` (handler names), when given, are the only valid on.source names."""
+    document = _read_yaml(source_text, filename)
+    validator = _Validator(filename, sources)
     rules = validator.document(document)
     if validator.problems:
         raise RulesError(validator.problems)
@@ -486,24 +540,44 @@ def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequenc
     return RuleSet(tuple(rules), filename, digest)
 
 
+def _read_yaml(source_text: str, filename: str) -> Any:
+    loader = None
+    try:
+        # The reader checks the characters as it is built, so a binary file fails here.
+        loader = _Loader(source_text)
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
+    except ReaderError as exc:
+        line = source_text.count("\n", 0, max(exc.position, 0)) + 1
+        raise RulesError([f"{filename}:{line}: not a YAML text file: {exc.reason}"]) from None
+    except yaml.YAMLError as exc:
+        raise RulesError([f"{filename}:1: not valid YAML: {exc}"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 class LiveRules:
     """The rules in force, reloaded when the file changes; a bad file never replaces good rules."""
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         sources: Sequence[str] | None = None,
         check_every: float = 2.0,
         on_reload: Callable[[RuleSet | None, RulesError | None], None] | None = None,
     ) -> None:
-        self.path = path
+        self.path = Path(path)
         self.sources = sources
         self.check_every = check_every
         self.on_reload = on_reload
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
         self._load(report=False)
@@ -518,12 +592,14 @@ class LiveRules:
                         self._load(report=True)
         return self.ruleset
 
-    def _file_stamp(self) -> tuple[float, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        # The inode changes when an editor or a deploy replaces the file; the
+        # size and nanosecond mtime catch an edit in place.
         try:
             stat = self.path.stat()
         except OSError:
             return None
-        return (stat.st_mtime, stat.st_size)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def _load(self, *, report: bool) -> None:
         self._stamp = self._file_stamp()
@@ -541,10 +617,11 @@ class LiveRules:
 
 
 class _Node:
-    """Line numbers carried by the mappings and lists the YAML loader builds."""
+    """Line numbers (and keys seen twice) carried by the mappings and lists the YAML loader builds."""
 
     line: int
     lines: dict[Any, int]
+    duplicates: list[tuple[int, Any]]
 
 
 class _Map(dict, _Node):  # type: ignore[type-arg]
@@ -555,42 +632,55 @@ class _Seq(list, _Node):  # type: ignore[type-arg]
     pass
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that records lines, reports duplicate keys and reads only true/false as booleans.
+# The plain scalars the loader types; everything else stays text. YAML 1.1, PyYAML's
+# default, also reads on/off/yes/no as booleans (a rule's `on:` key would become True),
+# 2024-01-01 as a date (which JSON cannot carry), 12:30 as 750 and 010 as 8.
+_TYPED_SCALARS = (
+    ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("tag:yaml.org,2002:int", r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
+    (
+        "tag:yaml.org,2002:float",
+        r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+)
+_RETYPED = {"tag:yaml.org,2002:timestamp", *(tag for tag, _, _ in _TYPED_SCALARS)}
 
-    YAML 1.1 reads `on`, `yes` and `no` as booleans; a rule's `on:` key would
-    silently become True.
-    """
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records lines, notes duplicate keys and types only true/false, null and decimal numbers."""
 
     yaml_implicit_resolvers = {
-        first: [pair for pair in resolvers if pair[0] != "tag:yaml.org,2002:bool"]
+        first: [pair for pair in resolvers if pair[0] not in _RETYPED]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, Any]] = []
 
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+for _tag, _pattern, _first in _TYPED_SCALARS:
+    _Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    written = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+    # Flattening puts the pairs of `<<: *anchor` merges first; a key written after them
+    # overrides a merged one, which is the point of a merge and not a duplicate.
     loader.flatten_mapping(node)
+    merged = len(node.value) - written
     mapping = _Map()
     mapping.line = node.start_mark.line + 1
     mapping.lines = {}
-    for key_node, value_node in node.value:
+    mapping.duplicates = []
+    written_keys = set()
+    for position, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
-        if not isinstance(key, (str, int, float, bool)) or key is None:
+        if not isinstance(key, (str, int, float, bool)):
             key = str(key)
-        if key in mapping:
-            loader.duplicates.append((line, key))
+        if position >= merged:
+            if key in written_keys:
+                mapping.duplicates.append((line, key))
+            written_keys.add(key)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.lines[key] = line
     return mapping
@@ -600,6 +690,7 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
     sequence = _Seq()
     sequence.line = node.start_mark.line + 1
     sequence.lines = {}
+    sequence.duplicates = []
     for index, item in enumerate(node.value):
         sequence.append(loader.construct_object(item, deep=True))
         sequence.lines[index] = item.start_mark.line + 1
@@ -610,39 +701,60 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
+def _duplicate_keys(node: Any) -> Iterator[tuple[int, Any]]:
+    """Every key written twice in a mapping at or under `node`, each once even if aliased."""
+    seen: set[int] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, _Node) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield from current.duplicates
+        pending.extend(current.values() if isinstance(current, Mapping) else current)
+
+
 class _Validator:
     """Turns the loaded YAML into rules, collecting every problem with its line."""
 
-    def __init__(self, filename: str, sources: Sequence[str] | None, duplicates: list[tuple[int, Any]]) -> None:
+    def __init__(self, filename: str, sources: Sequence[str] | None) -> None:
         self.filename = filename
         self.sources = tuple(sources) if sources is not None else None
         self.problems: list[str] = []
-        self.rule_name: str | None = None
-        for line, key in duplicates:
-            self.problems.append(f"{filename}:{line}: key {key!r} appears twice in the same mapping")
+        # Who the next problems are about: "rule 'NAME'", or "rules[3]" for a rule without a usable name.
+        self.subject: str | None = None
 
     def problem(self, line: int, message: str) -> None:
-        where = f" rule {self.rule_name!r}:" if self.rule_name else ""
+        where = f" {self.subject}:" if self.subject else ""
         self.problems.append(f"{self.filename}:{line}:{where} {message}")
+
+    def duplicates(self, node: Any) -> None:
+        for line, key in sorted(_duplicate_keys(node), key=lambda item: item[0]):
+            self.problem(line, f"key {key!r} appears twice in the same mapping")
 
     def document(self, document: Any) -> list[Rule]:
         if document is None:
-            self.problems.append(f"{self.filename}:1: the file is empty; it needs version: 1 and rules:")
+            self.problem(1, "the file is empty; it needs version: 1 and rules:")
             return []
         if not isinstance(document, Mapping):
-            self.problems.append(f"{self.filename}:1: the file must be a mapping with version: 1 and rules:")
+            self.problem(_line(document) or 1, "the file must be a mapping with version: 1 and rules:")
             return []
+        raw_rules = document.get("rules")
+        if isinstance(raw_rules, list):
+            # Duplicates inside a rule are reported with the rule's name, by `rule`.
+            for line, key in document.duplicates:
+                self.problem(line, f"key {key!r} appears twice in the same mapping")
+        else:
+            self.duplicates(document)
         self.keys(document, _FILE_KEYS, "the file")
-        line = _line(document)
         version = document.get("version")
-        if version != 1:
+        if type(version) is not int or version != 1:
             self.problem(
                 _line(document, "version"),
                 f"version must be 1, not {version!r}" if "version" in document else "version: 1 is missing",
             )
-        raw_rules = document.get("rules")
         if raw_rules is None:
-            self.problem(line, "rules: is missing (a list of rules)")
+            self.problem(_line(document, "rules"), "rules: is missing (a list of rules)")
             return []
         if not isinstance(raw_rules, list):
             self.problem(_line(document, "rules"), "rules must be a list")
@@ -652,14 +764,12 @@ class _Validator:
         for index, raw in enumerate(raw_rules):
             rule_line = _line(raw_rules, index)
             rule = self.rule(raw, rule_line, index)
-            self.rule_name = None
-            if rule is None:
-                continue
-            if rule.name in names:
+            if rule is not None and rule.name in names:
                 self.problem(rule_line, f"rule name {rule.name!r} is already used at line {names[rule.name]}")
-                continue
-            names[rule.name] = rule_line
-            rules.append(rule)
+            elif rule is not None:
+                names[rule.name] = rule_line
+                rules.append(rule)
+            self.subject = None
         return rules
 
     def keys(self, mapping: Mapping[Any, Any], allowed: Sequence[str], what: str) -> None:
@@ -671,19 +781,22 @@ class _Validator:
                 )
 
     def rule(self, raw: Any, line: int, index: int) -> Rule | None:
+        self.subject = f"rules[{index}]"
         if not isinstance(raw, Mapping):
-            self.problem(line, f"rules[{index}] must be a mapping with name: and link:")
+            self.problem(line, "a rule must be a mapping with name: and link:")
             return None
         name = raw.get("name")
         if not isinstance(name, str) or not _RULE_NAME.match(name):
             self.problem(
                 _line(raw, "name"),
-                f"rules[{index}] needs a name: letters, digits, '.', '_' and '-' (got {name!r})"
+                f"a rule name has letters, digits, '.', '_' and '-' (got {name!r})"
                 if "name" in raw
-                else f"rules[{index}] has no name:",
+                else "the rule has no name:",
             )
             name = None
-        self.rule_name = name
+        else:
+            self.subject = f"rule {name!r}"
+        self.duplicates(raw)
         self.keys(raw, _RULE_KEYS, "a rule")
         sources, kinds = self.on(raw)
         when = self.when(raw["when"], _line(raw, "when")) if "when" in raw else None
@@ -735,7 +848,7 @@ class _Validator:
         sources = self.names(on, "source", "on.source")
         if sources is not None and self.sources is not None:
             for source in sources:
-                if source not in self.sources:
+                if not any(fnmatch.fnmatchcase(known, source) for known in self.sources):
                     self.problem(
                         _line(on, "source"),
                         f"on.source: no source named {source!r}{_did_you_mean(source, self.sources)}"
@@ -756,6 +869,9 @@ class _Validator:
 
     def when(self, raw: Any, line: int) -> Group | None:
         if isinstance(raw, list):
+            if not raw:
+                self.problem(line, "when is an empty list; leave when: out to match every event")
+                return None
             return self.group("all", raw, line, "when")
         if isinstance(raw, Mapping) and "field" not in raw:
             return self.block(raw, line, "when")
@@ -781,16 +897,14 @@ class _Validator:
             if not isinstance(items, list) or not items:
                 self.problem(_line(raw, mode), f"{where}.{mode} must be a non-empty list")
                 continue
-            group = self.group(mode, items, _line(raw, mode), f"{where}.{mode}")
-            if group is not None:
-                groups.append(group)
+            groups.append(self.group(mode, items, _line(raw, mode), f"{where}.{mode}"))
         if not groups and not unknown:
             self.problem(line, f"{where}: a group needs all:, any: or none:")
         if len(groups) == 1:
             return groups[0]
         return Group("all", tuple(groups), where)
 
-    def group(self, mode: str, raw: list[Any], line: int, where: str) -> Group | None:
+    def group(self, mode: str, raw: list[Any], line: int, where: str) -> Group:
         items: list[Condition | Group] = []
         for index, item in enumerate(raw):
             item_where = f"{where}[{index}]"
@@ -823,7 +937,8 @@ class _Validator:
             if key not in OPERATORS and key not in ("field", "ignore_case"):
                 self.problem(
                     _line(raw, key),
-                    f"{where}: unknown operator {key!r}{_did_you_mean(str(key), (*OPERATORS, 'ignore_case'))}"
+                    f"{where}: unknown operator {key!r}"
+                    f"{_did_you_mean(str(key), (*OPERATORS, 'ignore_case'), _OPERATOR_ALIASES)}"
                     f" (operators: {', '.join(OPERATORS)})",
                 )
         if len(operators) != 1:
@@ -834,7 +949,7 @@ class _Validator:
                 self.problem(line, f"{where}: a condition takes one operator, not {', '.join(operators)}")
             return None
         operator = operators[0]
-        value = raw[operator]
+        value = _plain(raw[operator])
         ignore_case = raw.get("ignore_case", False)
         value_line = _line(raw, operator)
         if not isinstance(ignore_case, bool):
@@ -863,6 +978,8 @@ class _Validator:
         elif operator in ("contains", "not_contains", "starts_with", "ends_with"):
             if not _is_scalar(value) or value == "":
                 self.problem(value_line, f"{where}: {operator} takes a non-empty text value")
+        elif value is None:
+            self.problem(value_line, f"{where}: {operator} needs a value; for a missing field use exists: false")
         elif not _is_scalar(value):
             self.problem(value_line, f"{where}: {operator} takes a single value (use in: for a list)")
         if len(self.problems) != problems_before or path is None:
@@ -889,6 +1006,8 @@ class _Validator:
             )
         parent = self.ref(raw, "parent", line)
         child = self.ref(raw, "child", line)
+        if parent and child and parent.is_event and child.is_event:
+            self.problem(line, "link: parent and child are both event; a link needs two different entities")
         if parent and child and parent.type and child.type and "CASE" not in (parent.type, child.type):
             self.problem(
                 line,
@@ -913,6 +1032,7 @@ class _Validator:
                 line, f"{where} must be event, {{type, id: template}} or {{type, find: {{in, pattern}}}}, not {raw!r}"
             )
             return None
+        problems_before = len(self.problems)
         self.keys(raw, _REF_KEYS, where)
         type_ = raw.get("type")
         if type_ not in ENTITY_TYPES:
@@ -923,19 +1043,34 @@ class _Validator:
                 if "type" in raw
                 else f"{where}.type is missing ({', '.join(ENTITY_TYPES)})",
             )
-            type_ = None
         if ("id" in raw) == ("find" in raw):
             self.problem(line, f"{where} needs exactly one of id: (a template) or find: (a search)")
             return None
         if "id" in raw:
-            template_text = raw["id"]
-            if not isinstance(template_text, str) or not template_text.strip():
-                self.problem(_line(raw, "id"), f"{where}.id must be text (a UUID, a case key or a template)")
+            spec = self.template_ref(raw, where, type_)
+        else:
+            spec = self.find_ref(raw, where, type_)
+        return spec if len(self.problems) == problems_before else None
+
+    def template_ref(self, raw: Mapping[str, Any], where: str, type_: Any) -> RefSpec | None:
+        template_text = raw["id"]
+        line = _line(raw, "id")
+        if not isinstance(template_text, str) or not template_text.strip():
+            self.problem(line, f"{where}.id must be text (a UUID, a case key or a template)")
+            return None
+        template = self.template(template_text, line, f"{where}.id")
+        if template is None or type_ not in ENTITY_TYPES:
+            return None
+        if not any(mark in template_text for mark in _TEMPLATE_MARKS):
+            # A constant id can be checked now rather than failing on every event.
+            try:
+                EntityRef.checked(type_, template_text)
+            except ValueError as exc:
+                self.problem(line, f"{where}.id: {exc}")
                 return None
-            template = self.template(template_text, _line(raw, "id"), f"{where}.id")
-            if template is None or type_ is None:
-                return None
-            return RefSpec(where, type_, template=template, template_text=template_text)
+        return RefSpec(where, type_, template=template, template_text=template_text)
+
+    def find_ref(self, raw: Mapping[str, Any], where: str, type_: Any) -> RefSpec | None:
         find = raw["find"]
         find_line = _line(raw, "find")
         if not isinstance(find, Mapping):
@@ -949,8 +1084,11 @@ class _Validator:
             self.problem(find_line, f"{where}.find.in must name the fields to search, e.g. [title, message]")
         else:
             for item in fields_raw:
+                if not isinstance(item, str):
+                    self.problem(_line(find, "in"), f"{where}.find.in: {item!r} is not a field path")
+                    continue
                 try:
-                    paths.append(FieldPath.parse(str(item)))
+                    paths.append(FieldPath.parse(item))
                 except ValueError as exc:
                     self.problem(_line(find, "in"), f"{where}.find.in: {exc}")
         pattern_text = find.get("pattern")
@@ -962,30 +1100,35 @@ class _Validator:
                 pattern = re.compile(pattern_text)
             except re.error as exc:
                 self.problem(_line(find, "pattern"), f"{where}.find.pattern: bad regular expression: {exc}")
-        if pattern is None or type_ is None or len(paths) != len(fields_raw or []):
+        if pattern is None or type_ not in ENTITY_TYPES:
             return None
         return RefSpec(where, type_, fields=tuple(paths), pattern=pattern)
 
     def template(self, source: str, line: int, where: str) -> jinja2.Template | None:
         try:
             parsed = _templates.parse(source)
+            # Compiling finds what parsing does not, such as an unknown filter.
+            template = _templates.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             self.problem(line, f"{where}: template does not parse: {exc.message}")
             return None
-        for name in sorted(meta.find_undeclared_variables(parsed)):
-            if name not in FIELD_NAMES:
-                self.problem(
-                    line,
-                    f"{where}: template uses undefined name {name!r}{_did_you_mean(name, FIELD_NAMES)}"
-                    f" (names: {', '.join(FIELD_NAMES)})",
-                )
-                return None
-        return _templates.from_string(source)
+        undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
+        for name in undefined:
+            self.problem(
+                line,
+                f"{where}: template uses undefined name {name!r}{_did_you_mean(name, FIELD_NAMES)}"
+                f" (names: {', '.join(FIELD_NAMES)})",
+            )
+        return None if undefined else template
 
-    def examples(self, raw: Any, line: int, sources: tuple[str, ...] | None) -> tuple[Example, ...]:
+    def examples(self, raw: Any, line: int, rule_sources: tuple[str, ...] | None) -> tuple[Example, ...]:
         if not isinstance(raw, list):
             self.problem(line, "examples must be a list of {payload, links}")
             return ()
+        # An example may leave out source: when the rule names exactly one.
+        default_source = None
+        if rule_sources is not None and len(rule_sources) == 1 and not _is_glob(rule_sources[0]):
+            default_source = rule_sources[0]
         examples = []
         for index, item in enumerate(raw):
             item_line = _line(raw, index)
@@ -994,17 +1137,14 @@ class _Validator:
                 self.problem(item_line, f"{where} must be a mapping with payload: and links:")
                 continue
             self.keys(item, _EXAMPLE_KEYS, where)
-            source = item.get("source")
+            source = item.get("source", default_source)
             if source is None:
-                if sources is not None and len(sources) == 1:
-                    source = sources[0]
-                else:
-                    self.problem(item_line, f"{where} needs source: (the rule's on.source names no single source)")
-                    continue
-            elif self.sources is not None and source not in self.sources:
+                self.problem(item_line, f"{where} needs source: (the rule's on.source names no single source)")
+                continue
+            if not isinstance(source, str) or (self.sources is not None and source not in self.sources):
                 self.problem(
                     _line(item, "source"),
-                    f"{where}.source: no source named {source!r}{_did_you_mean(str(source), self.sources)}",
+                    f"{where}.source: no source named {source!r}{_did_you_mean(str(source), self.sources or ())}",
                 )
                 continue
             if "payload" not in item:
@@ -1014,33 +1154,44 @@ class _Validator:
             if not isinstance(links_raw, list):
                 self.problem(item_line, f"{where}.links must be a list (use [] when the rule must plan nothing)")
                 continue
-            links = []
-            for link_index, link in enumerate(links_raw):
-                link_line = _line(links_raw, link_index)
-                link_where = f"{where}.links[{link_index}]"
-                if not isinstance(link, Mapping):
-                    self.problem(link_line, f"{link_where} must be {{parent, relationship, child}}")
-                    continue
-                self.keys(link, _EXAMPLE_LINK_KEYS, link_where)
-                try:
-                    parent = EntityRef.parse(str(link.get("parent")))
-                    child = EntityRef.parse(str(link.get("child")))
-                except ValueError as exc:
-                    self.problem(link_line, f"{link_where}: {exc}")
-                    continue
-                relationship = link.get("relationship")
-                if relationship not in RELATIONSHIPS:
-                    self.problem(
-                        link_line,
-                        f"{link_where}.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}",
-                    )
-                    continue
-                links.append(PlannedLink(_example_ref(parent), relationship, _example_ref(child)))
-            examples.append(Example(str(source), _plain(item["payload"]), tuple(links), item_line))
+            links = [self.example_link(links_raw, link_index, where) for link_index in range(len(links_raw))]
+            if all(link is not None for link in links):
+                examples.append(Example(source, _plain(item["payload"]), tuple(links), item_line))
         return tuple(examples)
+
+    def example_link(self, links_raw: list[Any], index: int, example_where: str) -> PlannedLink | None:
+        link = links_raw[index]
+        line = _line(links_raw, index)
+        where = f"{example_where}.links[{index}]"
+        if not isinstance(link, Mapping):
+            self.problem(line, f"{where} must be {{parent, relationship, child}}")
+            return None
+        problems_before = len(self.problems)
+        self.keys(link, _EXAMPLE_LINK_KEYS, where)
+        refs = []
+        for side in ("parent", "child"):
+            if side not in link:
+                self.problem(line, f"{where}.{side} is missing (TYPE:ID, e.g. CASE:OPS-42)")
+                continue
+            try:
+                refs.append(_example_ref(EntityRef.parse(str(link[side]))))
+            except ValueError as exc:
+                self.problem(_line(link, side), f"{where}.{side}: {exc}")
+        relationship = link.get("relationship")
+        if relationship not in RELATIONSHIPS:
+            self.problem(
+                _line(link, "relationship"),
+                f"{where}.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}"
+                f"{_did_you_mean(str(relationship), RELATIONSHIPS)}",
+            )
+        if len(self.problems) != problems_before:
+            return None
+        parent, child = refs
+        return PlannedLink(parent, relationship, child)
 
 
 def _example_ref(ref: EntityRef) -> EntityRef:
+    """An expected ref in the form the engine plans it (UUIDs lower case, case keys upper case)."""
     try:
         return EntityRef.checked(ref.type, ref.id)
     except ValueError:
@@ -1062,11 +1213,13 @@ def _line(container: Any, key: Any = None) -> int:
     return getattr(container, "line", 0)
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def _did_you_mean(word: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
     choices = list(choices)
     lowered = {choice.lower(): choice for choice in choices}
     if word.lower() in lowered and lowered[word.lower()] != word:
         return f" (did you mean {lowered[word.lower()]!r}?)"
+    if aliases and word.lower() in aliases:
+        return f" (did you mean {aliases[word.lower()]}?)"
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -1075,34 +1228,53 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool))
 
 
-def _same(value: Any, wanted: Any, ignore_case: bool) -> bool:
-    if _is_number(value) and _is_number(wanted):
-        return value == wanted
-    subject, expected = text(value), text(wanted)
-    if ignore_case:
-        return subject.casefold() == expected.casefold()
-    return subject == expected
+def _is_glob(name: str) -> bool:
+    return not _GLOB_CHARACTERS.isdisjoint(name)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _as_number(value: Any) -> int | float | None:
+    """A number, or text that reads as one ("42", " 7.5 "); None for anything else, booleans included."""
+    if _is_number(value):
+        return value
+    if isinstance(value, str):
+        stripped = value.strip()
+        if _INTEGER.fullmatch(stripped):
+            return int(stripped)
+        if _DECIMAL.fullmatch(stripped):
+            return float(stripped)
+    return None
+
+
+def _same(value: Any, wanted: Any, ignore_case: bool) -> bool:
+    # A number on either side compares by value, so 5, 5.0 and "5" are the same.
+    if _is_number(value) or _is_number(wanted):
+        left, right = _as_number(value), _as_number(wanted)
+        if left is not None and right is not None:
+            return left == right
+    subject, expected = text(value), text(wanted)
+    if ignore_case:
+        return subject.casefold() == expected.casefold()
+    return subject == expected
+
+
 def _compare(operator: str, value: Any, wanted: Any) -> bool:
-    if _is_number(wanted):
-        try:
-            subject: Any = float(value)
-        except (TypeError, ValueError):
+    """Numbers when both sides read as numbers; text (e.g. ISO dates) when the rule gives text."""
+    left, right = _as_number(value), _as_number(wanted)
+    if left is None or right is None:
+        if _is_number(wanted) or isinstance(value, bool):
             return False
-    else:
-        subject = text(value)
+        left, right = text(value), text(wanted)
     if operator == "gt":
-        return subject > wanted
+        return left > right
     if operator == "gte":
-        return subject >= wanted
+        return left >= right
     if operator == "lt":
-        return subject < wanted
-    return subject <= wanted
+        return left < right
+    return left <= right
 
 
 def _show(value: Any, limit: int = 80) -> str:
