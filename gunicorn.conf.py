@@ -10,10 +10,18 @@ import shutil
 import sys
 import tempfile
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+def _whole_number(name, default):
+    value = os.environ.get(name, "").strip() or default
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"caselink cannot start: {name}={value!r} must be a whole number of at least 1")
+    return int(value)
+
+
+bind = f"0.0.0.0:{_whole_number('PORT', '8000')}"
+workers = _whole_number("WEB_CONCURRENCY", "2")
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = _whole_number("GUNICORN_THREADS", "4")
 # PaaS send SIGTERM and allow about 30 s before SIGKILL.
 graceful_timeout = 25
 timeout = 30

@@ -7,12 +7,14 @@ This is the only module that reads `os.environ`. Everything else receives a
 from __future__ import annotations
 
 import hmac
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 from caselink.errors import ConfigError
 
@@ -45,6 +47,7 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
+        """The value itself, for the one place that must send it (a header, an HMAC key)."""
         return self._value
 
     def matches(self, candidate: str | bytes | None) -> bool:
@@ -52,19 +55,43 @@ class Secret:
         if candidate is None:
             return False
         if isinstance(candidate, str):
-            candidate = candidate.encode("utf-8", "surrogateescape")
-        return hmac.compare_digest(self._value.encode("utf-8"), candidate)
+            candidate = _bytes(candidate)
+        return hmac.compare_digest(_bytes(self._value), candidate)
 
     def __repr__(self) -> str:
         return "Secret('********')"
 
     __str__ = __repr__
 
+    def __format__(self, spec: str) -> str:
+        return format(repr(self), spec)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+        # Bytes, not str: compare_digest refuses str that is not ASCII.
+        return isinstance(other, Secret) and hmac.compare_digest(_bytes(self._value), _bytes(other._value))
 
     def __hash__(self) -> int:
         return hash(("Secret", len(self._value)))
+
+
+def _bytes(text: str) -> bytes:
+    # surrogateescape: os.environ holds undecodable bytes as lone surrogates.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def display_url(url: str) -> str:
+    """`url` without user:password, query or fragment, fit for logs and messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -96,19 +123,27 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     prometheus_multiproc_dir: str | None = None
+    port: int = 8000
+    web_concurrency: int = 2
 
     @property
     def dry_run(self) -> bool:
         """True when caselink must never call Datadog."""
-        return self.dry_run_requested or self.dd_api_key is None
+        return self.dry_run_requested or self.dd_api_key is None or self.dd_app_key is None
 
     @property
     def dry_run_reason(self) -> str | None:
+        """Why caselink runs in dry-run, for the start-up notes and /readyz; None when live."""
         if self.dry_run_requested:
             return "DRY_RUN is set"
-        if self.dd_api_key is None:
+        if self.dd_api_key is None or self.dd_app_key is None:
             return "DD_API_KEY and DD_APP_KEY are not set"
         return None
+
+    @property
+    def dd_api_display_url(self) -> str:
+        """The Datadog base URL without any user:password DD_API_URL may carry."""
+        return display_url(self.dd_api_url)
 
     @property
     def database_engine(self) -> str:
@@ -123,8 +158,8 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         settings = cls(
-            dd_api_key=reader.secret("DD_API_KEY"),
-            dd_app_key=reader.secret("DD_APP_KEY"),
+            dd_api_key=reader.header_secret("DD_API_KEY"),
+            dd_app_key=reader.header_secret("DD_APP_KEY"),
             dd_site=reader.site(),
             dd_api_url=reader.api_url(),
             dd_timeout=reader.number("DD_TIMEOUT", 10.0, minimum=0.1),
@@ -133,22 +168,25 @@ class Settings:
             webhook_secrets=reader.webhook_secrets(),
             admin_token=reader.secret("ADMIN_TOKEN"),
             dry_run_requested=reader.flag("DRY_RUN", False),
-            max_body_bytes=int(reader.number("MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
             signature_tolerance=reader.number("WEBHOOK_TOLERANCE", 300.0, minimum=1),
-            grafana_signature_header=env.get("GRAFANA_SIGNATURE_HEADER", "X-Grafana-Alerting-Signature"),
-            grafana_timestamp_header=env.get("GRAFANA_TIMESTAMP_HEADER", "X-Grafana-Alerting-Timestamp"),
+            grafana_signature_header=reader.text("GRAFANA_SIGNATURE_HEADER", "X-Grafana-Alerting-Signature"),
+            grafana_timestamp_header=reader.text("GRAFANA_TIMESTAMP_HEADER", "X-Grafana-Alerting-Timestamp"),
             in_process_worker=reader.flag("IN_PROCESS_WORKER", True),
-            worker_concurrency=int(reader.number("WORKER_CONCURRENCY", 4, minimum=1)),
+            worker_concurrency=reader.integer("WORKER_CONCURRENCY", 4, minimum=1),
             worker_poll_interval=reader.number("WORKER_POLL_INTERVAL", 1.0, minimum=0.01),
             delivery_lease=reader.number("DELIVERY_LEASE", 60.0, minimum=1),
-            delivery_max_attempts=int(reader.number("DELIVERY_MAX_ATTEMPTS", 40, minimum=1)),
+            delivery_max_attempts=reader.integer("DELIVERY_MAX_ATTEMPTS", 40, minimum=1),
             delivery_backoff_base=reader.number("DELIVERY_BACKOFF_BASE", 1.0, minimum=0.01),
             delivery_backoff_max=reader.number("DELIVERY_BACKOFF_MAX", 300.0, minimum=0.01),
             auth_probe_max=reader.number("AUTH_PROBE_MAX", 300.0, minimum=0.1),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=reader.choice("LOG_FORMAT", "json", ("json", "text")),
             # Set by gunicorn.conf.py so every worker process adds to the same metrics.
-            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            prometheus_multiproc_dir=reader.text("PROMETHEUS_MULTIPROC_DIR", None),
+            # gunicorn.conf.py reads these two itself; checked here so a typo is reported, not a traceback.
+            port=reader.integer("PORT", 8000, minimum=1, maximum=65535),
+            web_concurrency=reader.integer("WEB_CONCURRENCY", 2, minimum=1),
         )
         reader.check_pairs(settings)
         if reader.problems:
@@ -177,6 +215,17 @@ class _Reader:
         value = self._get(name)
         return Secret(value) if value else None
 
+    def header_secret(self, name: str) -> Secret | None:
+        """A secret sent as an HTTP header value, which cannot hold spaces or control characters."""
+        secret = self.secret(name)
+        if secret is not None and any(char.isspace() or not char.isprintable() for char in secret.reveal()):
+            # Named, never quoted: the value is a credential.
+            self.problems.append(f"{name} contains spaces or control characters; copy the key again")
+        return secret
+
+    def text(self, name: str, default: str | None) -> str | None:
+        return self._get(name) or default
+
     def flag(self, name: str, default: bool) -> bool:
         value = self._get(name)
         if value is None:
@@ -195,10 +244,27 @@ class _Reader:
         try:
             number = float(value)
         except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
             self.problems.append(f"{name}={value!r} is not a number")
             return default
         if number < minimum:
             self.problems.append(f"{name}={value!r} must be at least {minimum:g}")
+            return default
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not a whole number")
+            return default
+        if number < minimum or (maximum is not None and number > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            self.problems.append(f"{name}={value!r} must be {bounds}")
             return default
         return number
 
@@ -218,24 +284,30 @@ class _Reader:
 
     def site(self) -> str:
         site = (self._get("DD_SITE") or "datadoghq.com").lower()
+        if site in DATADOG_SITES:
+            return site
+        hint = ""
         if site.startswith(("https://", "http://", "api.", "app.")):
-            self.problems.append(
-                f"DD_SITE={site!r} should be a bare site such as datadoghq.eu "
-                "(no scheme, no api./app. prefix); use DD_API_URL for a full URL"
-            )
-            return "datadoghq.com"
-        if site not in DATADOG_SITES:
-            self.problems.append(f"DD_SITE={site!r} is not a Datadog site; use one of {', '.join(DATADOG_SITES)}")
-            return "datadoghq.com"
-        return site
+            hint = " (give the bare site, without scheme or api./app. prefix, or a full URL in DD_API_URL)"
+        self.problems.append(f"DD_SITE={site!r} is not a Datadog site{hint}; use one of {', '.join(DATADOG_SITES)}")
+        return "datadoghq.com"
 
     def api_url(self) -> str:
         url = self._get("DD_API_URL")
         if url is None:
             return f"https://api.{self.site_quiet()}"
+        # The value is never quoted back: a proxy URL may carry a password.
         parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            self.problems.append("DD_API_URL has a port that is not a number")
+            return "https://api.datadoghq.com"
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problems.append("DD_API_URL must be an http:// or https:// URL with a host")
+            return "https://api.datadoghq.com"
+        if parts.query or parts.fragment:
+            self.problems.append("DD_API_URL must be a base URL, without ?query or #fragment")
             return "https://api.datadoghq.com"
         return url.rstrip("/")
 
@@ -252,7 +324,8 @@ class _Reader:
             self.problems.append("DATABASE_URL must look like postgres://… or sqlite:///path")
             return f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
         scheme = scheme.lower()
-        if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+            # psycopg (3) is the driver caselink ships; PaaS add-ons say postgres://.
             return f"postgresql+psycopg://{rest}"
         if scheme == "sqlite":
             return url

@@ -1,28 +1,34 @@
 """The Datadog API client: case links and case keys, on one requests.Session.
 
 Every call has a timeout, is counted against Datadog's rate limits, and turns
-any failure into a DatadogError subclass whose type says whether to retry.
+any failure into a DatadogError subclass whose type says whether to retry and,
+for a request that got no answer, whether it may have reached Datadog.
 Keys travel only in headers and never appear in a message.
 """
 
 from __future__ import annotations
 
+import math
+import ssl
 import threading
 import time
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
-from urllib.parse import urlsplit
-from urllib.parse import urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import ProxyError as Urllib3ProxyError
 from urllib3.util.retry import Retry
 
 from caselink.config import Secret
 from caselink.config import Settings
+from caselink.config import display_url
+from caselink.errors import ConfigError
 from caselink.errors import DatadogAuthError
 from caselink.errors import DatadogError
 from caselink.errors import DatadogRateLimitedError
@@ -37,6 +43,15 @@ CASES = "GET /api/v2/cases"
 LIST_LINKS = "GET /api/v2/cases/link"
 CREATE_LINK = "POST /api/v2/cases/link"
 
+# Raised before a request is sent at all: a bad URL or header never leaves the process.
+_NEVER_SENT = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+)
+
 
 @dataclass(frozen=True)
 class ResolvedLink:
@@ -49,6 +64,7 @@ class ResolvedLink:
     child_id: str
 
     def attributes(self) -> dict[str, str]:
+        """The five attributes of a CaseLinkCreate."""
         return {
             "parent_entity_type": self.parent_type,
             "parent_entity_id": self.parent_id,
@@ -74,9 +90,10 @@ class DatadogClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(3.05, timeout), timeout)
-        self.limiter = limiter or RateLimiter()
-        self.session = session or requests.Session()
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self.session = session if session is not None else requests.Session()
         # Retry only failures to connect: nothing reached Datadog, so even a POST is safe.
+        # A read error is never retried here; the worker checks for the link first.
         adapter = HTTPAdapter(
             max_retries=Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
         )
@@ -90,14 +107,16 @@ class DatadogClient:
                 "User-Agent": USER_AGENT,
             }
         )
+        self._secrets = (api_key, app_key)
         self._case_ttl = case_cache_ttl
         self._cases: dict[str, tuple[str, float]] = {}
         self._cases_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DatadogClient:
-        assert settings.dd_api_key is not None
-        assert settings.dd_app_key is not None
+        """A client for live mode; ConfigError if the keys are missing."""
+        if settings.dd_api_key is None or settings.dd_app_key is None:
+            raise ConfigError("DD_API_KEY and DD_APP_KEY must both be set to call Datadog")
         return cls(
             settings.dd_api_url,
             settings.dd_api_key,
@@ -108,16 +127,16 @@ class DatadogClient:
     @property
     def display_url(self) -> str:
         """The base URL without any user:password a proxy URL may carry."""
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        return display_url(self.base_url)
+
+    def __repr__(self) -> str:
+        return f"DatadogClient({self.display_url!r})"
 
     # -- cases --------------------------------------------------------------
 
     def case_id(self, key_or_id: str) -> str:
         """The UUID of a case given its key (OPS-42) or UUID; cached."""
+        key_or_id = key_or_id.strip()
         if is_uuid(key_or_id):
             return key_or_id.lower()
         now = time.monotonic()
@@ -125,20 +144,18 @@ class DatadogClient:
             cached = self._cases.get(key_or_id)
         if cached and cached[1] > now:
             return cached[0]
+        path = f"/api/v2/cases/{quote(key_or_id, safe='')}"
         try:
-            body = self._call(CASE, "GET", f"/api/v2/cases/{quote(key_or_id, safe='')}")
+            body = self._call(CASE, "GET", path)
         except DatadogRejectedError as exc:
             if exc.http_status == 404:
                 raise DatadogRejectedError(
-                    f"case {key_or_id} does not exist (GET /api/v2/cases/{key_or_id} answered 404)",
-                    http_status=404,
+                    f"case {key_or_id} does not exist (GET {path} answered 404)", http_status=404
                 ) from None
             raise
         case_id = _dig(body, "data", "id")
         if not isinstance(case_id, str) or not is_uuid(case_id):
-            raise DatadogUnavailableError(
-                f"GET /api/v2/cases/{key_or_id} answered without a case UUID", ambiguous=False
-            )
+            raise DatadogUnavailableError(f"GET {path} answered without a case UUID", ambiguous=False)
         with self._cases_lock:
             self._cases[key_or_id] = (case_id.lower(), now + self._case_ttl)
         return case_id.lower()
@@ -150,38 +167,48 @@ class DatadogClient:
     # -- links --------------------------------------------------------------
 
     def list_links(self, entity_type: str, entity_id: str, relationship: str | None = None) -> list[dict[str, Any]]:
+        """The links Datadog holds for one entity, optionally of one relationship."""
         params = {"entity_type": entity_type, "entity_id": entity_id}
         if relationship:
             params["relationship"] = relationship
         body = self._call(LIST_LINKS, "GET", "/api/v2/cases/link", params=params)
-        data = body.get("data") if isinstance(body, Mapping) else None
-        return [item for item in data if isinstance(item, Mapping)] if isinstance(data, list) else []
+        data = _dig(body, "data")
+        if not isinstance(data, list):
+            # Reading a malformed answer as "no links" would let the worker create a duplicate.
+            raise DatadogUnavailableError(f"{LIST_LINKS} answered without a list of links", ambiguous=False)
+        return [item for item in data if isinstance(item, Mapping)]
 
     def find_link(self, link: ResolvedLink) -> str | None:
         """The id of this link if it already exists in Datadog."""
         if link.parent_type == "CASE":
             entity_type, entity_id = link.parent_type, link.parent_id
-        else:
+        elif link.child_type == "CASE":
             entity_type, entity_id = link.child_type, link.child_id
+        else:
+            raise DatadogRejectedError(
+                f"link {link.parent_type} {link.relationship} {link.child_type} has no CASE side; "
+                "Datadog requires at least one side of a link to be a CASE"
+            )
         wanted = _normal(link.attributes())
         for item in self.list_links(entity_type, entity_id, link.relationship):
             attributes = item.get("attributes")
             if not isinstance(attributes, Mapping):
                 continue
             found = _normal(attributes)
-            if found == wanted or (link.relationship == "RELATES_TO" and _reversed(found) == wanted):
+            if found == wanted or (wanted[2] == "RELATES_TO" and _reversed(found) == wanted):
                 ident = item.get("id")
                 if isinstance(ident, str) and ident:
                     return ident
         return None
 
     def create_link(self, link: ResolvedLink) -> str:
+        """POST the link; returns its id."""
         body = {"data": {"type": "link", "attributes": link.attributes()}}
         answer = self._call(CREATE_LINK, "POST", "/api/v2/cases/link", json=body)
         ident = _dig(answer, "data", "id")
         if not isinstance(ident, str) or not ident:
             # The link was probably made; the next attempt will find it.
-            raise DatadogUnavailableError("POST /api/v2/cases/link answered without a link id", ambiguous=True)
+            raise DatadogUnavailableError(f"{CREATE_LINK} answered without a link id", ambiguous=True)
         return ident
 
     # -- transport ----------------------------------------------------------
@@ -194,15 +221,25 @@ class DatadogClient:
                 retry_after=wait,
                 sent=False,
             )
-        url = self.base_url + path
+        settled = False
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            self.limiter.settle(endpoint, ticket, None, None)
-            raise _transport_error(endpoint, exc) from None
-        self.limiter.settle(endpoint, ticket, response.headers, response.status_code)
-        if response.status_code >= 400:
-            raise _status_error(endpoint, response)
+            try:
+                # Never follow a redirect: requests would carry the DD-* key headers to wherever it points.
+                response = self.session.request(
+                    method, self.base_url + path, timeout=self.timeout, allow_redirects=False, **kwargs
+                )
+            except requests.RequestException as exc:
+                error = _transport_error(endpoint, exc)
+                self.limiter.settle(endpoint, ticket, None, None, reached=error.ambiguous)
+                settled = True
+                raise error from None
+            self.limiter.settle(endpoint, ticket, response.headers, response.status_code)
+            settled = True
+        finally:
+            if not settled:
+                self.limiter.settle(endpoint, ticket, None, None)
+        if not 200 <= response.status_code < 300:
+            raise _status_error(endpoint, response, self._secrets)
         if response.status_code == 204 or not response.content:
             return {}
         try:
@@ -215,34 +252,67 @@ class DatadogClient:
             ) from None
 
 
-def _transport_error(endpoint: str, exc: requests.RequestException) -> DatadogError:
-    if isinstance(exc, requests.ConnectTimeout):
-        return DatadogUnavailableError(f"{endpoint}: timed out connecting to Datadog", ambiguous=False)
+def _transport_error(endpoint: str, exc: requests.RequestException) -> DatadogUnavailableError:
+    """Map a failure without an answer; ambiguous unless it certainly happened before sending."""
+    causes = list(_causes(exc))
+    if isinstance(exc, _NEVER_SENT):
+        return DatadogUnavailableError(
+            f"{endpoint}: the request could not be built ({type(exc).__name__})", ambiguous=False
+        )
+    if isinstance(exc, requests.ConnectTimeout) or any(isinstance(c, ConnectTimeoutError) for c in causes):
+        # ConnectTimeoutError covers NewConnectionError and NameResolutionError too: no connection, nothing sent.
+        return DatadogUnavailableError(f"{endpoint}: cannot connect to Datadog", ambiguous=False)
+    if isinstance(exc, requests.exceptions.ProxyError) or any(isinstance(c, Urllib3ProxyError) for c in causes):
+        return DatadogUnavailableError(f"{endpoint}: cannot connect through the proxy", ambiguous=False)
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+        return DatadogUnavailableError(f"{endpoint}: Datadog's TLS certificate was not accepted", ambiguous=False)
     if isinstance(exc, requests.Timeout):
         return DatadogUnavailableError(f"{endpoint}: no answer from Datadog in time", ambiguous=True)
     if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        if isinstance(reason, NewConnectionError):
-            return DatadogUnavailableError(f"{endpoint}: cannot connect to Datadog", ambiguous=False)
         return DatadogUnavailableError(f"{endpoint}: the connection to Datadog broke", ambiguous=True)
-    return DatadogUnavailableError(f"{endpoint}: {type(exc).__name__}", ambiguous=True)
+    return DatadogUnavailableError(f"{endpoint}: the answer was lost ({type(exc).__name__})", ambiguous=True)
 
 
-def _status_error(endpoint: str, response: requests.Response) -> DatadogError:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (args, urllib3's .reason, __cause__).
+
+    Not __context__: an error handled on the way (a connect retry that then
+    worked) must not make a later failure look like one before sending.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [arg for arg in current.args if isinstance(arg, BaseException)]
+        for attribute in ("reason", "original_error", "__cause__"):
+            value = getattr(current, attribute, None)
+            if isinstance(value, BaseException):
+                nested.append(value)
+        stack.extend(nested)
+
+
+def _status_error(endpoint: str, response: requests.Response, secrets: tuple[Secret, ...]) -> DatadogError:
     status = response.status_code
-    detail = _error_detail(response)
+    detail = _redact(_error_detail(response), secrets)
     message = f"{endpoint} answered {status}" + (f": {detail}" if detail else "")
     if status == 429:
-        reset = response.headers.get("X-RateLimit-Reset") or response.headers.get("Retry-After")
-        try:
-            retry_after = float(reset) if reset is not None else None
-        except ValueError:
-            retry_after = None
+        retry_after = _seconds(response.headers.get("X-RateLimit-Reset"))
+        if retry_after is None:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
         return DatadogRateLimitedError(message, retry_after=retry_after, http_status=status, sent=True)
     if status in (401, 403):
         return DatadogAuthError(message, http_status=status)
     if status >= 500 or status == 408:
         return DatadogUnavailableError(message, ambiguous=True, http_status=status)
+    if 300 <= status < 400:
+        return DatadogRejectedError(
+            f"{endpoint} answered {status} (a redirect, not followed); check DD_SITE or DD_API_URL",
+            http_status=status,
+        )
     return DatadogRejectedError(message, http_status=status)
 
 
@@ -252,6 +322,8 @@ def _error_detail(response: requests.Response) -> str:
     except ValueError:
         return ""
     errors = body.get("errors") if isinstance(body, Mapping) else None
+    if isinstance(errors, str):
+        errors = [errors]
     if not isinstance(errors, list):
         return ""
     parts = []
@@ -261,6 +333,37 @@ def _error_detail(response: requests.Response) -> str:
         else:
             parts.append(str(error))
     return "; ".join(part for part in parts if part)[:300]
+
+
+def _redact(text: str, secrets: tuple[Secret, ...]) -> str:
+    """Datadog's words with any key it echoed blanked out."""
+    for secret in secrets:
+        value = secret.reveal()
+        if value:
+            text = text.replace(value, "********")
+    return text
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds, whether given as a number or an HTTP date."""
+    seconds = _seconds(value)
+    if seconds is not None or value is None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _dig(body: Any, *keys: str) -> Any:

@@ -1,33 +1,55 @@
 """Datadog's rate limits, learned from the X-RateLimit-* headers of every answer.
 
-Each limit (X-RateLimit-Name) has a budget: what the last answer said remains,
-minus the requests sent since and not yet answered. When the budget is spent,
-nothing more is sent on that limit until X-RateLimit-Reset seconds have
-passed; then the full X-RateLimit-Limit is available again.
+Each limit (X-RateLimit-Name) has a budget for its current period: what
+Datadog last said remains, minus the requests sent since and not yet
+answered. When the budget is spent, nothing more is sent on that limit until
+the period ends (X-RateLimit-Reset seconds after the answer that said so);
+then the full X-RateLimit-Limit is available again.
+
+Answers arrive out of order when several requests are in flight, and an answer
+to a request sent just before a period ended can arrive after the next one
+began. So an answer is placed in its period by its reset time: within the
+current period the lowest Remaining is the newest truth, an answer from a
+period already over says nothing about this one, and one from a later period
+starts that period.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import replace
 
 
 @dataclass
 class LimitState:
+    """One named limit as this process knows it."""
+
     name: str
     limit: int | None = None
     period: float | None = None
+    # What Datadog last said is left in the current period (None: not known).
     remaining: int | None = None
-    reset_at: float = 0.0
+    # Clock time at which the current period ends (None: not known).
+    reset_at: float | None = None
+    # Requests reserved on this limit and not answered yet.
     in_flight: int = 0
+    # Clock time before which nothing is sent, whatever the budget says: set by a 429.
+    blocked_until: float | None = None
 
     def available(self) -> int | None:
+        """Requests that may still be sent in this period (None: no known limit)."""
         if self.remaining is None:
             return None
         return self.remaining - self.in_flight
+
+
+# A 429 holds requests back at least this long, even when X-RateLimit-Reset rounds down to 0.
+_MIN_HOLD = 0.25
 
 
 class RateLimiter:
@@ -52,16 +74,12 @@ class RateLimiter:
                 return 0.0, None
             state = self._limits[name]
             now = self._clock()
-            if now >= state.reset_at and state.limit is not None:
-                # A new period has begun: its whole budget is there to spend.
-                state.remaining = state.limit
-                period = state.period or 1.0
-                state.reset_at += period * ((now - state.reset_at) // period + 1)
-            available = state.available()
-            if available is None or available > 0:
-                state.in_flight += 1
-                return 0.0, name
-            return max(state.reset_at - now, 0.001), None
+            _roll(state, now)
+            wait = _wait(state, now)
+            if wait > 0:
+                return wait, None
+            state.in_flight += 1
+            return 0.0, name
 
     def wait_time(self, *endpoints: str) -> float:
         """How long until a request on every one of these endpoints could go (0: now)."""
@@ -70,12 +88,11 @@ class RateLimiter:
             now = self._clock()
             for endpoint in endpoints:
                 name = self._limit_of.get(endpoint)
-                state = self._limits.get(name) if name else None
-                if state is None or now >= state.reset_at:
+                if name is None:
                     continue
-                available = state.available()
-                if available is not None and available <= 0:
-                    longest = max(longest, state.reset_at - now)
+                state = self._limits[name]
+                _roll(state, now)
+                longest = max(longest, _wait(state, now))
         return longest
 
     def settle(
@@ -84,51 +101,132 @@ class RateLimiter:
         ticket: str | None,
         headers: Mapping[str, str] | None,
         status: int | None,
+        *,
+        reached: bool = True,
     ) -> None:
-        """Account for the answer to a reserved request (headers None when none came)."""
+        """Account for the answer to a reserved request.
+
+        `headers` is None when no answer came; `reached` then says whether the
+        request may have reached Datadog anyway (a read timeout), in which case
+        it stays counted against the budget: Datadog counted it too.
+        """
         with self._lock:
-            if ticket is not None:
-                held = self._limits[ticket]
+            now = self._clock()
+            held = self._limits.get(ticket) if ticket is not None else None
+            if held is not None:
                 held.in_flight = max(held.in_flight - 1, 0)
             if headers is None:
+                if held is not None and reached and held.remaining is not None:
+                    held.remaining = max(held.remaining - 1, 0)
                 return
-            name = headers.get("X-RateLimit-Name") or self._limit_of.get(endpoint)
-            if name is None and headers.get("X-RateLimit-Remaining") is not None:
+            found = {key.lower(): value for key, value in headers.items()}
+            name = found.get("x-ratelimit-name") or self._limit_of.get(endpoint)
+            if name is None and (status == 429 or "x-ratelimit-remaining" in found):
                 name = endpoint
             if name is None:
                 return
             self._limit_of[endpoint] = name
             state = self._limits.setdefault(name, LimitState(name))
-            limit = _int(headers.get("X-RateLimit-Limit"))
-            period = _float(headers.get("X-RateLimit-Period"))
-            remaining = _int(headers.get("X-RateLimit-Remaining"))
-            reset = _float(headers.get("X-RateLimit-Reset"))
+            _roll(state, now)
+            limit = _int(found.get("x-ratelimit-limit"))
+            period = _seconds(found.get("x-ratelimit-period"))
+            remaining = _int(found.get("x-ratelimit-remaining"))
+            reset = _seconds(found.get("x-ratelimit-reset"))
             if limit is not None:
                 state.limit = limit
-            if period is not None:
+            if period is not None and period > 0:
                 state.period = period
             if status == 429:
+                # Whatever the headers say, Datadog just refused: nothing is left until the reset.
                 remaining = 0
-                reset = reset if reset is not None else (state.period or 1.0)
-            if remaining is not None:
-                state.remaining = remaining
-            if reset is not None:
-                state.reset_at = self._clock() + reset
+                if reset is None:
+                    reset = _seconds(found.get("retry-after"))
+                if reset is None:
+                    reset = state.period or 1.0
+                # Held apart from the period bookkeeping: a 429 that looks like it belongs to the
+                # period just ended may mean this process began the next one too early.
+                state.blocked_until = max(state.blocked_until or 0.0, now + max(reset, _MIN_HOLD))
+                if state.reset_at is not None and state.period and now + reset < state.reset_at - state.period / 2:
+                    # Datadog's last period ended no sooner than it says: the current one ends a period later.
+                    state.reset_at = max(state.reset_at, now + reset + state.period)
+            if remaining is None:
+                return
+            _observe(state, remaining, now + reset if reset is not None else None, now)
 
     def snapshot(self) -> dict[str, LimitState]:
+        """A copy of every limit learned so far, by name."""
         with self._lock:
-            return {name: LimitState(**vars(state)) for name, state in self._limits.items()}
+            now = self._clock()
+            for state in self._limits.values():
+                _roll(state, now)
+            return {name: replace(state) for name, state in self._limits.items()}
+
+
+def _roll(state: LimitState, now: float) -> None:
+    """Begin a new period if the current one has ended."""
+    if state.reset_at is None or now < state.reset_at:
+        return
+    if state.limit is None:
+        # Without a known limit, the next answer says what the new period allows.
+        state.remaining, state.reset_at = None, None
+        return
+    state.remaining = state.limit
+    if state.period:
+        # Periods are calendar aligned: the next one ends a whole number of periods on.
+        state.reset_at += state.period * (math.floor((now - state.reset_at) / state.period) + 1)
+    else:
+        state.reset_at = None
+
+
+def _observe(state: LimitState, remaining: int, ends: float | None, now: float) -> None:
+    """Fold what one answer said into the budget of its period."""
+    remaining = max(remaining, 0)
+    if ends is None:
+        # No reset time: the answer belongs to the current period, whose end is then a guess.
+        if state.reset_at is None:
+            state.reset_at = now + (state.period or 1.0)
+        ends = state.reset_at
+    if state.reset_at is None or state.remaining is None:
+        state.remaining, state.reset_at = remaining, ends
+        return
+    # Answers of one period disagree on its end by rounding and network delay, never by half a period.
+    slack = state.period / 2 if state.period else 0.5
+    if ends > state.reset_at + slack:
+        # A later period than the one assumed here: the clock estimate was late.
+        state.remaining, state.reset_at = remaining, ends
+    elif ends >= state.reset_at - slack:
+        # The newest answer has the lowest Remaining; the latest end estimate is the safe one.
+        state.remaining = min(state.remaining, remaining)
+        state.reset_at = max(state.reset_at, ends)
+    # Otherwise the answer is from a period already over and says nothing about this one.
+
+
+def _wait(state: LimitState, now: float) -> float:
+    """Seconds before the next request on this limit may go (0: now)."""
+    if state.blocked_until is not None and now < state.blocked_until:
+        return state.blocked_until - now
+    available = state.available()
+    if available is None or available > 0:
+        return 0.0
+    if state.reset_at is None:
+        # The budget is spent by requests in flight and the period end is unknown: look again soon.
+        return 1.0
+    return max(state.reset_at - now, 0.001)
 
 
 def _int(value: str | None) -> int | None:
     try:
-        return int(value) if value is not None else None
+        return int(value.strip()) if value is not None else None
     except ValueError:
         return None
 
 
-def _float(value: str | None) -> float | None:
+def _seconds(value: str | None) -> float | None:
+    """A non-negative finite number of seconds, or None."""
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds

@@ -210,7 +210,7 @@ def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     if settings.dry_run:
         notes.append(f"dry-run: {settings.dry_run_reason}; links are planned and recorded, never sent to Datadog")
     else:
-        notes.append(f"live: links go to {settings.dd_api_url}")
+        notes.append(f"live: links go to {settings.dd_api_display_url}")
     for source in sources:
         if settings.secrets_for(source):
             continue
