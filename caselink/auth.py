@@ -11,11 +11,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from caselink.config import Secret
 from caselink.errors import AuthenticationError
 from caselink.events import WebhookRequest
+
+# Ten digits today; a bound keeps int() cheap on whatever a stranger sends.
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,36 @@ def check_token(request: WebhookRequest, policy: AuthPolicy) -> None:
 
 def hmac_sha256(secret: bytes, message: bytes) -> bytes:
     return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def check_timestamp(value: str | None, policy: AuthPolicy, header: str) -> str:
+    """The signed timestamp as sent, if it is Unix seconds within ±tolerance of receipt.
+
+    The text is returned unchanged because senders sign the header as they
+    wrote it; the check stops a captured request from being replayed later.
+    """
+    raw = (value or "").strip()
+    if not _UNIX_SECONDS.fullmatch(raw):
+        raise AuthenticationError(f"{header} must be a Unix time in whole seconds", reason="bad_timestamp")
+    skew = int(raw) - policy.now
+    if abs(skew) > policy.tolerance:
+        direction = "ahead of" if skew > 0 else "behind"
+        raise AuthenticationError(
+            f"{header} is {abs(skew):.0f}s {direction} the time of receipt; at most {policy.tolerance:.0f}s is "
+            "allowed (a replayed request, or a clock that is wrong)",
+            reason="stale_timestamp",
+        )
+    return raw
+
+
+def require_signature(expected: list[bytes], presented: list[bytes], header: str) -> None:
+    """Accept when one presented signature is one expected signature; else 401 saying which."""
+    if not presented:
+        raise AuthenticationError(f"no usable signature in {header}", reason="missing_signature")
+    if not any_signature_matches(expected, presented):
+        raise AuthenticationError(
+            f"the {header} signature does not match the body and the configured secret", reason="bad_signature"
+        )
 
 
 def any_signature_matches(expected: list[bytes], presented: list[bytes]) -> bool:

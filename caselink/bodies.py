@@ -6,11 +6,34 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl
 
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
+
 from caselink.errors import BadRequestError
+from caselink.errors import PayloadTooLargeError
 from caselink.errors import UnsupportedMediaTypeError
 from caselink.events import WebhookRequest
 
 JSON_TYPES = ("application/json", "text/json", "text/plain", "")
+
+
+def read_body(environ: dict[str, Any], limit: int | None) -> bytes:
+    """The raw body; 413 when it is over `limit` bytes, whether or not it declares its length.
+
+    Werkzeug refuses a Content-Length over the limit up front, but cuts a
+    chunked body off at the limit without a word, which would surface as a
+    bad signature or bad JSON. Reading at most one byte more tells a body that
+    fits from one that does not, and never holds more than that in memory.
+    """
+    if limit is None:
+        return get_input_stream(environ).read()
+    try:
+        body = get_input_stream(environ, max_content_length=limit + 1).read()
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) > limit:
+        raise PayloadTooLargeError(f"the body is larger than MAX_BODY_BYTES ({limit} bytes)")
+    return body
 
 
 def is_json(mimetype: str) -> bool:

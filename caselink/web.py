@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from caselink import logs
 from caselink import metrics
+from caselink.bodies import read_body
 from caselink.errors import AuthenticationError
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
@@ -44,7 +45,7 @@ def receive(source: str) -> tuple[Response, int]:
         service().handler(source)
         webhook = WebhookRequest(
             source=source,
-            body=request.get_data(cache=False),
+            body=read_body(request.environ, current_app.config["MAX_CONTENT_LENGTH"]),
             headers=Headers(request.headers.items()),
             content_type=request.content_type or "",
             received_at=time.time(),

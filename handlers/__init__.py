@@ -14,7 +14,12 @@ from typing import Protocol
 from caselink.auth import AuthPolicy
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from handlers import alertmanager
 from handlers import datadog
+from handlers import generic
+from handlers import grafana
+from handlers import opsgenie
+from handlers import pagerduty
 
 
 class Handler(Protocol):
@@ -29,4 +34,9 @@ class Handler(Protocol):
 
 REGISTRY: dict[str, ModuleType] = {
     "datadog": datadog,
+    "pagerduty": pagerduty,
+    "opsgenie": opsgenie,
+    "alertmanager": alertmanager,
+    "grafana": grafana,
+    "generic": generic,
 }

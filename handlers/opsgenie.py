@@ -1,0 +1,78 @@
+"""Opsgenie (and Jira Service Management Operations) alert webhooks: one alert action per POST.
+
+Opsgenie does not sign webhooks. Its Webhook integration sends custom headers,
+so it presents OPSGENIE_WEBHOOK_SECRET as a Bearer token, a basic-auth password
+or an X-Webhook-Token header. The kind is `alert.<action>` lowercased
+(alert.create, alert.acknowledge, alert.close, …; a custom action's name with
+spaces as underscores). Alert tags like `case:OPS-42` become tags
+`{case: [OPS-42]}`, next to the alert's details and its team.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from caselink import auth
+from caselink.auth import AuthPolicy
+from caselink.bodies import json_body
+from caselink.events import Event
+from caselink.events import WebhookRequest
+from caselink.events import parse_tags
+from caselink.events import text
+from handlers._shared import body_digest
+from handlers._shared import first_text
+from handlers._shared import iso_from_epoch
+from handlers._shared import label_tags
+from handlers._shared import mapping
+from handlers._shared import merge_tags
+from handlers._shared import unrecognised
+
+SOURCE = "opsgenie"
+# Where an action leaves the alert, for payloads that carry no status of their own.
+_STATUS_AFTER = {
+    "create": "open",
+    "acknowledge": "acknowledged",
+    "unacknowledge": "open",
+    "close": "closed",
+    "delete": "deleted",
+}
+
+
+def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
+    auth.check_token(request, policy)
+
+
+def parse(request: WebhookRequest) -> Any:
+    return json_body(request)
+
+
+def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
+    alert = mapping(payload).get("alert")
+    if not isinstance(alert, Mapping):
+        return [unrecognised(SOURCE, payload, request, "the body has no alert object; is this an alert webhook?")]
+    action = re.sub(r"\s+", "_", text(mapping(payload).get("action")).strip().lower())
+    if not action:
+        return [unrecognised(SOURCE, payload, request, "action is missing")]
+    alert_id = first_text(alert.get("alertId"))
+    updated = first_text(alert.get("updatedAt"), alert.get("createdAt"))
+    team = first_text(alert.get("team"))
+    return [
+        Event(
+            source=SOURCE,
+            kind=f"alert.{action}",
+            dedup_key=f"{alert_id}:{action}:{updated}" if alert_id else body_digest(request.body),
+            # Opsgenie's message is the alert's one-line title; the description is the long text.
+            title=first_text(alert.get("message")),
+            message=first_text(alert.get("description")),
+            severity=first_text(mapping(alert.get("details")).get("severity")),
+            priority=first_text(alert.get("priority")),
+            status=first_text(alert.get("status")) or _STATUS_AFTER.get(action, ""),
+            tags=merge_tags(
+                parse_tags(alert.get("tags")), label_tags(alert.get("details")), {"team": [team]} if team else {}
+            ),
+            occurred_at=iso_from_epoch(alert.get("updatedAt")) or iso_from_epoch(alert.get("createdAt")),
+            payload=payload,
+        )
+    ]

@@ -1,0 +1,265 @@
+"""PagerDuty Webhooks v3: signatures over the raw body, event types as kinds, X-Webhook-Id dedup."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from caselink.errors import AuthenticationError
+from caselink.errors import BadRequestError
+from caselink.errors import UnsupportedMediaTypeError
+from handlers import pagerduty
+from tests.conftest import fixture_bytes
+from tests.handlers.conftest import ODD_PAYLOADS
+from tests.handlers.conftest import events
+from tests.handlers.conftest import pagerduty_signature
+from tests.handlers.conftest import policy
+from tests.handlers.conftest import webhook
+from tests.handlers.conftest import without_payload
+
+SECRET = "pd-secret-one"
+NEXT_SECRET = "pd-secret-two"
+BODY = fixture_bytes("pagerduty", "incident-triggered.json")
+
+
+def signed(body=BODY, *secrets, headers=None):
+    signature = pagerduty_signature(body, *(secrets or (SECRET,)))
+    return webhook("pagerduty", body, {"X-PagerDuty-Signature": signature, **(headers or {})})
+
+
+def body_of(event_type: str, data: dict, **event: object) -> bytes:
+    return json.dumps({"event": {"id": "evt-1", "event_type": event_type, "data": data, **event}}).encode()
+
+
+# -- authenticate -------------------------------------------------------------------
+
+
+def test_a_signature_over_the_raw_body_is_accepted():
+    pagerduty.authenticate(signed(), policy("pagerduty", SECRET))
+
+
+def test_any_of_several_signatures_may_match_during_rotation():
+    header = pagerduty_signature(BODY, "retired-secret", SECRET)
+
+    pagerduty.authenticate(webhook("pagerduty", BODY, {"X-PagerDuty-Signature": header}), policy("pagerduty", SECRET))
+
+
+def test_any_of_several_configured_secrets_may_match():
+    pagerduty.authenticate(signed(BODY, NEXT_SECRET), policy("pagerduty", SECRET, NEXT_SECRET))
+
+
+def test_spaces_after_commas_and_other_versions_are_tolerated():
+    header = "v0=abcd, " + pagerduty_signature(BODY, SECRET)
+
+    pagerduty.authenticate(webhook("pagerduty", BODY, {"X-PagerDuty-Signature": header}), policy("pagerduty", SECRET))
+
+
+def test_a_tampered_body_is_refused():
+    request = webhook("pagerduty", BODY.replace(b"OPS-42", b"OPS-43"), dict(signed().headers))
+
+    with pytest.raises(AuthenticationError) as refused:
+        pagerduty.authenticate(request, policy("pagerduty", SECRET))
+
+    assert refused.value.detail["reason"] == "bad_signature"
+    assert refused.value.status_code == 401
+
+
+def test_a_signature_made_with_another_secret_is_refused():
+    with pytest.raises(AuthenticationError) as refused:
+        pagerduty.authenticate(signed(BODY, "someone-elses-secret"), policy("pagerduty", SECRET))
+
+    assert refused.value.detail["reason"] == "bad_signature"
+
+
+def test_a_signature_over_reserialised_json_is_refused():
+    reserialised = json.dumps(json.loads(BODY)).encode()
+    request = webhook("pagerduty", BODY, {"X-PagerDuty-Signature": pagerduty_signature(reserialised, SECRET)})
+
+    with pytest.raises(AuthenticationError):
+        pagerduty.authenticate(request, policy("pagerduty", SECRET))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-PagerDuty-Signature": ""},
+        {"X-PagerDuty-Signature": "v1=not-hex"},
+        {"X-PagerDuty-Signature": "sha256=" + pagerduty_signature(BODY, SECRET)[3:]},
+        {"Authorization": f"Bearer {SECRET}"},
+    ],
+    ids=["no-header", "empty", "bad-hex", "other-prefix", "token-instead"],
+)
+def test_a_request_without_a_usable_signature_is_refused(headers):
+    with pytest.raises(AuthenticationError) as refused:
+        pagerduty.authenticate(webhook("pagerduty", BODY, headers), policy("pagerduty", SECRET))
+
+    assert refused.value.detail["reason"] == "missing_signature"
+
+
+def test_no_answer_names_the_secret():
+    with pytest.raises(AuthenticationError) as refused:
+        pagerduty.authenticate(signed(BODY, "wrong"), policy("pagerduty", SECRET))
+
+    assert SECRET not in json.dumps(refused.value.to_dict())
+
+
+def test_without_a_secret_every_request_is_refused_in_live_mode():
+    with pytest.raises(AuthenticationError) as refused:
+        pagerduty.authenticate(signed(), policy("pagerduty"))
+
+    assert refused.value.detail["reason"] == "no_secret_configured"
+    assert "PAGERDUTY_WEBHOOK_SECRET" in refused.value.message
+
+
+def test_without_a_secret_requests_are_let_in_only_in_dry_run():
+    pagerduty.authenticate(webhook("pagerduty", BODY), policy("pagerduty", open_without_secret=True))
+
+
+# -- parse --------------------------------------------------------------------------
+
+
+def test_a_body_that_is_not_json_is_a_bad_request():
+    with pytest.raises(BadRequestError, match="not valid JSON"):
+        pagerduty.parse(webhook("pagerduty", b"{not json"))
+
+
+def test_a_form_body_is_an_unsupported_media_type():
+    with pytest.raises(UnsupportedMediaTypeError, match="application/json"):
+        pagerduty.parse(webhook("pagerduty", b"a=b", content_type="application/x-www-form-urlencoded"))
+
+
+# -- normalise ----------------------------------------------------------------------
+
+
+def test_the_fixture_becomes_one_incident_triggered_event():
+    [event] = events(pagerduty, signed(headers={"X-Webhook-Id": "delivery-1"}))
+
+    assert without_payload(event) == {
+        "source": "pagerduty",
+        "kind": "incident.triggered",
+        "entity": None,
+        "title": "Payments DB replica lag, see OPS-42",
+        "message": "",
+        "severity": "high",
+        "priority": "P1",
+        "status": "triggered",
+        "url": "https://acme.pagerduty.com/incidents/PGR0VU2",
+        "tags": {"service": ["payments-api"], "team": ["checkout"]},
+        "occurred_at": "2026-11-26T09:14:22.169Z",
+    }
+    assert event.payload == json.loads(BODY)
+    assert event.problem is None
+
+
+def test_the_delivery_id_header_is_the_dedup_key():
+    [event] = events(pagerduty, webhook("pagerduty", BODY, {"X-Webhook-Id": "delivery-1"}))
+
+    assert event.dedup_key == "delivery-1"
+
+
+def test_without_the_delivery_header_the_event_id_is_the_dedup_key():
+    [event] = events(pagerduty, webhook("pagerduty", BODY))
+
+    assert event.dedup_key == "5ac64822-4adc-4fda-ade0-410becf0de4f"
+
+
+def test_without_any_id_identical_bodies_share_a_dedup_key():
+    body = json.dumps({"event": {"event_type": "incident.resolved", "data": {}}}).encode()
+
+    [first] = events(pagerduty, webhook("pagerduty", body))
+    [second] = events(pagerduty, webhook("pagerduty", body))
+
+    assert first.dedup_key == second.dedup_key
+    assert first.dedup_key.startswith("sha256:")
+
+
+def test_the_ping_is_understood_and_yields_no_event():
+    body = body_of("pagey.ping", {"message": "Hello from your friend Pagey!", "type": "ping"}, resource_type="pagey")
+    request = signed(body)
+
+    pagerduty.authenticate(request, policy("pagerduty", SECRET))
+    assert events(pagerduty, request) == []
+
+
+def test_an_event_type_caselink_does_not_know_is_kept_as_the_kind():
+    body = body_of("incident.teleported", {"id": "PX", "type": "incident", "title": "Moved", "urgency": "low"})
+
+    [event] = events(pagerduty, webhook("pagerduty", body))
+
+    assert (event.kind, event.title, event.severity, event.problem) == ("incident.teleported", "Moved", "low", None)
+
+
+def test_a_note_reads_its_incident_reference_and_content():
+    data = {
+        "type": "incident_note",
+        "id": "P2LA89X",
+        "content": "Rolled back, see OPS-42",
+        "incident": {
+            "id": "PGR0VU2",
+            "type": "incident_reference",
+            "summary": "A little bump in the road",
+            "html_url": "https://acme.pagerduty.com/incidents/PGR0VU2",
+        },
+    }
+
+    [event] = events(pagerduty, webhook("pagerduty", body_of("incident.annotated", data)))
+
+    assert event.kind == "incident.annotated"
+    assert event.title == "A little bump in the road"
+    assert event.message == "Rolled back, see OPS-42"
+    assert event.url == "https://acme.pagerduty.com/incidents/PGR0VU2"
+
+
+def test_a_full_incident_names_its_escalation_policy_and_type_as_tags():
+    data = {
+        "type": "incident",
+        "status": "acknowledged",
+        "priority": None,
+        "service": {"summary": "API Service"},
+        "teams": [{"summary": "Engineering"}, {"summary": "SRE"}, {"summary": "SRE"}],
+        "escalation_policy": {"summary": "Default"},
+        "incident_type": {"name": "major"},
+    }
+
+    [event] = events(pagerduty, webhook("pagerduty", body_of("incident.acknowledged", data, agent=None)))
+
+    assert event.tags == {
+        "service": ["API Service"],
+        "team": ["Engineering", "SRE"],
+        "escalation_policy": ["Default"],
+        "incident_type": ["major"],
+    }
+    assert (event.status, event.priority) == ("acknowledged", "")
+
+
+def test_a_service_event_tags_the_service_by_name():
+    data = {"id": "PF9KMXH", "type": "service", "name": "payments-api", "description": "Takes money"}
+
+    [event] = events(pagerduty, webhook("pagerduty", body_of("service.updated", data)))
+
+    assert (event.title, event.message, event.tags) == ("payments-api", "Takes money", {"service": ["payments-api"]})
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"messages": []}', "no event object"),
+        (b"[1, 2]", "no event object"),
+        (b'{"event": {"data": {}}}', "event_type is missing"),
+    ],
+)
+def test_a_payload_it_cannot_read_is_kept_as_unrecognised(body, problem):
+    [event] = events(pagerduty, webhook("pagerduty", body))
+
+    assert event.kind == "unrecognised"
+    assert problem in event.problem
+    assert event.payload == json.loads(body)
+
+
+@pytest.mark.parametrize("body", ODD_PAYLOADS)
+def test_odd_json_never_raises(body):
+    for event in events(pagerduty, webhook("pagerduty", body)):
+        assert event.source == "pagerduty"
+        assert event.dedup_key
