@@ -5,6 +5,8 @@ worker starts, the master checks the configuration, the database schema and
 the rules, and refuses to start with a message that says what to fix.
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -34,10 +36,12 @@ capture_output = False
 control_socket_disable = True
 
 _metrics_dir = None
+_delivery_lock = None
 
 
 def on_starting(server):
-    global _metrics_dir
+    global _metrics_dir, _delivery_lock
+    _delivery_lock = os.path.join(tempfile.gettempdir(), f"caselink-delivery-{os.getpid()}.lock")
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Every worker process writes its counters here, so /metrics adds them up.
         _metrics_dir = tempfile.mkdtemp(prefix="caselink-metrics-")
@@ -65,6 +69,16 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    # One delivery worker per gunicorn instance, in whichever process holds this
+    # lock: its rate-limit budget is then the instance's, and when that process
+    # dies the lock passes to the process gunicorn starts in its place.
+    handle = open(_delivery_lock, "a")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return
+    worker.caselink_delivery_lock = handle
     worker.wsgi.extensions["caselink"].start_worker()
 
 
@@ -83,3 +97,6 @@ def child_exit(server, worker):
 def on_exit(server):
     if _metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _delivery_lock:
+        with contextlib.suppress(OSError):
+            os.remove(_delivery_lock)

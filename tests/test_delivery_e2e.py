@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,3 +158,23 @@ def test_a_webhook_gets_503_and_nothing_is_acknowledged_while_the_store_is_down(
     up = web.post("datadog", incident_body(1, "OPS-42"))
     assert up.status_code == 202
     assert [event["id"] for event in web.api("/api/events").json()["events"]] == [up.json()["events"][0]["id"]]
+
+
+def test_one_delivery_worker_per_instance_and_it_moves_when_its_process_dies(stack, fake_datadog):
+    web = stack.service(WEB_CONCURRENCY="3", **FAST_RETRIES)
+
+    def started() -> list[dict]:
+        return [
+            json.loads(line)
+            for line in web.logs().splitlines()
+            if line.startswith("{") and json.loads(line).get("msg") == "worker started"
+        ]
+
+    [first] = wait_for(started, message="the delivery worker")
+    time.sleep(0.5)
+    assert len(started()) == 1
+    os.kill(int(first["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+
+    wait_for(lambda: len(started()) == 2, timeout=20, message="a delivery worker in the new process")
+    post_all(web, [incident_body(index, "OPS-42") for index in range(5)])
+    wait_for(lambda: link_states(stack) == {"delivered": 5}, message="delivery by the new holder")
