@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         client=None if settings.dry_run else DatadogClient.from_settings(settings),
     )
     app.register_blueprint(web.bp)
+    app.register_blueprint(web.api)
     web.register_error_handlers(app)
     cli.register(app)
     return app

@@ -7,6 +7,7 @@ the rules, and refuses to start with a message that says what to fix.
 
 import contextlib
 import fcntl
+import gc
 import os
 import shutil
 import sys
@@ -69,6 +70,9 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    # Everything built so far lives as long as the process; keep the garbage
+    # collector from walking it again and again under load.
+    gc.freeze()
     # One delivery worker per gunicorn instance, in whichever process holds this
     # lock: its rate-limit budget is then the instance's, and when that process
     # dies the lock passes to the process gunicorn starts in its place.

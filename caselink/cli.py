@@ -196,7 +196,9 @@ def replay(since: str, rules_file: str | None, apply: bool) -> None:
         evaluation = ruleset.evaluate(event)
         planned = {str(link): (outcome, link) for outcome, link in evaluation.planned}
         before = {
-            f"{link['parent']} {link['relationship']} {link['child']}" for link in svc.store.links_for_event(row["id"])
+            f"{link['parent']} {link['relationship']} {link['child']}"
+            for outcome in row["trace"]
+            for link in outcome.get("links", [])
         }
         new = [key for key in planned if key not in before]
         gone = sorted(before - set(planned))
@@ -207,7 +209,12 @@ def replay(since: str, rules_file: str | None, apply: bool) -> None:
         added += len(new)
         dropped += len(gone)
         if apply and new:
-            svc.store.add_plans(row["id"], [planned[key] for key in new], dry_run=svc.settings.dry_run)
+            svc.store.add_plans(
+                row["id"],
+                [planned[key] for key in new],
+                dry_run=svc.settings.dry_run,
+                note=f"planned by `replay --apply` with {ruleset.path} ({ruleset.digest[:12]})",
+            )
     verb = "planned" if apply else "would add"
     click.echo(f"{events} events since {since}: {verb} {added} link(s), {dropped} no longer planned")
 

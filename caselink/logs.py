@@ -76,5 +76,12 @@ def get(name: str) -> logging.Logger:
     return logging.getLogger(f"caselink.{name}")
 
 
+_second: list[Any] = [None, ""]
+
+
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    # One strftime per second of log lines, not one per line.
+    second = int(created)
+    if _second[0] != second:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(created % 1 * 1000):03d}Z"

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -413,11 +414,19 @@ class Rule:
 
     def applies_to(self, event: Event) -> str | None:
         """None when `on` selects the event, else why not."""
-        if self.sources is not None and not any(fnmatch.fnmatchcase(event.source, name) for name in self.sources):
+        if self.sources is not None and not self._source_globs.match(event.source):
             return f"on.source: {event.source!r} is not {_one_of(self.sources)}"
-        if self.kinds is not None and not any(fnmatch.fnmatchcase(event.kind, kind) for kind in self.kinds):
+        if self.kinds is not None and not self._kind_globs.match(event.kind):
             return f"on.kind: {event.kind!r} is not {_one_of(self.kinds)}"
         return None
+
+    @cached_property
+    def _source_globs(self) -> re.Pattern[str]:
+        return _globs(self.sources or ())
+
+    @cached_property
+    def _kind_globs(self) -> re.Pattern[str]:
+        return _globs(self.kinds or ())
 
     def plan(self, event: Event, names: Mapping[str, Any]) -> tuple[list[PlannedLink], list[str]]:
         problems: list[str] = []
@@ -1211,6 +1220,11 @@ def _line(container: Any, key: Any = None) -> int:
     if key is not None and isinstance(container, _Node) and key in getattr(container, "lines", {}):
         return container.lines[key]
     return getattr(container, "line", 0)
+
+
+def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
+    """One compiled regular expression for several globs: `on` is checked for every event."""
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
 
 
 def _did_you_mean(word: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:

@@ -8,6 +8,8 @@ relationship, child) both as planned and as resolved to UUIDs.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import secrets
 import threading
 import time
@@ -15,7 +17,9 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
+from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
 from caselink.errors import SchemaError
@@ -74,8 +79,8 @@ events = sa.Table(
     sa.Column("links_planned", sa.Integer, nullable=False, default=0),
     sa.UniqueConstraint("source", "dedup_key", name="uq_events_delivery"),
 )
-sa.Index("ix_events_received_at", events.c.received_at)
-sa.Index("ix_events_source", events.c.source, events.c.id)
+# No secondary index on events beyond the dedup key: each one is pages more to
+# write on every webhook, and the admin API and replay read events rarely.
 
 links = sa.Table(
     "links",
@@ -123,18 +128,6 @@ links = sa.Table(
 )
 sa.Index("ix_links_due", links.c.state, links.c.next_attempt_at)
 
-plans = sa.Table(
-    "plans",
-    metadata,
-    sa.Column("id", _id, primary_key=True, autoincrement=True),
-    sa.Column("event_id", _id, sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("link_id", _id, sa.ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("rule", sa.String(255), nullable=False),
-    sa.Column("dry_run", sa.Boolean, nullable=False),
-    sa.UniqueConstraint("event_id", "link_id", "rule", name="uq_plans"),
-)
-sa.Index("ix_plans_link", plans.c.link_id)
-
 service_state = sa.Table(
     "service_state",
     metadata,
@@ -177,6 +170,7 @@ class Store:
     def __init__(self, url: str, *, pool_size: int = 5) -> None:
         self.url = url
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+        self._write_lock = _WriteLock(url) if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":
             _prepare_sqlite_path(url)
             self.engine: Engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10)
@@ -184,23 +178,41 @@ class Store:
         else:
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+        self._statements = _Statements(self.engine.dialect)
+        self._group = _GroupCommit(self._write_batch)
+        self._ingest_connection: Any = None
 
     # -- plumbing ---------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        """One transaction; OperationalError (the database is unreachable, locked, …) becomes a 503.
+
+        On SQLite, writers queue on a lock file next to the database before
+        BEGIN IMMEDIATE, so the kernel wakes the next writer the moment the
+        last one commits instead of SQLite polling with sleeps of up to 100 ms.
+        """
+        guard = self._write_lock if write and self._write_lock is not None else nullcontext()
         try:
-            with self.engine.begin() as connection:
-                yield connection
+            with guard, self.engine.connect() as connection:
+                if not write:
+                    connection = connection.execution_options(caselink_read_only=True)
+                with connection.begin():
+                    yield connection
         except OperationalError as exc:
-            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from None
+            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from exc
 
     def ping(self) -> None:
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             connection.execute(sa.text("SELECT 1"))
 
     def dispose(self) -> None:
+        if self._ingest_connection is not None:
+            self._ingest_connection.close()
+            self._ingest_connection = None
         self.engine.dispose()
+        if self._write_lock is not None:
+            self._write_lock.close()
 
     def check_schema(self) -> None:
         """Raise SchemaError unless the database is at this release's migration head."""
@@ -235,23 +247,115 @@ class Store:
         dry_run: bool,
         now: float | None = None,
     ) -> list[RecordedEvent]:
-        """Store events, their traces and their planned links in one transaction."""
+        """Store events, their traces and their planned links; return once committed.
+
+        Webhooks arriving together in one process share a transaction (group
+        commit): each request still returns only after the commit that holds
+        its rows, so a 202 always means stored.
+        """
         now = time.time() if now is None else now
+        work = _Work(
+            [_event_row(event, evaluation, ruleset, now) for event, evaluation in items],
+            [
+                [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in evaluation.planned]
+                for _, evaluation in items
+            ],
+            now,
+        )
+        return self._group.submit(work)
+
+    def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
         for attempt in range(3):
-            recorded: list[RecordedEvent] = []
             try:
-                with self.transaction() as connection:
-                    for event, evaluation in items:
-                        recorded.append(self._record_one(connection, event, evaluation, ruleset, dry_run, now))
-                    if not dry_run and any(not event.duplicate and event.links_planned for event in recorded):
-                        self._notify(connection)
-                return recorded
+                with self._raw_transaction(ingest=True) as cursor:
+                    return self._write(cursor, batch)
             except StoreUnavailableError as exc:
-                # Two webhooks planning the same links in another order can deadlock
-                # on PostgreSQL; one of them is told to try again, and does.
-                if attempt == 2 or not _is_transient(exc.__context__):
+                # Two batches planning the same links in another order can deadlock
+                # on PostgreSQL; the database cancels one, which runs again.
+                if attempt == 2 or not _is_transient(exc.__cause__):
                     raise
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _raw_transaction(self, *, ingest: bool = False) -> Iterator[Any]:
+        """A write transaction on a DBAPI connection, for the statements in `_Statements`.
+
+        Ingest batches run one at a time (see _GroupCommit), so they keep one
+        connection for themselves instead of taking one from the pool each time.
+        """
+        dbapi = self.engine.dialect.loaded_dbapi
+        guard = self._write_lock if self._write_lock is not None else nullcontext()
+        connection = None
+        try:
+            with guard:
+                connection = self._ingest_connection if ingest else None
+                if connection is None:
+                    connection = self.engine.raw_connection()
+                cursor = connection.cursor()
+                if self.dialect == "sqlite":
+                    cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    connection.rollback()
+                    raise
+                connection.commit()
+        except (dbapi.Error, OperationalError) as exc:
+            if connection is not None:
+                # Whatever state it is in, a connection that failed is not used again.
+                connection.invalidate()
+                connection = None
+            if isinstance(exc, OperationalError):
+                raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from exc
+            if isinstance(exc, dbapi.OperationalError):
+                raise StoreUnavailableError(f"the database is unavailable: {_first_line(exc)}") from exc
+            raise
+        finally:
+            if ingest:
+                self._ingest_connection = connection
+            elif connection is not None:
+                connection.close()
+
+    def _write(self, cursor: Any, batch: list[_Work]) -> list[list[RecordedEvent]]:
+        sql = self._statements
+        results: list[list[RecordedEvent]] = []
+        new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+        for work in batch:
+            recorded = []
+            for row, link_rows in zip(work.events, work.links, strict=True):
+                cursor.execute(sql.insert_event.sql, sql.insert_event.params(row))
+                inserted = cursor.fetchone()
+                if inserted is not None:
+                    recorded.append(RecordedEvent(inserted[0], row["kind"], False, row["links_planned"]))
+                    for link in link_rows:
+                        natural = _natural_key(link)
+                        if natural not in new_links or link["state"] == "pending":
+                            new_links[natural] = link
+                    continue
+                cursor.execute(sql.find_event.sql, sql.find_event.params(row))
+                event_id, planned = cursor.fetchone()
+                recorded.append(RecordedEvent(event_id, row["kind"], True, planned))
+            results.append(recorded)
+        if new_links:
+            self._plan_links(cursor, list(new_links.values()), batch[0].now)
+        return results
+
+    def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> None:
+        """Insert planned links that are new; wake dry-run links that a live rule now asks for."""
+        sql = self._statements
+        cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in rows])
+        live = [dict(row, now=now) for row in rows if row["state"] == "pending"]
+        if not live:
+            return
+        cursor.execute(sql.any_dormant.sql)
+        if cursor.fetchone() is not None:
+            cursor.executemany(sql.promote_planned.sql, [sql.promote_planned.params(row) for row in live])
+            resolved = [row for row in live if row["parent_id"] and row["child_id"]]
+            if resolved:
+                cursor.executemany(sql.promote_resolved.sql, [sql.promote_resolved.params(row) for row in resolved])
+        if self.dialect == "postgresql":
+            # Delivered to listening workers when this transaction commits.
+            cursor.execute(sql.notify.sql)
 
     def _notify(self, connection: Connection) -> None:
         """Wake listening workers once this transaction commits (PostgreSQL; SQLite workers poll)."""
@@ -283,158 +387,26 @@ class Store:
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _record_one(
-        self,
-        connection: Connection,
-        event: Event,
-        evaluation: Evaluation,
-        ruleset: str,
-        dry_run: bool,
-        now: float,
-    ) -> RecordedEvent:
-        planned = evaluation.planned
-        row = {
-            "source": event.source,
-            "dedup_key": _bounded_key(event.dedup_key),
-            "kind": event.kind[:255],
-            "entity_type": event.entity.type if event.entity else None,
-            "entity_id": event.entity.id if event.entity else None,
-            "title": event.title,
-            "message": event.message,
-            "severity": event.severity[:255],
-            "priority": event.priority[:255],
-            "status": event.status[:255],
-            "url": event.url,
-            "tags": {name: list(values) for name, values in event.tags.items()},
-            "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
-            "payload": event.payload,
-            "problem": event.problem,
-            "received_at": now,
-            "ruleset": ruleset,
-            "trace": evaluation.trace(),
-            "links_planned": len(planned),
-        }
-        statement = (
-            self._insert(events)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
-            .returning(events.c.id)
-        )
-        event_id = connection.execute(statement).scalar()
-        if event_id is None:
-            existing = connection.execute(
-                sa.select(events.c.id, events.c.links_planned).where(
-                    events.c.source == event.source,
-                    events.c.dedup_key == row["dedup_key"],
-                )
-            ).one()
-            return RecordedEvent(existing.id, event.kind, True, existing.links_planned)
-        plan_rows = []
+    def add_plans(self, event_id: int, planned: Sequence[tuple[Any, Any]], *, dry_run: bool, note: str) -> None:
+        """Plan more links for a stored event (`replay --apply`) and say so in its trace."""
+        now = time.time()
+        entries: dict[str, dict[str, Any]] = {}
         for outcome, link in planned:
-            link_dry_run = dry_run or outcome.dry_run
-            link_id = self._upsert_link(connection, link.parent, link.relationship, link.child, link_dry_run, now)
-            plan_rows.append({"event_id": event_id, "link_id": link_id, "rule": outcome.rule, "dry_run": link_dry_run})
-        if plan_rows:
-            connection.execute(
-                self._insert(plans).on_conflict_do_nothing(index_elements=["event_id", "link_id", "rule"]),
-                plan_rows,
+            entry = entries.setdefault(
+                outcome.rule, {"rule": outcome.rule, "outcome": "matched", "reason": note, "links": []}
             )
-        return RecordedEvent(event_id, event.kind, False, len(planned))
-
-    def _upsert_link(
-        self,
-        connection: Connection,
-        parent: EntityRef,
-        relationship: str,
-        child: EntityRef,
-        dry_run: bool,
-        now: float,
-    ) -> int:
-        state = "dry_run" if dry_run else "pending"
-        statement = self._insert(links).values(
-            parent_type=parent.type,
-            parent_ref=parent.id,
-            relationship=relationship,
-            child_type=child.type,
-            child_ref=child.id,
-            parent_id=parent.id if parent.is_resolved else None,
-            child_id=child.id if child.is_resolved else None,
-            state=state,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-        # A live plan wakes a link that so far only dry-run rules asked for.
-        promote = sa.and_(links.c.state == "dry_run", statement.excluded.state == "pending")
-        statement = statement.on_conflict_do_update(
-            index_elements=["parent_type", "parent_ref", "relationship", "child_type", "child_ref"],
-            set_={
-                "state": sa.case((promote, "pending"), else_=links.c.state),
-                "next_attempt_at": sa.case((promote, now), else_=links.c.next_attempt_at),
-                "updated_at": sa.case((promote, now), else_=links.c.updated_at),
-            },
-        ).returning(links.c.id)
-        if not (parent.is_resolved and child.is_resolved):
-            # Only a plan with UUIDs on both sides can collide with a resolved link.
-            return int(connection.execute(statement).scalar_one())
-        try:
-            with connection.begin_nested():
-                return int(connection.execute(statement).scalar_one())
-        except IntegrityError:
-            # Planned with UUIDs that another row already resolved to: that row is the link.
-            return self._promote_resolved(connection, parent, relationship, child, dry_run, now)
-
-    def _promote_resolved(
-        self,
-        connection: Connection,
-        parent: EntityRef,
-        relationship: str,
-        child: EntityRef,
-        dry_run: bool,
-        now: float,
-    ) -> int:
-        row = connection.execute(
-            sa.select(links.c.id, links.c.state).where(
-                links.c.parent_type == parent.type,
-                links.c.parent_id == parent.id,
-                links.c.relationship == relationship,
-                links.c.child_type == child.type,
-                links.c.child_id == child.id,
-            )
-        ).one()
-        if row.state == "dry_run" and not dry_run:
-            connection.execute(
-                links.update().where(links.c.id == row.id).values(state="pending", next_attempt_at=now, updated_at=now)
-            )
-        return int(row.id)
-
-    def add_plans(
-        self,
-        event_id: int,
-        planned: Sequence[tuple[Any, Any]],
-        *,
-        dry_run: bool,
-        now: float | None = None,
-    ) -> None:
-        """Plan more links for a stored event (`replay --apply`)."""
-        now = time.time() if now is None else now
+            entry["links"].append(link.as_dict())
         with self.transaction() as connection:
-            rows = []
-            for outcome, link in planned:
-                link_dry_run = dry_run or outcome.dry_run
-                link_id = self._upsert_link(connection, link.parent, link.relationship, link.child, link_dry_run, now)
-                rows.append({"event_id": event_id, "link_id": link_id, "rule": outcome.rule, "dry_run": link_dry_run})
-            if rows:
-                connection.execute(
-                    self._insert(plans).on_conflict_do_nothing(index_elements=["event_id", "link_id", "rule"]),
-                    rows,
-                )
-                connection.execute(
-                    events.update()
-                    .where(events.c.id == event_id)
-                    .values(links_planned=events.c.links_planned + len(rows))
-                )
+            trace = connection.execute(sa.select(events.c.trace).where(events.c.id == event_id)).scalar_one()
+            connection.execute(
+                events.update()
+                .where(events.c.id == event_id)
+                .values(trace=[*trace, *entries.values()], links_planned=events.c.links_planned + len(planned))
+            )
+        with self._raw_transaction() as cursor:
+            self._plan_links(
+                cursor, [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in planned], now
+            )
 
     # -- delivery -----------------------------------------------------------
 
@@ -601,7 +573,7 @@ class Store:
 
     def next_due(self) -> float | None:
         """When the earliest pending link becomes due, or a lease runs out."""
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             pending = connection.execute(
                 sa.select(sa.func.min(links.c.next_attempt_at)).where(links.c.state == "pending")
             ).scalar()
@@ -621,7 +593,7 @@ class Store:
             connection.execute(statement)
 
     def get_state(self, name: str) -> str | None:
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             return connection.execute(sa.select(service_state.c.value).where(service_state.c.name == name)).scalar()
 
     # -- reading and re-driving --------------------------------------------
@@ -648,21 +620,16 @@ class Store:
             query = query.where(events.c.id < before)
         if source is not None:
             query = query.where(events.c.source == source)
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             return [_event_summary(row._mapping) for row in connection.execute(query)]
 
     def get_event(self, event_id: int) -> dict[str, Any]:
         """The explain record: the event, every rule's outcome, and the planned links' states."""
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(events).where(events.c.id == event_id)).first()
             if row is None:
                 raise NotFoundError(f"no event {event_id}")
-            planned = connection.execute(
-                sa.select(plans.c.rule, plans.c.dry_run, links)
-                .join(links, links.c.id == plans.c.link_id)
-                .where(plans.c.event_id == event_id)
-                .order_by(plans.c.id)
-            ).all()
+            planned = self._planned_links(connection, row.trace)
         record = _event_summary(row._mapping)
         record.update(
             dedup_key=row.dedup_key,
@@ -675,26 +642,46 @@ class Store:
             occurred_at=row.occurred_at,
             ruleset=row.ruleset,
             rules=row.trace,
-            links=[dict(_link_record(plan._mapping), rule=plan.rule) for plan in planned],
+            links=planned,
             payload=row.payload,
         )
         return record
 
     def events_since(self, since: float) -> Iterator[dict[str, Any]]:
         query = sa.select(events).where(events.c.received_at >= since).order_by(events.c.id)
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             rows = connection.execute(query).all()
         for row in rows:
             yield dict(row._mapping)
 
-    def links_for_event(self, event_id: int) -> list[dict[str, Any]]:
-        with self.transaction() as connection:
-            rows = connection.execute(
-                sa.select(plans.c.rule, links)
-                .join(links, links.c.id == plans.c.link_id)
-                .where(plans.c.event_id == event_id)
-            ).all()
-        return [dict(_link_record(row._mapping), rule=row.rule) for row in rows]
+    def _planned_links(self, connection: Connection, trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The links an event's rules planned, each with the state of its row in the queue."""
+        found = []
+        for outcome in trace:
+            for planned in outcome.get("links", []):
+                parent = EntityRef.parse(planned["parent"])
+                child = EntityRef.parse(planned["child"])
+                same_plan = sa.and_(
+                    links.c.parent_type == parent.type,
+                    links.c.parent_ref == parent.id,
+                    links.c.relationship == planned["relationship"],
+                    links.c.child_type == child.type,
+                    links.c.child_ref == child.id,
+                )
+                same_link = sa.and_(
+                    links.c.parent_type == parent.type,
+                    links.c.parent_id == parent.id,
+                    links.c.relationship == planned["relationship"],
+                    links.c.child_type == child.type,
+                    links.c.child_id == child.id,
+                )
+                row = connection.execute(
+                    sa.select(links).where(sa.or_(same_plan, same_link)).order_by(links.c.id).limit(1)
+                ).first()
+                if row is None:
+                    continue
+                found.append(dict(_link_record(row._mapping), rule=outcome["rule"]))
+        return found
 
     def list_links(
         self, *, state: str | None = None, limit: int = 100, before: int | None = None
@@ -704,11 +691,11 @@ class Store:
             query = query.where(links.c.state == state)
         if before is not None:
             query = query.where(links.c.id < before)
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             return [_link_record(row._mapping) for row in connection.execute(query)]
 
     def get_link(self, link_id: int) -> dict[str, Any]:
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(links).where(links.c.id == link_id)).first()
         if row is None:
             raise NotFoundError(f"no link {link_id}")
@@ -744,11 +731,222 @@ class Store:
             return count
 
     def count_links(self) -> dict[str, int]:
-        with self.transaction() as connection:
+        with self.transaction(write=False) as connection:
             rows = connection.execute(sa.select(links.c.state, sa.func.count()).group_by(links.c.state)).all()
         counts = dict.fromkeys(LINK_STATES, 0)
         counts.update({state: count for state, count in rows})
         return counts
+
+
+@dataclass
+class _Work:
+    """One webhook's rows, waiting for a transaction."""
+
+    events: list[dict[str, Any]]
+    links: list[list[dict[str, Any]]]
+    now: float
+
+
+class _GroupCommit:
+    """Runs the writes of concurrent requests in one transaction.
+
+    A request that finds no transaction under way leads: it takes every write
+    queued so far (its own included), commits them together, wakes their
+    requests, and hands the lead to the oldest write that queued meanwhile.
+    Every request waits for exactly one wake-up and for at most one
+    transaction ahead of its own.
+    """
+
+    def __init__(self, run: Callable[[list[_Work]], list[Any]]) -> None:
+        self._run = run
+        self._queue: list[_Slot] = []
+        self._lock = threading.Lock()
+        self._leading = False
+
+    def submit(self, work: _Work) -> Any:
+        slot = _Slot(work)
+        with self._lock:
+            self._queue.append(slot)
+            slot.lead = not self._leading
+            self._leading = True
+        if not slot.lead:
+            slot.woken.wait()
+        if not slot.done:
+            self._commit_queued()
+        if slot.error is not None:
+            if isinstance(slot.error, CaselinkError):
+                raise type(slot.error)(slot.error.message)
+            raise slot.error
+        return slot.result
+
+    def _commit_queued(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            for taken, result in zip(batch, self._run([taken.work for taken in batch]), strict=True):
+                taken.result = result
+        except Exception as exc:  # noqa: BLE001 - handed to every request of the batch below
+            for taken in batch:
+                taken.error = exc
+        with self._lock:
+            if self._queue:
+                self._queue[0].lead = True
+                self._queue[0].woken.set()
+            else:
+                self._leading = False
+        for taken in batch:
+            taken.done = True
+            if not taken.lead:
+                taken.woken.set()
+
+
+@dataclass
+class _Slot:
+    work: _Work
+    lead: bool = False
+    done: bool = False
+    result: Any = None
+    error: Exception | None = None
+    woken: threading.Event = field(default_factory=threading.Event)
+
+
+class _WriteLock:
+    """One SQLite writer at a time across this machine's caselink processes, queued by the kernel."""
+
+    def __init__(self, url: str) -> None:
+        database = sa.engine.make_url(url).database
+        self._path = f"{database}.lock" if database and database != ":memory:" else None
+        self._threads = threading.Lock()
+        self._file: Any = None
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        if self._path is None:
+            return
+        try:
+            if self._file is None:
+                self._file = open(self._path, "a")  # noqa: SIM115 - kept open for the life of the process
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        except OSError:
+            # No lock file (a read-only directory, say): SQLite's own busy wait still serialises writers.
+            pass
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+_EVENT_COLUMNS = (
+    "source", "dedup_key", "kind", "entity_type", "entity_id", "title", "message", "severity", "priority",
+    "status", "url", "tags", "occurred_at", "payload", "problem", "received_at", "ruleset", "trace", "links_planned",
+)  # fmt: skip
+_LINK_COLUMNS = (
+    "parent_type", "parent_ref", "relationship", "child_type", "child_ref", "parent_id", "child_id", "state",
+    "attempts", "next_attempt_at", "created_at", "updated_at",
+)  # fmt: skip
+_PLANNED = (
+    "parent_type = :parent_type AND parent_ref = :parent_ref AND relationship = :relationship"
+    " AND child_type = :child_type AND child_ref = :child_ref"
+)
+_RESOLVED = (
+    "parent_type = :parent_type AND parent_id = :parent_id AND relationship = :relationship"
+    " AND child_type = :child_type AND child_id = :child_id"
+)
+
+
+class _Statement:
+    """SQL compiled once for this database, run on the DBAPI cursor.
+
+    The webhook path runs these few statements straight on the pooled DBAPI
+    connection: at webhook rates SQLAlchemy's per-execution work (compiling,
+    caching, result wrapping) costs several times what the database does.
+    """
+
+    def __init__(self, sql: str, dialect: sa.engine.Dialect) -> None:
+        compiled = sa.text(sql).compile(dialect=dialect)
+        self.sql = compiled.string
+        self.order = compiled.positiontup
+
+    def params(self, values: dict[str, Any]) -> Any:
+        return tuple(values[name] for name in self.order) if self.order is not None else values
+
+
+class _Statements:
+    def __init__(self, dialect: sa.engine.Dialect) -> None:
+        def statement(sql: str) -> _Statement:
+            return _Statement(sql, dialect)
+
+        self.insert_event = statement(
+            f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _EVENT_COLUMNS)})"  # noqa: S608 - constant column names; values are bound
+            " ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id"
+        )
+        self.find_event = statement(
+            "SELECT id, links_planned FROM events WHERE source = :source AND dedup_key = :dedup_key"
+        )
+        # No conflict target: a link already planned, or already resolved to these UUIDs, is left alone.
+        self.insert_link = statement(
+            f"INSERT INTO links ({', '.join(_LINK_COLUMNS)}) VALUES ({', '.join(':' + c for c in _LINK_COLUMNS)})"  # noqa: S608 - constant column names; values are bound
+            " ON CONFLICT DO NOTHING"
+        )
+        self.any_dormant = statement("SELECT 1 FROM links WHERE state = 'dry_run' LIMIT 1")
+        wake = "UPDATE links SET state = 'pending', next_attempt_at = :now, updated_at = :now WHERE state = 'dry_run'"
+        self.promote_planned = statement(f"{wake} AND {_PLANNED}")
+        self.promote_resolved = statement(f"{wake} AND {_RESOLVED}")
+        self.notify = statement(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+
+def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:
+    return {
+        "source": event.source,
+        "dedup_key": _bounded_key(event.dedup_key),
+        "kind": event.kind[:255],
+        "entity_type": event.entity.type if event.entity else None,
+        "entity_id": event.entity.id if event.entity else None,
+        "title": event.title,
+        "message": event.message,
+        "severity": event.severity[:255],
+        "priority": event.priority[:255],
+        "status": event.status[:255],
+        "url": event.url,
+        "tags": json.dumps({name: list(values) for name, values in event.tags.items()}),
+        "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
+        "payload": json.dumps(event.payload),
+        "problem": event.problem,
+        "received_at": now,
+        "ruleset": ruleset,
+        "trace": json.dumps(evaluation.trace()),
+        "links_planned": len(evaluation.planned),
+    }
+
+
+def _link_row(link: Any, dry_run: bool, now: float) -> dict[str, Any]:
+    return {
+        "parent_type": link.parent.type,
+        "parent_ref": link.parent.id,
+        "relationship": link.relationship,
+        "child_type": link.child.type,
+        "child_ref": link.child.id,
+        "parent_id": link.parent.id if link.parent.is_resolved else None,
+        "child_id": link.child.id if link.child.is_resolved else None,
+        "state": "dry_run" if dry_run else "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _natural_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    return (row["parent_type"], row["parent_ref"], row["relationship"], row["child_type"], row["child_ref"])
 
 
 def _event_summary(row: Any) -> dict[str, Any]:
@@ -802,8 +1000,12 @@ def _bounded_key(key: str) -> str:
 
 def _is_transient(exc: BaseException | None) -> bool:
     """A deadlock or serialization failure: the same transaction may succeed if run again."""
-    code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    code = getattr(getattr(exc, "orig", exc), "sqlstate", None)
     return code in ("40P01", "40001")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _reason(exc: SQLAlchemyError) -> str:
@@ -833,6 +1035,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        # Take the write lock up front so two writers queue on busy_timeout
-        # instead of failing when a read lock cannot be upgraded.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock up front, so two writers queue instead of
+        # failing when a read lock cannot be upgraded; readers never block in WAL.
+        read_only = connection.get_execution_options().get("caselink_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

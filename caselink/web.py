@@ -6,6 +6,7 @@ Views only translate between HTTP and `Service`; every error answer is JSON
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from caselink.service import Service
 from caselink.store import LINK_STATES
 
 bp = Blueprint("caselink", __name__)
+api = Blueprint("api", __name__, url_prefix="/api")
 log = logs.get("web")
 
 
@@ -58,7 +60,8 @@ def receive(source: str) -> tuple[Response, int]:
             new=sum(1 for event in result.events if not event["duplicate"]),
             links_planned=result.links_planned,
         )
-        return jsonify(result.body()), status
+        # json.dumps rather than jsonify: this answer is the one every webhook waits for.
+        return Response(json.dumps(result.body()), mimetype="application/json"), status
     except CaselinkError as exc:
         status = exc.status_code
         fields.update(error=exc.code, reason=exc.detail.get("reason", exc.message))
@@ -96,10 +99,8 @@ def metrics_view() -> Response:
 # -- admin API ------------------------------------------------------------------
 
 
-@bp.before_request
+@api.before_request
 def _admin_only() -> None:
-    if not request.path.startswith("/api/"):
-        return
     token = service().settings.admin_token
     if token is None:
         raise AuthenticationError("the API is closed: set ADMIN_TOKEN to open it", reason="api_closed")
@@ -108,7 +109,7 @@ def _admin_only() -> None:
         raise AuthenticationError("send Authorization: Bearer <ADMIN_TOKEN>", reason="bad_admin_token")
 
 
-@bp.get("/api/events")
+@api.get("/events")
 def list_events() -> dict[str, Any]:
     limit = _int_arg("limit", 50, maximum=500)
     before = _int_arg("before", None)
@@ -116,12 +117,12 @@ def list_events() -> dict[str, Any]:
     return {"events": events}
 
 
-@bp.get("/api/events/<int:event_id>")
+@api.get("/events/<int:event_id>")
 def get_event(event_id: int) -> dict[str, Any]:
     return service().store.get_event(event_id)
 
 
-@bp.get("/api/links")
+@api.get("/links")
 def list_links() -> dict[str, Any]:
     state = request.args.get("state")
     if state is not None and state not in LINK_STATES:
@@ -131,7 +132,7 @@ def list_links() -> dict[str, Any]:
     return {"links": service().store.list_links(state=state, limit=limit, before=before)}
 
 
-@bp.post("/api/links/<int:link_id>/retry")
+@api.post("/links/<int:link_id>/retry")
 def retry_link(link_id: int) -> dict[str, Any]:
     link = service().store.retry(link_id)
     if service().worker is not None:
