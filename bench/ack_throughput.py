@@ -1,0 +1,953 @@
+"""Webhook acknowledgements per second: caselink under gunicorn next to a bare Flask endpoint.
+
+Starts, in one run and with the same gunicorn settings (gunicorn.conf.py's worker class,
+workers and threads), a bare Flask app that answers 202 (bench/bare_app.py) and caselink
+itself, in dry-run (no Datadog keys) and live against the fake Datadog of
+tests/fake_datadog.py on loopback, so the in-process delivery worker runs as in
+production. Each target is driven by 32 keep-alive connections posting the Datadog
+incident fixture with a different `id` on every request (every one a new event), warmed
+up, then measured for a fixed time; the targets take turns over several rounds to spread
+the machine's noise. Prints requests/s (median of the rounds), p50/p99 latency, errors
+(answers other than 202) and the throughput ratio caselink / bare (target: at least 0.7),
+checks that caselink stored one event per 202, and writes everything to bench/results/.
+
+    python bench/ack_throughput.py [--duration 10] [--rounds 3] [--generator auto|python|wrk]
+
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+WEBHOOK_SECRET = "bench-webhook-secret"
+ADMIN_TOKEN = "bench-admin-token"
+FAKE_API_KEY = "fake-api-key"  # what tests/fake_datadog.py accepts
+FAKE_APP_KEY = "fake-application-key"
+TARGET_RATIO = 0.7
+ID_PLACEHOLDER = b"@@ID@@"
+ALL_TARGETS = ("bare", "dry-run", "live")
+LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live"}
+# gunicorn settings that legitimately differ between the two configurations.
+CONFIG_NAMES_ALLOWED_TO_DIFFER = {"bind", "config", "default_proc_name", "check_config", "print_config"}
+
+
+def default_fixture() -> Path:
+    shared = ROOT.parent / "shared" / "fixtures" / "datadog" / "incident-created.json"
+    return shared if shared.exists() else ROOT / "tests" / "fixtures" / "datadog" / "incident-created.json"
+
+
+# -- request bodies -------------------------------------------------------------
+
+
+class Bodies:
+    """The fixture with a slot for `id`, built once; every request gets the next unique 19-digit id.
+
+    The id has a fixed width, so Content-Length never changes and a request is the
+    pre-built head and body with the id bytes spliced in: no JSON is built while measuring.
+    """
+
+    def __init__(self, fixture: Path, port: int) -> None:
+        raw = fixture.read_bytes()
+        payload = json.loads(raw)
+        if not isinstance(payload, dict):
+            raise SystemExit(f"{fixture}: the fixture must be a JSON object")
+        original = payload.get("id")
+        quoted = json.dumps(original).encode() if isinstance(original, str) else b""
+        if quoted and raw.count(quoted) == 1:
+            template = raw.replace(quoted, b'"' + ID_PLACEHOLDER + b'"')
+        else:
+            payload["id"] = ID_PLACEHOLDER.decode()
+            template = json.dumps(payload).encode()
+        self.template = template
+        self.width = 19
+        before, after = template.split(ID_PLACEHOLDER)
+        head = (
+            "POST /webhooks/datadog HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {WEBHOOK_SECRET}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(before) + self.width + len(after)}\r\n"
+            "\r\n"
+        ).encode()
+        self.prefix = head + before
+        self.suffix = after
+
+    def request(self, number: int) -> bytes:
+        # Python-generated ids start with 1, wrk's with 9: never the same id twice in a run.
+        return self.prefix + b"1%018d" % number + self.suffix
+
+
+class IdCounter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def next(self) -> int:
+        self.value += 1
+        return self.value
+
+
+# -- measurements ---------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One target, one round: the measured window, plus totals over warm-up and drain for the store check."""
+
+    target: str
+    round: int
+    generator: str
+    seconds: float
+    requests: int
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int
+    statuses: dict[str, int]
+    socket_errors: int
+    accepted_total: int
+    unanswered: int
+    generator_cpu_seconds: float | None
+    server_cpu_seconds: float | None
+    loadavg_before: list[float] = field(default_factory=list)
+
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_seconds is None or not self.requests:
+            return None
+        return self.server_cpu_seconds * 1000 / self.requests
+
+    @property
+    def generator_cpu_share(self) -> float | None:
+        if self.generator_cpu_seconds is None or not self.seconds:
+            return None
+        return self.generator_cpu_seconds / self.seconds
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(math.ceil(q / 100 * len(sorted_values)), 1)
+    return sorted_values[rank - 1]
+
+
+# -- the Python load generator --------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection with one request in flight at a time."""
+
+    def __init__(self, run: _PythonRun) -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.sent_at = 0.0
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        run = self.run
+        if run.stopping or self.transport is None:
+            run.idle(self)
+            return
+        self.busy = True
+        self.sent_at = time.perf_counter()
+        self.transport.write(run.bodies.request(run.ids.next()))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buffer[:end]).lower()
+        start = head.find(b"\r\ncontent-length:")
+        if start >= 0:
+            stop = head.find(b"\r\n", start + 2)
+            length = int(head[start + 17 : stop if stop >= 0 else len(head)])
+            total = end + 4 + length
+        elif b"transfer-encoding: chunked" in head:
+            last = buffer.find(b"\r\n0\r\n\r\n", end)
+            if last < 0:
+                return
+            total = last + 7
+        else:
+            total = end + 4
+        if len(buffer) < total:
+            return
+        del buffer[:total]
+        self.busy = False
+        status = int(head[9:12])
+        self.run.answered(status, time.perf_counter() - self.sent_at)
+        if b"\r\nconnection: close" in head:
+            self.transport.close()  # type: ignore[union-attr]
+            self.transport = None
+            self.run.reconnect()
+            return
+        self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.busy:
+            self.busy = False
+            self.run.failed()
+            self.run.reconnect()
+        self.transport = None
+        self.run.idle(self)
+
+
+class _PythonRun:
+    def __init__(self, port: int, connections: int, bodies: Bodies, ids: IdCounter) -> None:
+        self.port = port
+        self.connections = connections
+        self.bodies = bodies
+        self.ids = ids
+        self.loop = asyncio.get_running_loop()
+        self.phase = "warmup"
+        self.stopping = False
+        self.latencies: list[float] = []
+        self.statuses: dict[str, int] = {}
+        self.socket_errors = 0
+        self.accepted_total = 0
+        self.open: set[_Connection] = set()
+        self.every: list[_Connection] = []
+        self.all_idle = asyncio.Event()
+
+    def answered(self, status: int, latency: float) -> None:
+        if status == 202:
+            self.accepted_total += 1
+        if self.phase == "measure":
+            self.latencies.append(latency)
+            key = str(status)
+            self.statuses[key] = self.statuses.get(key, 0) + 1
+
+    def failed(self) -> None:
+        if self.phase == "measure":
+            self.socket_errors += 1
+
+    def reconnect(self) -> None:
+        if not self.stopping:
+            self.loop.create_task(self.connect())
+
+    def idle(self, connection: _Connection) -> None:
+        self.open.discard(connection)
+        if self.stopping and not any(c.busy for c in self.open):
+            self.all_idle.set()
+
+    async def connect(self) -> None:
+        connection = _Connection(self)
+        self.open.add(connection)
+        self.every.append(connection)
+        try:
+            await self.loop.create_connection(lambda: connection, "127.0.0.1", self.port)
+        except OSError:
+            self.open.discard(connection)
+            self.failed()
+            await asyncio.sleep(0.05)
+            self.reconnect()
+
+
+class PythonGenerator:
+    """asyncio protocols on raw sockets with pre-built requests, in this process (one core at most)."""
+
+    name = "python"
+
+    def __init__(self, connections: int, bodies: Bodies, ids: IdCounter) -> None:
+        self.connections = connections
+        self.bodies = bodies
+        self.ids = ids
+
+    def describe(self) -> str:
+        return f"python (asyncio raw-socket protocol, {self.connections} keep-alive connections, in this process)"
+
+    def run(self, port: int, warmup: float, duration: float, probe: Callable[[], float | None]) -> dict[str, Any]:
+        return asyncio.run(self._run(port, warmup, duration, probe))
+
+    async def _run(
+        self, port: int, warmup: float, duration: float, probe: Callable[[], float | None]
+    ) -> dict[str, Any]:
+        run = _PythonRun(port, self.connections, self.bodies, self.ids)
+        for _ in range(self.connections):
+            await run.connect()
+        await asyncio.sleep(warmup)
+        server_start = probe()
+        run.phase = "measure"
+        cpu_start, started = time.process_time(), time.perf_counter()
+        await asyncio.sleep(duration)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_start
+        run.phase = "drain"
+        server_end = probe()
+        run.stopping = True
+        if not any(c.busy for c in run.open):
+            run.all_idle.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.all_idle.wait(), 30)
+        unanswered = sum(1 for c in run.open if c.busy)
+        for connection in run.every:
+            if connection.transport is not None:
+                connection.transport.close()
+        await asyncio.sleep(0.05)
+        run.latencies.sort()
+        return {
+            "seconds": seconds,
+            "requests": len(run.latencies),
+            "p50_ms": _ms(percentile(run.latencies, 50)),
+            "p99_ms": _ms(percentile(run.latencies, 99)),
+            "statuses": run.statuses,
+            "socket_errors": run.socket_errors,
+            "accepted_total": run.accepted_total,
+            "unanswered": unanswered,
+            "generator_cpu_seconds": cpu,
+            "server_cpu_seconds": _difference(server_start, server_end),
+        }
+
+
+def _difference(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else end - start
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+# -- wrk ------------------------------------------------------------------------
+
+
+class WrkGenerator:
+    """wrk with bench/wrk_ack.lua: one wrk run to warm up, one to measure."""
+
+    name = "wrk"
+
+    def __init__(self, connections: int, threads: int, bodies: Bodies, workdir: Path) -> None:
+        self.connections = connections
+        self.threads = threads
+        self.body_file = workdir / "body-template.json"
+        self.body_file.write_bytes(bodies.template)
+        self.invocation = 0
+
+    def describe(self) -> str:
+        return f"wrk ({self.threads} threads, {self.connections} keep-alive connections, bench/wrk_ack.lua)"
+
+    def _wrk(self, port: int, seconds: float) -> tuple[dict[str, Any], float]:
+        """Run wrk once; return what wrk_ack.lua printed and wrk's CPU seconds."""
+        self.invocation += 1
+        command = [
+            "wrk",
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{max(round(seconds), 1)}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(BENCH / "wrk_ack.lua"),
+            f"http://127.0.0.1:{port}/webhooks/datadog",
+            "--",
+            str(self.body_file),
+            WEBHOOK_SECRET,
+            f"9{self.invocation:05d}",
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+        if result.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return json.loads(line.removeprefix("BENCH_JSON ")), cpu
+
+    def run(self, port: int, warmup: float, duration: float, probe: Callable[[], float | None]) -> dict[str, Any]:
+        warm, _ = self._wrk(port, warmup)
+        server_start = probe()
+        measured, cpu = self._wrk(port, duration)
+        server_end = probe()
+        seconds = measured["duration_us"] / 1e6
+        statuses = {"202": measured["accepted"]}
+        if measured["rejected"]:
+            statuses["other"] = measured["rejected"]
+        return {
+            "seconds": seconds,
+            "requests": measured["requests"],
+            "p50_ms": round(measured["p50_us"] / 1000, 3),
+            "p99_ms": round(measured["p99_us"] / 1000, 3),
+            "statuses": statuses,
+            "socket_errors": sum(measured[k] for k in ("connect", "read", "write", "timeout")),
+            "accepted_total": warm["accepted"] + measured["accepted"],
+            # wrk drops the answers still in flight when its time is up: up to one per connection per wrk run.
+            "unanswered": 2 * self.connections,
+            "generator_cpu_seconds": cpu,
+            # wrk's start and exit fall inside this window too: a slight overestimate.
+            "server_cpu_seconds": _difference(server_start, server_end),
+        }
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(**settings: Any) -> dict[str, str]:
+    """An environment built from scratch, as tests/servers.py does: nothing leaks in from the shell."""
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
+    env.update({name: str(value) for name, value in settings.items() if value is not None})
+    return env
+
+
+class Process:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def logs(self, tail: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def wait_until_up(self, url: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not come up in {timeout:g}s:\n{self.logs()}")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of the process and its children (gunicorn's master and workers), from /proc."""
+        if self.popen is None:
+            return None
+        try:
+            tick = os.sysconf("SC_CLK_TCK")
+            total = 0
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    stat = Path(entry.path, "stat").read_text()
+                except OSError:
+                    continue
+                fields = stat[stat.rfind(")") + 2 :].split()
+                if int(entry.name) == self.popen.pid or int(fields[1]) == self.popen.pid:
+                    total += int(fields[11]) + int(fields[12])
+            return total / tick
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class Target:
+    key: str
+    process: Process
+    port: int
+    database: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.processes: list[Process] = []
+        self.targets: dict[str, Target] = {}
+        self.fake: Process | None = None
+        self.fake_url: str | None = None
+        self.gunicorn_env = {"WEB_CONCURRENCY": str(args.workers), "GUNICORN_THREADS": str(args.threads)}
+
+    # -- starting things ------------------------------------------------------
+
+    def gunicorn_command(self, port: int, *config: str) -> list[str]:
+        # The configuration binds 0.0.0.0:$PORT; the benchmark stays on loopback, same for every target.
+        return [sys.executable, "-m", "gunicorn", *config, "--bind", f"127.0.0.1:{port}"]
+
+    def caselink_env(self, key: str, port: int) -> tuple[dict[str, str], Path]:
+        database = self.workdir / f"{key}.db"
+        settings: dict[str, Any] = {
+            "PORT": port,
+            "DATABASE_URL": f"sqlite:///{database}",
+            "DATADOG_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "RULES_FILE": ROOT / "rules.yaml",
+            **self.gunicorn_env,
+        }
+        if key == "live":
+            settings.update(DD_API_KEY=FAKE_API_KEY, DD_APP_KEY=FAKE_APP_KEY, DD_API_URL=self.start_fake())
+        return base_env(**settings), database
+
+    def start_fake(self) -> str:
+        if self.fake_url is None:
+            port = free_port()
+            fake = Process(
+                "fake-datadog", [sys.executable, "tests/fake_datadog.py", "--port", str(port)], base_env(), self.workdir
+            )
+            self.processes.append(fake)
+            fake.start()
+            self.fake_url = f"http://127.0.0.1:{port}"
+            fake.wait_until_up(self.fake_url + "/_fake/state")
+            self.fake = fake
+        return self.fake_url
+
+    def start(self, key: str) -> Target:
+        port = free_port()
+        if key == "bare":
+            env = base_env(PORT=port, **self.gunicorn_env)
+            command = self.gunicorn_command(port, "-c", "bench/gunicorn_bare_conf.py", "bench.bare_app:app")
+            database = None
+        else:
+            env, database = self.caselink_env(key, port)
+            migrate = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if migrate.returncode != 0:
+                raise RuntimeError(f"db upgrade failed for {key}:\n{migrate.stdout}\n{migrate.stderr}")
+            command = self.gunicorn_command(port, "app:app")
+        process = Process(key, command, env, self.workdir)
+        self.processes.append(process)
+        process.start()
+        target = Target(key, process, port, database)
+        process.wait_until_up(target.url + "/healthz")
+        self.targets[key] = target
+        return target
+
+    def check_same_gunicorn_settings(self) -> dict[str, Any]:
+        """Ask gunicorn for both resolved configurations and refuse to compare apples with pears."""
+        port = free_port()
+        env, _ = self.caselink_env("config-check", port)
+        configs = {}
+        for key, command in (
+            ("caselink", self.gunicorn_command(port, "app:app")),
+            ("bare", self.gunicorn_command(port, "-c", "bench/gunicorn_bare_conf.py", "bench.bare_app:app")),
+        ):
+            result = subprocess.run(
+                [*command, "--print-config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"gunicorn --print-config failed for {key}:\n{result.stdout}\n{result.stderr}")
+            configs[key] = dict(
+                (name.strip(), value.strip())
+                for name, _, value in (line.partition("=") for line in result.stdout.splitlines())
+                if name.strip()
+            )
+        differ = [
+            name
+            for name in sorted(set(configs["caselink"]) | set(configs["bare"]))
+            if configs["caselink"].get(name) != configs["bare"].get(name)
+            and name not in CONFIG_NAMES_ALLOWED_TO_DIFFER
+            and not (
+                configs["caselink"].get(name, "<").startswith("<") and configs["bare"].get(name, "<").startswith("<")
+            )
+        ]
+        if differ:
+            details = ", ".join(f"{n}: {configs['caselink'].get(n)} vs {configs['bare'].get(n)}" for n in differ)
+            raise RuntimeError(f"the bare app would not run with caselink's gunicorn settings: {details}")
+        names = ("worker_class", "workers", "threads", "keepalive", "worker_connections", "backlog", "timeout")
+        return {name: configs["caselink"].get(name) for name in names}
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    # -- measuring --------------------------------------------------------------
+
+    def measure(self, generator: Any, target: Target, round_number: int) -> Measurement:
+        loadavg = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
+        result = generator.run(target.port, self.args.warmup, self.args.duration, target.process.cpu_seconds)
+        server_cpu = result["server_cpu_seconds"]
+        if not target.process.running:
+            raise RuntimeError(f"{target.key} died during the run:\n{target.process.logs()}")
+        statuses = result["statuses"]
+        errors = sum(count for status, count in statuses.items() if status != "202") + result["socket_errors"]
+        return Measurement(
+            target=target.key,
+            round=round_number,
+            generator=generator.name,
+            seconds=round(result["seconds"], 3),
+            requests=result["requests"],
+            rps=round(result["requests"] / result["seconds"], 1) if result["seconds"] else 0.0,
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            errors=errors,
+            statuses=statuses,
+            socket_errors=result["socket_errors"],
+            accepted_total=result["accepted_total"],
+            unanswered=result["unanswered"],
+            generator_cpu_seconds=round(result["generator_cpu_seconds"], 3),
+            server_cpu_seconds=None if server_cpu is None else round(server_cpu, 3),
+            loadavg_before=loadavg,
+        )
+
+    def store_check(self, target: Target, accepted: int, unanswered: int) -> dict[str, Any]:
+        """Events stored (in the SQLite file and as GET /api/events sees them) against 202s received."""
+        assert target.database is not None
+        # Wait until the server has finished what it was sent (wrk leaves requests in flight) and,
+        # live, until the delivery worker has nothing pending; 30 s at most.
+        deadline = time.monotonic() + 30
+        previous = -1
+        while True:
+            with contextlib.closing(sqlite3.connect(target.database, timeout=30)) as db:
+                stored = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                links = dict(db.execute("SELECT state, COUNT(*) FROM links GROUP BY state").fetchall())
+            settled = stored == previous and not (links.get("pending") or links.get("claimed"))
+            if settled or time.monotonic() >= deadline:
+                break
+            previous = stored
+            time.sleep(0.5)
+        request = urllib.request.Request(
+            target.url + "/api/events?limit=1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            newest = json.load(answer)["events"]
+        check: dict[str, Any] = {
+            "events_stored": stored,
+            "answers_202": accepted,
+            "newest_event_id_via_api": newest[0]["id"] if newest else None,
+            "links_by_state": links,
+        }
+        if self.args.generator_used == "wrk":
+            # wrk never reads the answers in flight at its cut-off, so a few 202s go uncounted.
+            check["ok"] = accepted <= stored <= accepted + unanswered
+            check["rule"] = f"202s <= stored <= 202s + {unanswered} (answers wrk dropped at its cut-offs)"
+        else:
+            check["ok"] = stored == accepted
+            check["rule"] = "stored == 202s"
+        if target.key == "live" and self.fake_url is not None:
+            with urllib.request.urlopen(self.fake_url + "/_fake/state", timeout=10) as answer:
+                state = json.load(answer)
+            check["fake_datadog_link_creations"] = state["creations"]
+            check["fake_datadog_requests"] = state["requests"]
+        return check
+
+
+# -- reporting ------------------------------------------------------------------
+
+
+def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, Any]:
+    """Per target: medians over the rounds, and the ratios to the bare app."""
+    summary: dict[str, Any] = {}
+    for key in targets:
+        rows = [m for m in measurements if m.target == key]
+        if not rows:
+            continue
+
+        def median(values: list[float | None]) -> float | None:
+            present = [v for v in values if v is not None]
+            return round(statistics.median(present), 3) if present else None
+
+        summary[key] = {
+            "rps_median": median([m.rps for m in rows]),
+            "rps_rounds": [m.rps for m in rows],
+            "p50_ms_median": median([m.p50_ms for m in rows]),
+            "p99_ms_median": median([m.p99_ms for m in rows]),
+            "errors": sum(m.errors for m in rows),
+            "requests_measured": sum(m.requests for m in rows),
+            "server_cpu_ms_per_request_median": median([m.server_cpu_ms_per_request for m in rows]),
+            "generator_cpu_share_median": median([m.generator_cpu_share for m in rows]),
+        }
+    bare = summary.get("bare", {})
+    for key, values in summary.items():
+        if key == "bare" or not bare.get("rps_median"):
+            continue
+        values["ratio_to_bare"] = round(values["rps_median"] / bare["rps_median"], 3)
+        # The same ratio within each round, where the two ran seconds apart: less exposed to slow drifts.
+        pairs = [
+            (m.rps, b.rps)
+            for m in measurements
+            if m.target == key
+            for b in measurements
+            if b.target == "bare" and b.round == m.round and b.rps
+        ]
+        values["ratio_rounds"] = [round(rps / bare_rps, 3) for rps, bare_rps in pairs]
+        values["ratio_of_rounds_median"] = round(statistics.median(values["ratio_rounds"]), 3) if pairs else None
+        # Server CPU per request, bare over caselink: the ratio to expect when the CPUs are the limit,
+        # and the figure least moved by other load on the machine.
+        own, base = values["server_cpu_ms_per_request_median"], bare.get("server_cpu_ms_per_request_median")
+        values["cpu_ratio_to_bare"] = round(base / own, 3) if own and base else None
+    return summary
+
+
+def generator_ceiling(measurements: list[Measurement]) -> float | None:
+    """Requests per CPU-second the generator spent against the bare app: what it could drive on one core."""
+    rows = [m for m in measurements if m.target == "bare" and m.generator_cpu_seconds]
+    if not rows:
+        return None
+    return round(statistics.median(m.requests / m.generator_cpu_seconds for m in rows), 0)
+
+
+def print_report(
+    summary: dict[str, Any], measurements: list[Measurement], checks: dict[str, Any], ceiling: float | None
+) -> None:
+    def show(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    print()
+    header = f"{'target':<18}{'req/s':>9}  {'rounds':<24}{'p50 ms':>8}{'p99 ms':>9}{'errors':>8}"
+    header += f"{'server CPU':>12}{'gen CPU':>9}"
+    print(header)
+    print(f"{'':<18}{'(median)':>9}  {'':<24}{'':>8}{'':>9}{'':>8}{'ms/req':>12}{'share':>9}")
+    for key, values in summary.items():
+        rounds = "/".join(f"{v:.0f}" for v in values["rps_rounds"])
+        print(
+            f"{LABELS[key]:<18}{values['rps_median']:>9.0f}  {rounds:<24}"
+            f"{show(values['p50_ms_median'], '.2f'):>8}{show(values['p99_ms_median'], '.2f'):>9}"
+            f"{values['errors']:>8}"
+            f"{show(values['server_cpu_ms_per_request_median'], '.3f'):>12}"
+            f"{show(values['generator_cpu_share_median'], '.0%'):>9}"
+        )
+    print()
+    for key, values in summary.items():
+        if "ratio_to_bare" in values:
+            verdict = "meets the target" if values["ratio_to_bare"] >= TARGET_RATIO else "BELOW the target"
+            print(
+                f"ratio {LABELS[key]} / bare (req/s medians): {values['ratio_to_bare']:.2f}  "
+                f"({verdict} of {TARGET_RATIO}); per round: "
+                + ", ".join(f"{r:.2f}" for r in values["ratio_rounds"])
+                + f"; server CPU per request, bare / {key}: {show(values['cpu_ratio_to_bare'], '.2f')}"
+            )
+    if ceiling is not None:
+        bare = summary.get("bare", {}).get("rps_median")
+        print(
+            f"generator ceiling: ~{ceiling:.0f} req/s per CPU-second it gets "
+            f"(requests / its own CPU time against the bare app, which it drove at {bare:.0f} req/s)"
+        )
+    for key, check in checks.items():
+        mark = "ok" if check["ok"] else "MISMATCH"
+        line = (
+            f"store check {LABELS[key]}: {check['events_stored']} events stored, {check['answers_202']} answers 202 "
+            f"[{check['rule']}: {mark}]; newest id via /api/events {check['newest_event_id_via_api']}; "
+            f"links {check['links_by_state']}"
+        )
+        if "fake_datadog_link_creations" in check:
+            line += f"; fake Datadog got {check['fake_datadog_link_creations']} link creation(s)"
+        print(line)
+
+
+# -- main -------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per target and round")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the targets take turns in each")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections")
+    parser.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help="comma-separated, from: bare, dry-run (caselink without Datadog keys), live (caselink and fake Datadog)",
+    )
+    parser.add_argument(
+        "--generator", choices=("auto", "python", "wrk"), default="auto", help="auto: wrk if installed, else python"
+    )
+    parser.add_argument("--wrk-threads", type=int, default=min(os.cpu_count() or 2, 4))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "4")))
+    parser.add_argument("--fixture", type=Path, default=default_fixture())
+    parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/ack-<time>.json)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")
+    args = parser.parse_args(argv)
+    if not args.fixture.is_file():
+        parser.error(f"no fixture at {args.fixture}; pass --fixture PATH (a Datadog incident webhook body)")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in ALL_TARGETS]
+    if unknown:
+        parser.error(f"unknown targets {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    if args.generator == "wrk" and shutil.which("wrk") is None:
+        parser.error("--generator wrk: wrk is not installed (apt-get install wrk), use --generator python")
+    args.generator_used = args.generator if args.generator != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    return args
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit, so `finally` stops every server this script started."""
+
+    def _exit(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="caselink-bench-"))
+    bench = Bench(args, workdir)
+    ids = IdCounter()
+    measurements: list[Measurement] = []
+    checks: dict[str, Any] = {}
+    with terminate_on_sigterm():
+        try:
+            gunicorn_settings = bench.check_same_gunicorn_settings()
+            print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+            print(
+                "gunicorn, the same for every target: "
+                + ", ".join(f"{name}={value}" for name, value in gunicorn_settings.items())
+            )
+            for key in args.targets:
+                target = bench.start(key)
+                print(f"started {LABELS[key]} on {target.url}", flush=True)
+            ports = {key: target.port for key, target in bench.targets.items()}
+            generators: dict[str, Any] = {}
+            for key, port in ports.items():
+                bodies = Bodies(args.fixture, port)
+                if args.generator_used == "wrk":
+                    generators[key] = WrkGenerator(args.connections, args.wrk_threads, bodies, workdir)
+                else:
+                    generators[key] = PythonGenerator(args.connections, bodies, ids)
+            print(f"generator: {next(iter(generators.values())).describe()}")
+            print(
+                f"load: POST /webhooks/datadog with {args.fixture.name}, a new id per request; "
+                f"{args.warmup:g} s warm-up + {args.duration:g} s measured, {args.rounds} rounds",
+                flush=True,
+            )
+            for round_number in range(1, args.rounds + 1):
+                # Rotate the order each round, so no target always runs first or last.
+                shift = (round_number - 1) % len(args.targets)
+                for key in args.targets[shift:] + args.targets[:shift]:
+                    m = bench.measure(generators[key], bench.targets[key], round_number)
+                    measurements.append(m)
+                    print(
+                        f"round {round_number} {LABELS[key]:<18} {m.rps:>8.0f} req/s  p50 {m.p50_ms} ms  "
+                        f"p99 {m.p99_ms} ms  errors {m.errors}  statuses {m.statuses}  "
+                        f"load average {m.loadavg_before[0] if m.loadavg_before else '-'}",
+                        flush=True,
+                    )
+            for key, target in bench.targets.items():
+                if key == "bare":
+                    continue
+                rows = [m for m in measurements if m.target == key]
+                accepted = sum(m.accepted_total for m in rows)
+                unanswered = sum(m.unanswered for m in rows)
+                checks[key] = bench.store_check(target, accepted, unanswered)
+        except Exception as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            for process in bench.processes:
+                print(f"----- {process.name} log (tail) -----\n{process.logs()}", file=sys.stderr)
+            raise
+        finally:
+            bench.stop_all()
+            if args.keep:
+                print(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    summary = summarise(measurements, args.targets)
+    ceiling = generator_ceiling(measurements)
+    print_report(summary, measurements, checks, ceiling)
+    output = args.output or RESULTS / f"ack-{time.strftime('%Y%m%d-%H%M%S')}-{args.generator_used}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "benchmark": "webhook acknowledgements per second, caselink vs bare Flask under the same gunicorn settings",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "commit": _git_head(),
+        },
+        "generator": args.generator_used,
+        "generator_ceiling_rps_per_cpu_second": ceiling,
+        "gunicorn": gunicorn_settings,
+        "settings": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if key not in ("output",)
+        },
+        "target_ratio": TARGET_RATIO,
+        "summary": summary,
+        "store_checks": checks,
+        "rounds": [{**asdict(m), "server_cpu_ms_per_request": m.server_cpu_ms_per_request} for m in measurements],
+    }
+    output.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"results: {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    failed_checks = [key for key, check in checks.items() if not check["ok"]]
+    return 1 if failed_checks else 0
+
+
+def _git_head() -> str | None:
+    head = ROOT / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (ROOT / ".git" / ref.removeprefix("ref: ")).read_text().strip()[:12]
+        return ref[:12]
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
