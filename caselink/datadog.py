@@ -8,7 +8,6 @@ Keys travel only in headers and never appear in a message.
 
 from __future__ import annotations
 
-import math
 import ssl
 import threading
 import time
@@ -36,6 +35,7 @@ from caselink.errors import DatadogRejectedError
 from caselink.errors import DatadogUnavailableError
 from caselink.events import is_uuid
 from caselink.ratelimit import RateLimiter
+from caselink.ratelimit import parse_seconds
 
 USER_AGENT = "caselink/1.0 (+https://github.com/caselink)"
 CASE = "GET /api/v2/cases/{case_id}"
@@ -300,7 +300,7 @@ def _status_error(endpoint: str, response: requests.Response, secrets: tuple[Sec
     detail = _redact(_error_detail(response), secrets)
     message = f"{endpoint} answered {status}" + (f": {detail}" if detail else "")
     if status == 429:
-        retry_after = _seconds(response.headers.get("X-RateLimit-Reset"))
+        retry_after = parse_seconds(response.headers.get("X-RateLimit-Reset"))
         if retry_after is None:
             retry_after = _retry_after(response.headers.get("Retry-After"))
         return DatadogRateLimitedError(message, retry_after=retry_after, http_status=status, sent=True)
@@ -344,19 +344,9 @@ def _redact(text: str, secrets: tuple[Secret, ...]) -> str:
     return text
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return None
-    return seconds
-
-
 def _retry_after(value: str | None) -> float | None:
     """Retry-After as seconds, whether given as a number or an HTTP date."""
-    seconds = _seconds(value)
+    seconds = parse_seconds(value)
     if seconds is not None or value is None:
         return seconds
     try:

@@ -129,9 +129,9 @@ class RateLimiter:
             state = self._limits.setdefault(name, LimitState(name))
             _roll(state, now)
             limit = _int(found.get("x-ratelimit-limit"))
-            period = _seconds(found.get("x-ratelimit-period"))
+            period = parse_seconds(found.get("x-ratelimit-period"))
             remaining = _int(found.get("x-ratelimit-remaining"))
-            reset = _seconds(found.get("x-ratelimit-reset"))
+            reset = parse_seconds(found.get("x-ratelimit-reset"))
             if limit is not None:
                 state.limit = limit
             if period is not None and period > 0:
@@ -140,7 +140,7 @@ class RateLimiter:
                 # Whatever the headers say, Datadog just refused: nothing is left until the reset.
                 remaining = 0
                 if reset is None:
-                    reset = _seconds(found.get("retry-after"))
+                    reset = parse_seconds(found.get("retry-after"))
                 if reset is None:
                     reset = state.period or 1.0
                 # Held apart from the period bookkeeping: a 429 that looks like it belongs to the
@@ -221,7 +221,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _seconds(value: str | None) -> float | None:
+def parse_seconds(value: str | None) -> float | None:
     """A non-negative finite number of seconds, or None."""
     try:
         seconds = float(value) if value is not None else None

@@ -7,7 +7,6 @@ in `app.extensions["caselink"]`.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from caselink.errors import NotFoundError
 from caselink.errors import NotReadyError
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.normalise import unrecognised
 from caselink.rules import Evaluation
 from caselink.rules import LiveRules
 from caselink.rules import RuleSet
@@ -93,15 +93,8 @@ class Service:
         except Exception as exc:
             # The sender did nothing wrong; keep what it sent so nothing is lost.
             log.exception("handler could not normalise a payload", extra={"fields": {"source": request.source}})
-            return [
-                Event(
-                    source=request.source,
-                    kind="unrecognised",
-                    dedup_key="sha256:" + hashlib.sha256(request.body).hexdigest(),
-                    payload=payload,
-                    problem=f"the {request.source} handler failed: {type(exc).__name__}: {exc}",
-                )
-            ]
+            problem = f"the {request.source} handler failed: {type(exc).__name__}: {exc}"
+            return [unrecognised(request.source, payload, request, problem)]
 
     def ruleset(self) -> RuleSet:
         ruleset = self.rules.current()

@@ -20,10 +20,10 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
-from handlers._shared import first_text
-from handlers._shared import label_tags
-from handlers._shared import mapping
-from handlers._shared import unrecognised
+from caselink.normalise import first_text
+from caselink.normalise import label_tags
+from caselink.normalise import mapping
+from caselink.normalise import unrecognised
 
 SOURCE = "alertmanager"
 

@@ -8,10 +8,7 @@ body is the JSON template from the README, or Datadog's default payload; with
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from datetime import UTC
-from datetime import datetime
 from typing import Any
 
 from caselink import auth
@@ -24,6 +21,9 @@ from caselink.events import WebhookRequest
 from caselink.events import is_uuid
 from caselink.events import parse_tags
 from caselink.events import text
+from caselink.normalise import body_digest
+from caselink.normalise import iso_from_epoch
+from caselink.normalise import unrecognised
 
 SOURCE = "datadog"
 # The object in the payload, the entity type it stands for, and the kind used when `event` is absent.
@@ -47,7 +47,7 @@ def parse(request: WebhookRequest) -> Any:
 
 def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(payload, Mapping):
-        return [_unrecognised(payload, request, "the body is JSON but not an object")]
+        return [unrecognised(SOURCE, payload, request, "the body is JSON but not an object")]
     name, entity_type, obj = _main_object(payload)
     kind = text(payload.get("event")).strip() or _kind_without_event(name, obj, payload)
     entity = _entity(entity_type, obj)
@@ -122,7 +122,7 @@ def _dedup_key(kind: str, payload: Mapping[str, Any], body: bytes) -> str:
     if ident and not ident.startswith("$"):
         return f"{kind}:{ident}"
     # Without $ID in the template, identical bodies are the same delivery.
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    return body_digest(body)
 
 
 def _occurred_at(value: Any) -> str | None:
@@ -130,22 +130,4 @@ def _occurred_at(value: Any) -> str | None:
     raw = text(value).strip()
     if not raw or raw.startswith("$"):
         return None
-    try:
-        millis = float(raw)
-    except ValueError:
-        return raw
-    try:
-        moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        return raw
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def _unrecognised(payload: Any, request: WebhookRequest, problem: str) -> Event:
-    return Event(
-        source=SOURCE,
-        kind="unrecognised",
-        dedup_key="sha256:" + hashlib.sha256(request.body).hexdigest(),
-        payload=payload,
-        problem=problem,
-    )
+    return iso_from_epoch(raw) or raw

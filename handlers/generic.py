@@ -27,10 +27,10 @@ from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import WebhookRequest
 from caselink.events import parse_tags
-from handlers._shared import body_digest
-from handlers._shared import first_text
-from handlers._shared import mapping
-from handlers._shared import unrecognised
+from caselink.normalise import body_digest
+from caselink.normalise import first_text
+from caselink.normalise import mapping
+from caselink.normalise import unrecognised
 
 SOURCE = "generic"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of a secret's text form, not a secret

@@ -21,13 +21,13 @@ from caselink.events import Event
 from caselink.events import WebhookRequest
 from caselink.events import parse_tags
 from caselink.events import text
-from handlers._shared import body_digest
-from handlers._shared import first_text
-from handlers._shared import iso_from_epoch
-from handlers._shared import label_tags
-from handlers._shared import mapping
-from handlers._shared import merge_tags
-from handlers._shared import unrecognised
+from caselink.normalise import body_digest
+from caselink.normalise import first_text
+from caselink.normalise import iso_from_epoch
+from caselink.normalise import label_tags
+from caselink.normalise import mapping
+from caselink.normalise import merge_tags
+from caselink.normalise import unrecognised
 
 SOURCE = "opsgenie"
 # Where an action leaves the alert, for payloads that carry no status of their own.

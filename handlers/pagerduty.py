@@ -18,10 +18,10 @@ from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
 from caselink.events import text
-from handlers._shared import body_digest
-from handlers._shared import first_text
-from handlers._shared import mapping
-from handlers._shared import unrecognised
+from caselink.normalise import body_digest
+from caselink.normalise import first_text
+from caselink.normalise import mapping
+from caselink.normalise import unrecognised
 
 SOURCE = "pagerduty"
 SIGNATURE_HEADER = "X-PagerDuty-Signature"

@@ -1,4 +1,4 @@
-"""Small pieces several handlers need: unrecognised events, tags from labels, times."""
+"""Pieces every handler uses to normalise a payload: unrecognised events, tags from labels, times."""
 
 from __future__ import annotations
 
