@@ -77,6 +77,19 @@ class Headers(Mapping[str, str]):
         pairs = items.items() if isinstance(items, Mapping) else items
         self._items = {name.lower(): value for name, value in pairs}
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any]) -> Headers:
+        """The headers of a WSGI request, read straight from its environ."""
+        headers = cls()
+        items = headers._items
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                items[key[5:].replace("_", "-").lower()] = value
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(key):
+                items[key.replace("_", "-").lower()] = environ[key]
+        return headers
+
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()]
 

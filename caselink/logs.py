@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from caselink import jsontext
+
 _configured = False
 
 
@@ -27,7 +29,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}) or {})
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return jsontext.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):

@@ -184,12 +184,14 @@ class FieldPath:
         """Every value at this path; lists are crossed element by element and flattened.
 
         A null is no value: a field that is null, like one that is absent, is missing.
+        Event fields and payloads are plain dicts and lists (JSON), checked as such
+        because this runs for every condition of every event.
         """
         current: list[Any] = [fields]
         for part in self.parts:
             following: list[Any] = []
             for value in current:
-                if isinstance(value, Mapping):
+                if isinstance(value, dict):
                     key = part if isinstance(part, str) else str(part)
                     if key in value:
                         following.append(value[key])
@@ -199,7 +201,7 @@ class FieldPath:
                         if position < len(value):
                             following.append(value[position])
                     else:
-                        following.extend(item[part] for item in value if isinstance(item, Mapping) and part in item)
+                        following.extend(item[part] for item in value if isinstance(item, dict) and part in item)
             current = following
         found: list[Any] = []
         for value in current:
@@ -253,7 +255,7 @@ class Condition:
         return f"{self.where}: {self.describe()}: {self.observed(fields)}"
 
     def _test(self, operator: str, value: Any) -> bool:
-        if isinstance(value, (Mapping, list)):
+        if isinstance(value, (dict, list)):
             return False
         if operator in ORDER_OPERATORS:
             return _compare(operator, value, self.value)
@@ -347,7 +349,7 @@ class RefSpec:
         tokens: list[str] = []
         for path in self.fields:
             for value in path.values(names):
-                if isinstance(value, (Mapping, list)):
+                if isinstance(value, (dict, list)):
                     continue
                 for match in self.pattern.finditer(text(value)):
                     token = _token(match)

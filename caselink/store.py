@@ -9,7 +9,6 @@ relationship, child) both as planned and as resolved to UUIDs.
 from __future__ import annotations
 
 import fcntl
-import json
 import secrets
 import threading
 import time
@@ -33,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
+from caselink import jsontext
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
@@ -917,13 +917,13 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "priority": event.priority[:255],
         "status": event.status[:255],
         "url": event.url,
-        "tags": json.dumps({name: list(values) for name, values in event.tags.items()}),
+        "tags": jsontext.dumps({name: list(values) for name, values in event.tags.items()}),
         "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
-        "payload": json.dumps(event.payload),
+        "payload": jsontext.dumps(event.payload),
         "problem": event.problem,
         "received_at": now,
         "ruleset": ruleset,
-        "trace": json.dumps(evaluation.trace()),
+        "trace": jsontext.dumps(evaluation.trace()),
         "links_planned": len(evaluation.planned),
     }
 
