@@ -114,7 +114,7 @@ class Settings:
     grafana_timestamp_header: str = "X-Grafana-Alerting-Timestamp"
     in_process_worker: bool = True
     worker_concurrency: int = 4
-    worker_poll_interval: float = 1.0
+    worker_poll_interval: float = 0.25
     delivery_lease: float = 60.0
     delivery_max_attempts: int = 40
     delivery_backoff_base: float = 1.0
@@ -174,7 +174,7 @@ class Settings:
             grafana_timestamp_header=reader.text("GRAFANA_TIMESTAMP_HEADER", "X-Grafana-Alerting-Timestamp"),
             in_process_worker=reader.flag("IN_PROCESS_WORKER", True),
             worker_concurrency=reader.integer("WORKER_CONCURRENCY", 4, minimum=1),
-            worker_poll_interval=reader.number("WORKER_POLL_INTERVAL", 1.0, minimum=0.01),
+            worker_poll_interval=reader.number("WORKER_POLL_INTERVAL", 0.25, minimum=0.01),
             delivery_lease=reader.number("DELIVERY_LEASE", 60.0, minimum=1),
             delivery_max_attempts=reader.integer("DELIVERY_MAX_ATTEMPTS", 40, minimum=1),
             delivery_backoff_base=reader.number("DELIVERY_BACKOFF_BASE", 1.0, minimum=0.01),
