@@ -16,7 +16,8 @@ INCIDENT = "01c03111-172a-50c7-8df3-d61e64b0e74b"
 
 
 def test_incident_fixture_becomes_exactly_one_link_within_a_second(stack, fake_datadog):
-    web = stack.service()
+    # Production settings: two gunicorn processes, one of them delivering.
+    web = stack.service(WEB_CONCURRENCY="2", WORKER_POLL_INTERVAL="0.25")
     body = fixture_bytes("datadog", "incident-created.json")
 
     answer = web.post("datadog", body)
