@@ -8,8 +8,13 @@ relationship, child) both as planned and as resolved to UUIDs.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
+import os
 import secrets
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +185,7 @@ class Store:
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._statements = _Statements(self.engine.dialect)
         self._group = _GroupCommit(self._write_batch)
+        self._wake = _Wakeup(url if self.dialect == "sqlite" else None)
         self._ingest_connection: Any = None
 
     # -- plumbing ---------------------------------------------------------
@@ -213,6 +219,7 @@ class Store:
         self.engine.dispose()
         if self._write_lock is not None:
             self._write_lock.close()
+        self._wake.close()
 
     def check_schema(self) -> None:
         """Raise SchemaError unless the database is at this release's migration head."""
@@ -268,7 +275,10 @@ class Store:
         for attempt in range(3):
             try:
                 with self._raw_transaction(ingest=True) as cursor:
-                    return self._write(cursor, batch)
+                    results = self._write(cursor, batch)
+                if any(link["state"] == "pending" for work in batch for links_ in work.links for link in links_):
+                    self._wake.send()
+                return results
             except StoreUnavailableError as exc:
                 # Two batches planning the same links in another order can deadlock
                 # on PostgreSQL; the database cancels one, which runs again.
@@ -358,17 +368,21 @@ class Store:
             cursor.execute(sql.notify.sql)
 
     def _notify(self, connection: Connection) -> None:
-        """Wake listening workers once this transaction commits (PostgreSQL; SQLite workers poll)."""
+        """Wake listening workers once this transaction commits (PostgreSQL; see _wake for SQLite)."""
         if self.dialect == "postgresql":
             connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
     def listen(self, on_notify: Callable[[], None], stop: threading.Event) -> None:
-        """Call `on_notify` whenever links become due, until `stop` is set (PostgreSQL only).
+        """Call `on_notify` whenever links become due, until `stop` is set.
 
-        Runs on its own connection outside the pool; reconnects with backoff if
-        the database goes away, and calls `on_notify` after reconnecting in case
-        a notification was missed meanwhile.
+        PostgreSQL: LISTEN on its own connection outside the pool, reconnecting
+        with backoff if the database goes away and calling `on_notify` after
+        reconnecting in case a notification was missed meanwhile. SQLite: the
+        datagram socket of `_Wakeup`.
         """
+        if self.dialect == "sqlite":
+            self._wake.listen(on_notify, stop)
+            return
         import psycopg
 
         url = self.engine.url.set(drivername="postgresql")
@@ -716,6 +730,7 @@ class Store:
                 .values(state="pending", attempts=0, next_attempt_at=now, updated_at=now)
             )
             self._notify(connection)
+        self._wake.send()
         return self.get_link(link_id)
 
     def retry_dead(self, now: float | None = None) -> int:
@@ -728,7 +743,9 @@ class Store:
             ).rowcount
             if count:
                 self._notify(connection)
-            return count
+        if count:
+            self._wake.send()
+        return count
 
     def count_links(self) -> dict[str, int]:
         with self.transaction(write=False) as connection:
@@ -808,6 +825,85 @@ class _Slot:
     result: Any = None
     error: Exception | None = None
     woken: threading.Event = field(default_factory=threading.Event)
+
+
+class _Wakeup:
+    """Wakes an idle SQLite worker on this machine when a commit makes links due.
+
+    SQLite has no LISTEN/NOTIFY, and the delivery worker usually lives in
+    another gunicorn process than the one that took the webhook. The worker
+    binds a datagram socket named after the database; every commit that plans
+    links sends it one byte. Without a listener the byte goes nowhere and the
+    worker's poll finds the links instead.
+    """
+
+    def __init__(self, url: str | None) -> None:
+        database = sa.engine.make_url(url).database if url else None
+        self.path: str | None = None
+        if database and database != ":memory:":
+            # Unix socket paths are short (108 bytes); the database path may not be.
+            digest = hashlib.sha256(os.path.abspath(database).encode()).hexdigest()[:16]
+            self.path = os.path.join(tempfile.gettempdir(), f"caselink-{digest}.wake")
+        self._sender: socket.socket | None = None
+
+    def send(self) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            self._sender.sendto(b"!", self.path)
+        except OSError:
+            pass  # no worker listening, or its queue is full: it is awake or will poll
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+    def listen(self, on_notify: Callable[[], None], stop: threading.Event) -> None:
+        if self.path is None:
+            return
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bound = self._bind(listener)
+        try:
+            listener.settimeout(1.0)
+            while bound and not stop.is_set():
+                try:
+                    listener.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                on_notify()
+        finally:
+            listener.close()
+            if bound:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+
+    def _bind(self, listener: socket.socket) -> bool:
+        """Bind the socket unless another live worker holds it (then that one is woken instead)."""
+        assert self.path is not None
+        try:
+            listener.bind(self.path)
+        except OSError:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                probe.connect(self.path)
+                return False
+            except OSError:
+                # Left behind by a process that died: take it over.
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                try:
+                    listener.bind(self.path)
+                except OSError:
+                    return False
+            finally:
+                probe.close()
+        return True
 
 
 class _WriteLock:

@@ -75,6 +75,8 @@ class DeliveryWorker:
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="caselink-delivery")
         self._running: dict[Future[None], Job] = {}
+        # True when the last claim found less than it had room for.
+        self._idle = False
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -134,14 +136,13 @@ class DeliveryWorker:
             },
         )
         self._check_recorded_rejection()
-        if self.store.dialect == "postgresql":
-            threading.Thread(
-                target=self.store.listen, args=(self.notify, self._stopping), name="caselink-listen", daemon=True
-            ).start()
+        threading.Thread(
+            target=self.store.listen, args=(self.notify, self._stopping), name="caselink-listen", daemon=True
+        ).start()
         failures = 0
         while not self._stopping.is_set():
             try:
-                waited = self._step()
+                self._step()
                 failures = 0
             except StoreUnavailableError as exc:
                 failures += 1
@@ -156,49 +157,42 @@ class DeliveryWorker:
                 failures += 1
                 log.exception("worker loop failed", extra={"fields": {"worker": self.name}})
                 self._stopping.wait(min(30.0, 0.5 * 2**failures))
-                continue
-            if not waited:
-                continue
 
-    def _step(self) -> bool:
-        """One turn of the loop; returns True when it waited."""
+    def _step(self) -> None:
+        """One turn of the loop: claim what there is room for, or wait."""
         self._reap()
         if self.pause is not None:
             if self.clock() < self.pause.probe_at:
                 self._sleep(self.pause.probe_at - self.clock())
-                return True
+                return
             self._probe()
-            return False
+            return
         held_back = self.client.limiter.wait_time(LIST_LINKS, CREATE_LINK)
         if held_back > 0:
             # The budget is spent: claiming now would only put links straight back.
             self._sleep(held_back)
-            return True
+            return
         free = self.settings.worker_concurrency - len(self._running)
         if free <= 0:
             with self._lock:
                 running = list(self._running)
             wait(running, timeout=self.settings.worker_poll_interval, return_when=FIRST_COMPLETED)
-            return True
+            return
+        if self._idle and not self._wake.is_set():
+            # Nothing was due last time and nobody woke us: look before taking
+            # the write lock, which a claim needs and a webhook is waiting for.
+            due = self.store.next_due()
+            if due is None or due > self.clock():
+                delay = self.settings.worker_poll_interval
+                self._sleep(delay if due is None else min(delay, due - self.clock()))
+                return
         self._wake.clear()
         jobs = self.store.claim(self.name, free, self.settings.delivery_lease, now=self.clock())
+        self._idle = len(jobs) < free
         for job in jobs:
             future = self._pool.submit(self.deliver, job)
             with self._lock:
                 self._running[future] = job
-        if len(jobs) == free:
-            return False
-        if jobs:
-            # Some were claimed but fewer than there was room for: the queue is
-            # momentarily empty; look again soon, or when woken.
-            self._sleep(self.settings.worker_poll_interval)
-            return True
-        due = self.store.next_due()
-        delay = self.settings.worker_poll_interval
-        if due is not None:
-            delay = min(delay, max(due - self.clock(), 0.0))
-        self._sleep(delay)
-        return True
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:

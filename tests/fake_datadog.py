@@ -32,6 +32,7 @@ RELATIONSHIPS = {"RELATES_TO", "CAUSES", "BLOCKS", "DUPLICATES", "PARENT_OF", "S
 LINK_ATTRIBUTES = {"parent_entity_id", "parent_entity_type", "child_entity_id", "child_entity_type", "relationship"}
 API_KEY = "fake-api-key"
 APP_KEY = "fake-application-key"
+CREATE_PATH = "/api/v2/cases/link"
 FAULTS = ("500", "503_after_record", "timeout_after_record", "drop_after_record", "drop_before_record")
 
 
@@ -345,11 +346,42 @@ class FakeDatadog:
         if path == "/_fake/reset":
             self.reset()
             return handler.send(200, {"ok": True})
+        if path == "/_fake/requests":
+            # Every recorded request from index `since` on, with the time it arrived.
+            since = max(int((parse_qs(urlsplit(handler.path).query).get("since") or ["0"])[0]), 0)
+            with self._lock:
+                listed = [_request_row(since + offset, record) for offset, record in enumerate(self.requests[since:])]
+            return handler.send(200, {"next": since + len(listed), "requests": listed})
+        if path == "/_fake/summary":
+            with self._lock:
+                summary = {
+                    "requests": len(self.requests),
+                    "creations": sum(1 for r in self.requests if r.method == "POST" and r.path == CREATE_PATH),
+                    "links": len(self.links),
+                    "too_many": self.too_many,
+                }
+            return handler.send(200, summary)
         if path == "/_fake/cases":
             for key in json.loads(body or b"[]"):
                 self.add_case(key)
             return handler.send(200, {"cases": self.cases})
         handler.send(404, {"errors": ["no such control endpoint"]})
+
+
+def _request_row(index: int, record: Recorded) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "i": index,
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "at": record.at,
+        "fault": record.fault,
+    }
+    if record.method == "POST" and record.path == CREATE_PATH and isinstance(record.body, dict):
+        data = record.body.get("data")
+        attributes = data.get("attributes") if isinstance(data, dict) else None
+        row["link"] = attributes if isinstance(attributes, dict) else None
+    return row
 
 
 def _check_link_request(handler: _Handler, body: Any, case_ids: set[str]) -> tuple[int, str] | None:
@@ -388,6 +420,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, each answer
+    # would wait ~40 ms for the client's acknowledgement.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
