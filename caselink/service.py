@@ -113,7 +113,6 @@ class Service:
         recorded = self.store.record(
             evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
         )
-        new_links = 0
         for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
             metrics.EVENTS.labels(event.source, "duplicate" if stored.duplicate else "new").inc()
             if stored.duplicate:
@@ -122,9 +121,6 @@ class Service:
                 metrics.RULE_MATCHES.labels(outcome.rule).inc()
                 if outcome.links:
                     metrics.LINKS_PLANNED.labels(outcome.rule).inc(len(outcome.links))
-            new_links += stored.links_planned
-        if new_links and self.worker is not None:
-            self.worker.notify()
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,

@@ -275,8 +275,8 @@ class Store:
         for attempt in range(3):
             try:
                 with self._raw_transaction(ingest=True) as cursor:
-                    results = self._write(cursor, batch)
-                if any(link["state"] == "pending" for work in batch for links_ in work.links for link in links_):
+                    results, due = self._write(cursor, batch)
+                if due:
                     self._wake.send()
                 return results
             except StoreUnavailableError as exc:
@@ -326,7 +326,8 @@ class Store:
             elif connection is not None:
                 connection.close()
 
-    def _write(self, cursor: Any, batch: list[_Work]) -> list[list[RecordedEvent]]:
+    def _write(self, cursor: Any, batch: list[_Work]) -> tuple[list[list[RecordedEvent]], bool]:
+        """Insert a batch's events and planned links; also say whether any delivery became due."""
         sql = self._statements
         results: list[list[RecordedEvent]] = []
         new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
@@ -346,26 +347,37 @@ class Store:
                 event_id, planned = cursor.fetchone()
                 recorded.append(RecordedEvent(event_id, row["kind"], True, planned))
             results.append(recorded)
-        if new_links:
-            self._plan_links(cursor, list(new_links.values()), batch[0].now)
-        return results
+        due = self._plan_links(cursor, list(new_links.values()), batch[0].now) if new_links else False
+        return results, due
 
-    def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> None:
-        """Insert planned links that are new; wake dry-run links that a live rule now asks for."""
+    def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> bool:
+        """Insert planned links that are new; wake dry-run links that a live rule now asks for.
+
+        Returns whether a delivery became due, so that only then are workers woken:
+        most webhooks plan links that already exist.
+        """
         sql = self._statements
-        cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in rows])
-        live = [dict(row, now=now) for row in rows if row["state"] == "pending"]
+        live = [row for row in rows if row["state"] == "pending"]
+        dormant = [row for row in rows if row["state"] != "pending"]
+        if dormant:
+            cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in dormant])
         if not live:
-            return
+            return False
+        cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in live])
+        due = cursor.rowcount > 0
         cursor.execute(sql.any_dormant.sql)
         if cursor.fetchone() is not None:
-            cursor.executemany(sql.promote_planned.sql, [sql.promote_planned.params(row) for row in live])
-            resolved = [row for row in live if row["parent_id"] and row["child_id"]]
+            keys = [dict(row, now=now) for row in live]
+            cursor.executemany(sql.promote_planned.sql, [sql.promote_planned.params(row) for row in keys])
+            due = due or cursor.rowcount > 0
+            resolved = [row for row in keys if row["parent_id"] and row["child_id"]]
             if resolved:
                 cursor.executemany(sql.promote_resolved.sql, [sql.promote_resolved.params(row) for row in resolved])
-        if self.dialect == "postgresql":
+                due = due or cursor.rowcount > 0
+        if due and self.dialect == "postgresql":
             # Delivered to listening workers when this transaction commits.
             cursor.execute(sql.notify.sql)
+        return due
 
     def _notify(self, connection: Connection) -> None:
         """Wake listening workers once this transaction commits (PostgreSQL; see _wake for SQLite)."""
@@ -418,9 +430,10 @@ class Store:
                 .values(trace=[*trace, *entries.values()], links_planned=events.c.links_planned + len(planned))
             )
         with self._raw_transaction() as cursor:
-            self._plan_links(
-                cursor, [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in planned], now
-            )
+            rows = [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in planned]
+            due = self._plan_links(cursor, rows, now)
+        if due:
+            self._wake.send()
 
     # -- delivery -----------------------------------------------------------
 
