@@ -28,7 +28,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -47,6 +46,13 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers import base_env  # noqa: E402 - the tests' way of building a clean environment
+from tests.servers import flask  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
 RESULTS = BENCH / "results"
 WEBHOOK_SECRET = "bench-webhook-secret"
 ADMIN_TOKEN = "bench-admin-token"
@@ -414,19 +420,6 @@ class WrkGenerator:
 # -- processes ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def base_env(**settings: Any) -> dict[str, str]:
-    """An environment built from scratch, as tests/servers.py does: nothing leaks in from the shell."""
-    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
-    env.update({name: str(value) for name, value in settings.items() if value is not None})
-    return env
-
-
 class Process:
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -559,15 +552,7 @@ class Bench:
             database = None
         else:
             env, database = self.caselink_env(key, port)
-            migrate = subprocess.run(
-                [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
+            migrate = flask(env, "db", "upgrade", timeout=120)
             if migrate.returncode != 0:
                 raise RuntimeError(f"db upgrade failed for {key}:\n{migrate.stdout}\n{migrate.stderr}")
             command = self.gunicorn_command(port, "app:app")

@@ -16,7 +16,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -41,6 +40,8 @@ from ack_throughput import base_env  # noqa: E402
 from ack_throughput import free_port  # noqa: E402
 from ack_throughput import percentile  # noqa: E402
 from ack_throughput import terminate_on_sigterm  # noqa: E402
+
+from tests.servers import flask  # noqa: E402
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -216,15 +217,7 @@ def caselink_env(database_url: str, fake_url: str | None, **settings: Any) -> di
 
 
 def migrate(env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = flask(env, "db", "upgrade", timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
 
