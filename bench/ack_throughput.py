@@ -49,7 +49,8 @@ ROOT = BENCH.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.servers import base_env  # noqa: E402 - the tests' way of building a clean environment
+from tests import servers  # noqa: E402 - the tests' processes and clean environments
+from tests.servers import base_env  # noqa: E402
 from tests.servers import flask  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
@@ -420,38 +421,11 @@ class WrkGenerator:
 # -- processes ------------------------------------------------------------------
 
 
-class Process:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+class Process(servers.Process):
+    """A server the benchmark starts: the tests' process, plus readiness by URL and CPU time."""
 
     def logs(self, tail: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
+        return super().logs()[-tail:]
 
     def wait_until_up(self, url: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
