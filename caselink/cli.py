@@ -26,8 +26,8 @@ from caselink.events import WebhookRequest
 from caselink.rules import PlannedLink
 from caselink.rules import RuleSet
 from caselink.rules import load_rules
+from caselink.schema import LINK_STATES
 from caselink.service import Service
-from caselink.store import LINK_STATES
 
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")

@@ -46,100 +46,14 @@ from caselink.errors import StoreUnavailableError
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.rules import Evaluation
+from caselink.schema import LINK_STATES
+from caselink.schema import MAX_KEY
+from caselink.schema import events
+from caselink.schema import links
+from caselink.schema import service_state
 
-LINK_STATES = ("dry_run", "pending", "claimed", "delivered", "dead", "merged")
 # PostgreSQL channel on which a commit that makes links due wakes idle workers.
 NOTIFY_CHANNEL = "caselink_links"
-# PostgreSQL channel on which a commit that makes links due wakes idle workers.
-NOTIFY_CHANNEL = "caselink_links"
-_MAX_KEY = 255
-
-metadata = sa.MetaData()
-_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-_time = sa.Float(precision=53)
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("id", _id, primary_key=True, autoincrement=True),
-    sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("dedup_key", sa.String(_MAX_KEY), nullable=False),
-    sa.Column("kind", sa.String(255), nullable=False),
-    sa.Column("entity_type", sa.String(32)),
-    sa.Column("entity_id", sa.String(255)),
-    sa.Column("title", sa.Text, nullable=False, default=""),
-    sa.Column("message", sa.Text, nullable=False, default=""),
-    sa.Column("severity", sa.String(255), nullable=False, default=""),
-    sa.Column("priority", sa.String(255), nullable=False, default=""),
-    sa.Column("status", sa.String(255), nullable=False, default=""),
-    sa.Column("url", sa.Text, nullable=False, default=""),
-    sa.Column("tags", _json, nullable=False),
-    sa.Column("occurred_at", sa.String(64)),
-    sa.Column("payload", _json),
-    sa.Column("problem", sa.Text),
-    sa.Column("received_at", _time, nullable=False),
-    sa.Column("ruleset", sa.String(64), nullable=False),
-    sa.Column("trace", _json, nullable=False),
-    sa.Column("links_planned", sa.Integer, nullable=False, default=0),
-    sa.UniqueConstraint("source", "dedup_key", name="uq_events_delivery"),
-)
-# No secondary index on events beyond the dedup key: each one is pages more to
-# write on every webhook, and the admin API and replay read events rarely.
-
-links = sa.Table(
-    "links",
-    metadata,
-    sa.Column("id", _id, primary_key=True, autoincrement=True),
-    sa.Column("parent_type", sa.String(32), nullable=False),
-    sa.Column("parent_ref", sa.String(255), nullable=False),
-    sa.Column("relationship", sa.String(32), nullable=False),
-    sa.Column("child_type", sa.String(32), nullable=False),
-    sa.Column("child_ref", sa.String(255), nullable=False),
-    # UUIDs once the worker has resolved case keys; unique among resolved links.
-    sa.Column("parent_id", sa.String(64)),
-    sa.Column("child_id", sa.String(64)),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", _time, nullable=False),
-    sa.Column("lease_until", _time),
-    sa.Column("claim_token", sa.String(32)),
-    # The worker (host:pid) that holds or last held the link, for operators.
-    sa.Column("claimed_by", sa.String(128)),
-    sa.Column("last_error", sa.Text),
-    sa.Column("last_status", sa.Integer),
-    sa.Column("datadog_link_id", sa.String(64)),
-    sa.Column("outcome", sa.String(16)),
-    sa.Column("merged_into", _id),
-    sa.Column("created_at", _time, nullable=False),
-    sa.Column("updated_at", _time, nullable=False),
-    sa.Column("delivered_at", _time),
-    sa.UniqueConstraint(
-        "parent_type",
-        "parent_ref",
-        "relationship",
-        "child_type",
-        "child_ref",
-        name="uq_links_planned",
-    ),
-    sa.UniqueConstraint(
-        "parent_type",
-        "parent_id",
-        "relationship",
-        "child_type",
-        "child_id",
-        name="uq_links_resolved",
-    ),
-)
-sa.Index("ix_links_due", links.c.state, links.c.next_attempt_at)
-
-service_state = sa.Table(
-    "service_state",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text),
-    sa.Column("updated_at", _time, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -1100,7 +1014,7 @@ def _iso(moment: float | None) -> str | None:
 
 
 def _bounded_key(key: str) -> str:
-    if len(key) <= _MAX_KEY:
+    if len(key) <= MAX_KEY:
         return key
     import hashlib
 

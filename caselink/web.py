@@ -26,8 +26,8 @@ from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.events import Headers
 from caselink.events import WebhookRequest
+from caselink.schema import LINK_STATES
 from caselink.service import Service
-from caselink.store import LINK_STATES
 
 bp = Blueprint("caselink", __name__)
 api = Blueprint("api", __name__, url_prefix="/api")

@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 
 from caselink import migrations
 from caselink.errors import SchemaError
+from caselink.schema import metadata
 from caselink.store import Store
-from caselink.store import metadata
 from tests.servers import flask
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from caselink.store import metadata
+from caselink.schema import metadata
 
 engine = context.config.attributes["engine"]
 
