@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from contextlib import nullcontext
 from dataclasses import dataclass
 from dataclasses import field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -897,10 +898,17 @@ class _Statement:
     def __init__(self, sql: str, dialect: sa.engine.Dialect) -> None:
         compiled = sa.text(sql).compile(dialect=dialect)
         self.sql = compiled.string
-        self.order = compiled.positiontup
+        order = compiled.positiontup
+        # Positional drivers (sqlite3) take a tuple in the compiled order; named ones (psycopg) the dict.
+        self._pick = itemgetter(*order) if order and len(order) > 1 else None
+        self._single = order[0] if order and len(order) == 1 else None
 
     def params(self, values: dict[str, Any]) -> Any:
-        return tuple(values[name] for name in self.order) if self.order is not None else values
+        if self._pick is not None:
+            return self._pick(values)
+        if self._single is not None:
+            return (values[self._single],)
+        return values
 
 
 class _Statements:
