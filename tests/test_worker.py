@@ -255,3 +255,19 @@ def test_stopping_releases_claimed_links_without_counting_an_attempt(store, make
 
     assert store.count_links()["claimed"] == 0
     assert all(link["attempts"] == 0 for link in store.list_links(state="pending"))
+
+
+def test_the_default_retries_ride_out_an_hour_long_outage_before_dead_lettering(store):
+    defaults = Settings()
+    worker = DeliveryWorker(store, DatadogClient("http://127.0.0.1:9", Secret("k"), Secret("a")), defaults)
+    try:
+        # Jitter waits between half and all of each delay: count the shortest case.
+        shortest = 0.0
+        for attempts in range(1, defaults.delivery_max_attempts):
+            delay = min(defaults.delivery_backoff_max, defaults.delivery_backoff_base * 2 ** (attempts - 1))
+            shortest += delay / 2
+            assert delay / 2 <= worker._backoff(attempts) <= delay
+    finally:
+        worker.stop(grace=0)
+
+    assert shortest > 3600
