@@ -13,6 +13,7 @@ from caselink.config import Settings
 from caselink.datadog import DatadogClient
 from caselink.errors import ConfigError
 from caselink.errors import RulesError
+from caselink.ratelimit import RateLimiter
 from caselink.rules import LiveRules
 from caselink.rules import RuleSet
 from caselink.service import Service
@@ -30,13 +31,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     rules = LiveRules(settings.rules_file, sources=tuple(REGISTRY), on_reload=_report_reload)
     metrics.RULES_LOADED.set(0 if rules.error else 1)
-    app.extensions["caselink"] = Service(
-        settings=settings,
-        store=Store(settings.database_url),
-        rules=rules,
-        handlers=REGISTRY,
-        client=None if settings.dry_run else DatadogClient.from_settings(settings),
-    )
+    store = Store(settings.database_url)
+    client = None
+    if not settings.dry_run:
+        # Every delivery process counts its requests in the store, against one Datadog budget.
+        client = DatadogClient.from_settings(settings, limiter=RateLimiter(shared=store))
+    app.extensions["caselink"] = Service(settings=settings, store=store, rules=rules, handlers=REGISTRY, client=client)
     app.register_blueprint(web.bp)
     app.register_blueprint(web.api)
     web.register_error_handlers(app)

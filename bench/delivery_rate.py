@@ -137,7 +137,12 @@ def run_once(
             limits={"create": {"limit": args.limit, "period": args.period, "name": "cases_link_create"}},
         )
     fake_cpu_start = fake.process.cpu_seconds()
-    worker = harness.worker(f"worker-{label}", env, workdir)
+    workers = [harness.worker(f"worker-{label}-{n}", env, workdir) for n in range(args.workers)]
+
+    def workers_cpu() -> float | None:
+        seconds = [worker.cpu_seconds() for worker in workers]
+        return None if None in seconds else sum(seconds)
+
     started = time.monotonic()
     timeout = args.timeout or (120 + (links / args.limit * args.period * 3 if scenario == "limited" else links / 10))
     worker_cpu_first = None
@@ -147,11 +152,12 @@ def run_once(
             summary = fake.summary()
             if worker_cpu_first is None and summary["requests"]:
                 # The worker's start-up (imports, app, schema check) is not delivery: count from its first call.
-                worker_cpu_first = worker.cpu_seconds()
+                worker_cpu_first = workers_cpu()
             if summary["links"] >= links:
                 break
-            if not worker.running:
-                raise RuntimeError(f"the worker exited:\n{worker.logs()}")
+            for worker in workers:
+                if not worker.running:
+                    raise RuntimeError(f"a worker exited:\n{worker.logs()}")
             if summary["links"] != seen:
                 seen, progress_at = summary["links"], time.monotonic()
             if time.monotonic() - started > timeout or time.monotonic() - progress_at > 60:
@@ -163,9 +169,10 @@ def run_once(
         while set(states) - {"delivered"} and time.monotonic() < deadline:
             time.sleep(0.2)
             states = count_links(database_url)
-        worker_cpu_end = worker.cpu_seconds()
+        worker_cpu_end = workers_cpu()
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
     fake_cpu_end = fake.process.cpu_seconds()
     rows = fake.requests()
     state = fake.state()
@@ -370,6 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cases", type=int, default=20, help="distinct cases the links point at (the fake knows them)")
     parser.add_argument("--concurrency", type=int, help="WORKER_CONCURRENCY of the worker (default: caselink's)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="delivery worker processes sharing the queue and the rate limit"
+    )
     parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES, help="server to create databases on")
     parser.add_argument("--timeout", type=float, help="seconds a run may take (default: from its size)")
     parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/delivery-<time>.json)")
@@ -408,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.cases} cases; "
                     f"unlimited: {args.links} links; limited: "
                     f"{args.limited_links} links at {args.limit} per {args.period:g} s; "
-                    f"worker concurrency {args.concurrency or 'default (WORKER_CONCURRENCY unset)'}",
+                    f"{args.workers} worker process(es), "
+                    f"concurrency {args.concurrency or 'default (WORKER_CONCURRENCY unset)'}",
                     flush=True,
                 )
                 for round_number in range(1, args.rounds + 1):

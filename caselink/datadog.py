@@ -113,7 +113,7 @@ class DatadogClient:
         self._cases_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DatadogClient:
+    def from_settings(cls, settings: Settings, *, limiter: RateLimiter | None = None) -> DatadogClient:
         """A client for live mode; ConfigError if the keys are missing."""
         if settings.dd_api_key is None or settings.dd_app_key is None:
             raise ConfigError("DD_API_KEY and DD_APP_KEY must both be set to call Datadog")
@@ -122,6 +122,7 @@ class DatadogClient:
             settings.dd_api_key,
             settings.dd_app_key,
             timeout=settings.dd_timeout,
+            limiter=limiter,
         )
 
     @property

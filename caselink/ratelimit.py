@@ -23,6 +23,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace
+from typing import Protocol
 
 
 @dataclass
@@ -48,18 +49,50 @@ class LimitState:
         return self.remaining - self.in_flight
 
 
+# How long a request may take to reach Datadog; longer only costs a little of a period's budget.
+_IN_TRANSIT = 0.1
+# How long a request waits while the first request to an endpoint finds out its limit.
+_PROBE_WAIT = 0.02
 # A 429 holds requests back at least this long, even when X-RateLimit-Reset rounds down to 0.
 _MIN_HOLD = 0.25
+
+
+class SharedBudget(Protocol):
+    """Rate-limit counts kept where every delivery process sees them (the store)."""
+
+    def take_rate_slot(self, name: str, period_number: int, limit: int) -> bool:
+        """Count one request in a calendar-aligned period; False when the period is full."""
+
+    def known_rate_limit(self, endpoint: str) -> tuple[str, int, float] | None:
+        """(name, limit, period) of the limit another process learned for this endpoint."""
+
+    def learn_rate_limit(self, endpoint: str, name: str, limit: int, period: float) -> None:
+        """Tell the other processes which limit this endpoint falls under."""
 
 
 class RateLimiter:
     """Thread-safe budget keeping for every rate limit an endpoint falls under."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        shared: SharedBudget | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        self._shared = shared
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._limit_of: dict[str, str] = {}
         self._limits: dict[str, LimitState] = {}
+        # Endpoints whose limit was looked up in the shared budget, and when to look again.
+        self._look_again: dict[str, float] = {}
+        # What this process has told the shared budget, so it tells it once.
+        self._told: dict[str, tuple[str, int, float]] = {}
+        # Endpoints with a first request under way / that have answered at least once.
+        self._probing: set[str] = set()
+        self._answered: set[str] = set()
 
     def reserve(self, endpoint: str) -> tuple[float, str | None]:
         """Take a place for one request on `endpoint`.
@@ -70,8 +103,20 @@ class RateLimiter:
         """
         with self._lock:
             name = self._limit_of.get(endpoint)
-            if name is None:
-                return 0.0, None
+            if name is None and not self._look_up_due(endpoint):
+                return self._probe(endpoint)
+        if name is None:
+            # Another process may know this endpoint's limit already: start from it.
+            known = self._shared.known_rate_limit(endpoint) if self._shared is not None else None
+            if known is None:
+                with self._lock:
+                    return self._probe(endpoint)
+            with self._lock:
+                name, limit, period = known
+                self._limit_of.setdefault(endpoint, name)
+                self._limits.setdefault(name, LimitState(name, limit=limit, period=period))
+            return self.reserve(endpoint)
+        with self._lock:
             state = self._limits[name]
             now = self._clock()
             _roll(state, now)
@@ -79,7 +124,19 @@ class RateLimiter:
             if wait > 0:
                 return wait, None
             state.in_flight += 1
-            return 0.0, name
+            limit, period = state.limit, state.period
+        if self._shared is not None and limit and period:
+            # Other processes spend the same budget: count this request where
+            # they all count it, in the calendar-aligned period it falls in. One
+            # sent just before a period ends may reach Datadog after it ends, so
+            # near the end it counts in the next period: under the limit, never over.
+            wall = self._wall_clock()
+            number = int((wall + min(_IN_TRANSIT, period / 4)) // period)
+            if not self._shared.take_rate_slot(name, number, limit):
+                with self._lock:
+                    state.in_flight = max(state.in_flight - 1, 0)
+                return max((number + 1) * period - wall, 0.001), None
+        return 0.0, name
 
     def wait_time(self, *endpoints: str) -> float:
         """How long until a request on every one of these endpoints could go (0: now)."""
@@ -110,6 +167,57 @@ class RateLimiter:
         request may have reached Datadog anyway (a read timeout), in which case
         it stays counted against the budget: Datadog counted it too.
         """
+        with self._lock:
+            self._probing.discard(endpoint)
+            if headers is not None:
+                self._answered.add(endpoint)
+        self._settle(endpoint, ticket, headers, status, reached=reached)
+        if self._shared is not None and headers is not None:
+            self._tell(endpoint)
+
+    def _probe(self, endpoint: str) -> tuple[float, str | None]:
+        """An endpoint nobody has had an answer from: one request at a time until its answer
+        says what the limit is, so a cold start with several processes cannot burst past it."""
+        if self._shared is None or endpoint in self._answered:
+            return 0.0, None
+        if endpoint in self._probing:
+            return _PROBE_WAIT, None
+        self._probing.add(endpoint)
+        return 0.0, None
+
+    def _look_up_due(self, endpoint: str) -> bool:
+        """Whether to ask the shared budget for an unknown endpoint's limit (at most every 5 s)."""
+        if self._shared is None:
+            return False
+        now = self._clock()
+        if now < self._look_again.get(endpoint, 0.0):
+            return False
+        self._look_again[endpoint] = now + 5.0
+        return True
+
+    def _tell(self, endpoint: str) -> None:
+        """Share what this process learned of the endpoint's limit, once per change."""
+        assert self._shared is not None
+        with self._lock:
+            name = self._limit_of.get(endpoint)
+            state = self._limits.get(name) if name is not None else None
+            if state is None or state.limit is None or state.period is None:
+                return
+            learned = (state.name, state.limit, state.period)
+            if self._told.get(endpoint) == learned:
+                return
+            self._told[endpoint] = learned
+        self._shared.learn_rate_limit(endpoint, *learned)
+
+    def _settle(
+        self,
+        endpoint: str,
+        ticket: str | None,
+        headers: Mapping[str, str] | None,
+        status: int | None,
+        *,
+        reached: bool,
+    ) -> None:
         with self._lock:
             now = self._clock()
             held = self._limits.get(ticket) if ticket is not None else None

@@ -99,3 +99,13 @@ service_state = sa.Table(
     sa.Column("value", sa.Text),
     sa.Column("updated_at", _time, nullable=False),
 )
+
+# How many requests caselink's processes sent in each period of each Datadog
+# rate limit: periods are calendar aligned, so every process numbers them alike.
+rate_periods = sa.Table(
+    "rate_periods",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("period_number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("used", sa.Integer, nullable=False),
+)

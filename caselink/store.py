@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -513,6 +514,41 @@ class Store:
             ).rowcount
         return bool(updated)
 
+    def take_rate_slot(self, name: str, period_number: int, limit: int) -> bool:
+        """Count one request in a rate-limit period shared by every process; False when it is full.
+
+        If the store cannot be reached the request is let through: the local
+        limiter still holds this process to the limit, and a 429 costs a wait,
+        never a link.
+        """
+        values = {"name": name, "period_number": period_number, "limit": limit}
+        try:
+            with self._raw_transaction() as cursor:
+                sql = self._statements
+                cursor.execute(sql.take_rate_slot.sql, sql.take_rate_slot.params(values))
+                taken = cursor.fetchone()
+                if taken is not None and taken[0] == 1:
+                    # A new period began: forget the old ones.
+                    cursor.execute(sql.prune_rate_periods.sql, sql.prune_rate_periods.params(values))
+        except StoreUnavailableError:
+            return True
+        return taken is not None
+
+    def known_rate_limit(self, endpoint: str) -> tuple[str, int, float] | None:
+        """The rate limit another process learned for this Datadog endpoint, if any."""
+        try:
+            value = self.get_state(f"ratelimit:{endpoint}")
+        except StoreUnavailableError:
+            return None
+        if not value:
+            return None
+        name, limit, period = json.loads(value)
+        return str(name), int(limit), float(period)
+
+    def learn_rate_limit(self, endpoint: str, name: str, limit: int, period: float) -> None:
+        with contextlib.suppress(StoreUnavailableError):
+            self.set_state(f"ratelimit:{endpoint}", json.dumps([name, limit, period]))
+
     def next_due(self) -> float | None:
         """When the earliest pending link becomes due, or a lease runs out."""
         with self.transaction(write=False) as connection:
@@ -933,6 +969,14 @@ class _Statements:
         self.promote_planned = statement(f"{wake} AND {_PLANNED}")
         self.promote_resolved = statement(f"{wake} AND {_RESOLVED}")
         self.notify = statement(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+        self.take_rate_slot = statement(
+            "INSERT INTO rate_periods (name, period_number, used) VALUES (:name, :period_number, 1)"
+            " ON CONFLICT (name, period_number) DO UPDATE SET used = rate_periods.used + 1"
+            " WHERE rate_periods.used < :limit RETURNING used"
+        )
+        self.prune_rate_periods = statement(
+            "DELETE FROM rate_periods WHERE name = :name AND period_number < :period_number"
+        )
 
 
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:

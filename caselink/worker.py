@@ -273,8 +273,8 @@ class DeliveryWorker:
         log.log(level, "delivery", extra={"fields": fields})
 
     def _deliver(self, job: Job) -> str:
-        parent_id = job.parent_id or self.client.case_id(job.parent.id)
-        child_id = job.child_id or self.client.case_id(job.child.id)
+        parent_id = job.parent_id or self._within_budget(lambda: self.client.case_id(job.parent.id))
+        child_id = job.child_id or self._within_budget(lambda: self.client.case_id(job.child.id))
         held, twin = self.store.prepare(job, parent_id, child_id, lease=self.settings.delivery_lease, now=self.clock())
         if twin is not None:
             return "merged"

@@ -513,3 +513,50 @@ def test_the_client_holds_back_after_a_429_until_the_reset(api, client, clock):
         headers=rate_headers(9, reset=51),
     )
     assert client.create_link(LINK) == "link-2"
+
+
+class SharedBudget:
+    """What the store keeps for every delivery process, in memory."""
+
+    def __init__(self, room: int = 1_000_000) -> None:
+        self.room = room
+        self.taken: list[tuple[str, int, int]] = []
+        self.limits: dict[str, tuple[str, int, float]] = {}
+
+    def take_rate_slot(self, name, period_number, limit):
+        self.taken.append((name, period_number, limit))
+        return len(self.taken) <= self.room
+
+    def known_rate_limit(self, endpoint):
+        return self.limits.get(endpoint)
+
+    def learn_rate_limit(self, endpoint, name, limit, period):
+        self.limits[endpoint] = (name, limit, period)
+
+
+def test_a_shared_count_that_is_full_holds_the_request_back_until_the_next_calendar_period(clock):
+    shared = SharedBudget(room=1)
+    limiter = RateLimiter(clock=clock, shared=shared, wall_clock=lambda: 1000.25)
+    learn(limiter, remaining=8, limit=10, period=1, reset=0.75)
+
+    first = limiter.reserve(CREATE_LINK)
+    second = limiter.reserve(CREATE_LINK)
+
+    assert first == (0.0, "cases")
+    assert second[1] is None
+    assert second[0] == pytest.approx(0.75)
+    assert shared.taken == [("cases", 1000, 10)] * 2
+    assert limiter.snapshot()["cases"].in_flight == 1
+
+
+def test_a_process_that_starts_later_counts_from_its_first_request_with_what_others_learned(clock):
+    shared = SharedBudget()
+    early = RateLimiter(clock=clock, shared=shared, wall_clock=lambda: 1000.5)
+    learn(early, remaining=8, limit=10, period=1, reset=0.5)
+    late = RateLimiter(clock=clock, shared=shared, wall_clock=lambda: 1000.5)
+
+    wait, ticket = late.reserve(CREATE_LINK)
+
+    assert shared.limits == {CREATE_LINK: ("cases", 10, 1.0)}
+    assert (wait, ticket) == (0.0, "cases")
+    assert shared.taken == [("cases", 1000, 10)]

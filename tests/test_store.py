@@ -189,3 +189,32 @@ def test_the_explain_record_shows_the_trace_and_the_link_states(store):
     assert [(link["child"], link["state"], link["rule"]) for link in record["links"]] == [
         ("CASE:OPS-42", "pending", "r1")
     ]
+
+
+def test_a_shared_rate_period_admits_at_most_its_limit_whatever_the_number_of_takers(store):
+    taken: list[bool] = []
+    barrier = threading.Barrier(6)
+
+    def take() -> None:
+        barrier.wait()
+        for _ in range(10):
+            taken.append(store.take_rate_slot("cases_link_create", 1000, 25))
+
+    threads = [threading.Thread(target=take) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert taken.count(True) == 25
+    assert store.take_rate_slot("cases_link_create", 1001, 25) is True
+    assert store.take_rate_slot("another_limit", 1000, 1) is True
+    assert store.take_rate_slot("another_limit", 1000, 1) is False
+
+
+def test_a_rate_limit_learned_by_one_process_is_known_to_the_others(store):
+    assert store.known_rate_limit("POST /api/v2/cases/link") is None
+
+    store.learn_rate_limit("POST /api/v2/cases/link", "cases_link_create", 50, 1.0)
+
+    assert store.known_rate_limit("POST /api/v2/cases/link") == ("cases_link_create", 50, 1.0)

@@ -14,6 +14,7 @@ from caselink.config import Settings
 from caselink.datadog import DatadogClient
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.ratelimit import RateLimiter
 from caselink.rules import Evaluation
 from caselink.rules import PlannedLink
 from caselink.rules import RuleOutcome
@@ -271,3 +272,30 @@ def test_the_default_retries_ride_out_an_hour_long_outage_before_dead_lettering(
         worker.stop(grace=0)
 
     assert shortest > 3600
+
+
+def test_two_delivery_processes_share_one_rate_limit_and_stay_under_it(store, settings, fake_datadog):
+    fake_datadog.configure(limits={"create": {"limit": 4, "period": 1.0, "name": "cases_link_create"}})
+    for index in range(16):
+        plan(store, causes(index))
+    workers = []
+    for name in ("a", "b"):
+        client = DatadogClient.from_settings(settings, limiter=RateLimiter(shared=store))
+        workers.append(DeliveryWorker(store, client, replace(settings, worker_concurrency=2), name=name))
+    started = time.time()
+    try:
+        for worker in workers:
+            worker.start()
+        wait_for(lambda: states(store) == {"delivered": 16}, timeout=20, message="all sixteen links")
+    finally:
+        for worker in workers:
+            worker.stop(grace=2)
+
+    late = [r for r in fake_datadog.requests if r.status == 429 and r.at >= int(started) + 1]
+    assert late == []
+    windows: dict[int, int] = {}
+    for request in fake_datadog.creations():
+        if request.status == 201:
+            windows[int(request.at)] = windows.get(int(request.at), 0) + 1
+    assert max(windows.values()) <= 4
+    assert {worker.name for worker in workers} <= {link["claimed_by"] for link in store.list_links()}

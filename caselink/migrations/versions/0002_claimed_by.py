@@ -4,6 +4,7 @@ links.claimed_by says which worker holds or last held a link. The plans table
 (event → link) is dropped: the links an event planned are in its trace, and
 the explain record finds their rows by the link's natural key. The index on
 events.received_at goes too: every index is more pages to write per webhook.
+rate_periods lets every delivery process count against one Datadog rate limit.
 
 Revision ID: 0002
 Revises: 0001
@@ -28,9 +29,17 @@ def upgrade() -> None:
     op.drop_index("ix_events_received_at", table_name="events")
     op.drop_index("ix_plans_link", table_name="plans")
     op.drop_table("plans")
+    op.create_table(
+        "rate_periods",
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("period_number", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("used", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("name", "period_number"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rate_periods")
     op.create_table(
         "plans",
         sa.Column("id", _id, autoincrement=True, nullable=False),
