@@ -174,7 +174,7 @@ class FieldPath:
         if not parts:
             raise ValueError("field path is empty")
         if parts[0] not in FIELD_NAMES:
-            suggestion = _did_you_mean(str(parts[0]), FIELD_NAMES)
+            suggestion = did_you_mean(str(parts[0]), FIELD_NAMES)
             raise ValueError(
                 f"field {path!r} does not start with an event field ({', '.join(FIELD_NAMES)}){suggestion}"
             )
@@ -788,7 +788,7 @@ class _Validator:
             if key not in allowed:
                 self.problem(
                     _line(mapping, key),
-                    f"unknown key {key!r} in {what}{_did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})",
+                    f"unknown key {key!r} in {what}{did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})",
                 )
 
     def rule(self, raw: Any, line: int, index: int) -> Rule | None:
@@ -817,7 +817,7 @@ class _Validator:
         mode = raw.get("mode", "live")
         if mode not in MODES:
             self.problem(
-                _line(raw, "mode"), f"mode must be live or dry-run, not {mode!r}{_did_you_mean(str(mode), MODES)}"
+                _line(raw, "mode"), f"mode must be live or dry-run, not {mode!r}{did_you_mean(str(mode), MODES)}"
             )
         description = raw.get("description", "")
         if not isinstance(description, str):
@@ -862,7 +862,7 @@ class _Validator:
                 if not any(fnmatch.fnmatchcase(known, source) for known in self.sources):
                     self.problem(
                         _line(on, "source"),
-                        f"on.source: no source named {source!r}{_did_you_mean(source, self.sources)}"
+                        f"on.source: no source named {source!r}{did_you_mean(source, self.sources)}"
                         f" (sources: {', '.join(self.sources)})",
                     )
         kinds = self.names(on, "kind", "on.kind")
@@ -897,7 +897,7 @@ class _Validator:
         for key in unknown:
             self.problem(
                 _line(raw, key),
-                f"{where}: unknown key {key!r}{_did_you_mean(str(key), (*GROUP_KEYS, 'field'))}"
+                f"{where}: unknown key {key!r}{did_you_mean(str(key), (*GROUP_KEYS, 'field'))}"
                 " (a group has all:, any: and/or none:; a condition has field:)",
             )
         groups = []
@@ -949,7 +949,7 @@ class _Validator:
                 self.problem(
                     _line(raw, key),
                     f"{where}: unknown operator {key!r}"
-                    f"{_did_you_mean(str(key), (*OPERATORS, 'ignore_case'), _OPERATOR_ALIASES)}"
+                    f"{did_you_mean(str(key), (*OPERATORS, 'ignore_case'), _OPERATOR_ALIASES)}"
                     f" (operators: {', '.join(OPERATORS)})",
                 )
         if len(operators) != 1:
@@ -1011,7 +1011,7 @@ class _Validator:
             self.problem(
                 _line(raw, "relationship"),
                 f"link.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}"
-                f"{_did_you_mean(str(relationship), RELATIONSHIPS)}"
+                f"{did_you_mean(str(relationship), RELATIONSHIPS)}"
                 if "relationship" in raw
                 else "link.relationship is missing",
             )
@@ -1050,7 +1050,7 @@ class _Validator:
             self.problem(
                 _line(raw, "type"),
                 f"{where}.type {type_!r} is not one of {', '.join(ENTITY_TYPES)}"
-                f"{_did_you_mean(str(type_), ENTITY_TYPES)}"
+                f"{did_you_mean(str(type_), ENTITY_TYPES)}"
                 if "type" in raw
                 else f"{where}.type is missing ({', '.join(ENTITY_TYPES)})",
             )
@@ -1127,7 +1127,7 @@ class _Validator:
         for name in undefined:
             self.problem(
                 line,
-                f"{where}: template uses undefined name {name!r}{_did_you_mean(name, FIELD_NAMES)}"
+                f"{where}: template uses undefined name {name!r}{did_you_mean(name, FIELD_NAMES)}"
                 f" (names: {', '.join(FIELD_NAMES)})",
             )
         return None if undefined else template
@@ -1155,7 +1155,7 @@ class _Validator:
             if not isinstance(source, str) or (self.sources is not None and source not in self.sources):
                 self.problem(
                     _line(item, "source"),
-                    f"{where}.source: no source named {source!r}{_did_you_mean(str(source), self.sources or ())}",
+                    f"{where}.source: no source named {source!r}{did_you_mean(str(source), self.sources or ())}",
                 )
                 continue
             if "payload" not in item:
@@ -1193,7 +1193,7 @@ class _Validator:
             self.problem(
                 _line(link, "relationship"),
                 f"{where}.relationship {relationship!r} is not one of {', '.join(RELATIONSHIPS)}"
-                f"{_did_you_mean(str(relationship), RELATIONSHIPS)}",
+                f"{did_you_mean(str(relationship), RELATIONSHIPS)}",
             )
         if len(self.problems) != problems_before:
             return None
@@ -1229,7 +1229,7 @@ def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
 
 
-def _did_you_mean(word: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+def did_you_mean(word: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
     choices = list(choices)
     lowered = {choice.lower(): choice for choice in choices}
     if word.lower() in lowered and lowered[word.lower()] != word:

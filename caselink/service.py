@@ -7,10 +7,8 @@ in `app.extensions["caselink"]`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 
 from caselink import logs
@@ -27,7 +25,7 @@ from caselink.normalise import unrecognised
 from caselink.rules import Evaluation
 from caselink.rules import LiveRules
 from caselink.rules import RuleSet
-from caselink.rules import _did_you_mean
+from caselink.rules import did_you_mean
 from caselink.rules import load_rules
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
@@ -56,7 +54,6 @@ class Service:
     handlers: Mapping[str, Any]
     client: DatadogClient | None = None
     worker: DeliveryWorker | None = None
-    started_at: float = field(default_factory=time.time)
 
     # -- webhooks -------------------------------------------------------------
 
@@ -64,7 +61,7 @@ class Service:
         handler = self.handlers.get(source)
         if handler is None:
             raise NotFoundError(
-                f"no webhook source named {source!r}{_did_you_mean(source, self.handlers)}; "
+                f"no webhook source named {source!r}{did_you_mean(source, self.handlers)}; "
                 f"sources: {', '.join(sorted(self.handlers))}"
             )
         return handler
@@ -214,7 +211,7 @@ def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     for source in settings.webhook_secrets:
         if source not in sources:
             notes.append(
-                f"warning: {source.upper()}_WEBHOOK_SECRET names no webhook source{_did_you_mean(source, sources)}"
+                f"warning: {source.upper()}_WEBHOOK_SECRET names no webhook source{did_you_mean(source, sources)}"
             )
     if settings.admin_token is None:
         notes.append("/api/* is closed: ADMIN_TOKEN is not set")
