@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     runs = [(store, scenario) for store in args.stores for scenario in args.scenarios]
     with harness.terminate_on_sigterm():
-        try:
+        with harness.in_workdir(workdir, keep=args.keep):
             with harness.cleanup(processes, databases):
                 fake.start()
                 print(f"machine: {harness.machine()}")
@@ -447,16 +446,6 @@ def main(argv: list[str] | None = None) -> int:
                             f"; requests {dict(r['requests'])}"
                         )
                         print(line, flush=True)
-        except Exception as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log")):
-                print(f"----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            if args.keep:
-                print(f"kept {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarise(results)
     print_report(summary, args)

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import sys
 import time
@@ -266,6 +267,23 @@ def write_results(prefix: str, document: dict[str, Any], output: Path | None) ->
 
 def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+@contextlib.contextmanager
+def in_workdir(workdir: Path, *, keep: bool) -> Iterator[None]:
+    """On failure, show the tail of every log in `workdir`; then remove it unless told to keep it."""
+    try:
+        yield
+    except Exception as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        for log in sorted(workdir.glob("*.log")):
+            print(f"----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        if keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager

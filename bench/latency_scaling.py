@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"machine: {document['machine']}", flush=True)
     with harness.terminate_on_sigterm():
-        try:
+        with harness.in_workdir(workdir, keep=args.keep):
             with harness.cleanup(processes, databases):
                 if fake is not None:
                     fake.start()
@@ -523,16 +523,6 @@ def main(argv: list[str] | None = None) -> int:
                     databases.drop_all()
                 if "scaling" in args.parts:
                     document["scaling"] = run_scaling(args, fake, databases, workdir, processes)
-        except Exception as exc:
-            print(f"benchmark failed: {exc}", file=sys.stderr)
-            for log in sorted(workdir.glob("*.log")):
-                print(f"----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-            raise
-        finally:
-            if args.keep:
-                print(f"kept {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
     if "latency" in document:
         print_latency(document["latency"], args)
     if "scaling" in document:

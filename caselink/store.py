@@ -124,10 +124,6 @@ class Store:
         except OperationalError as exc:
             raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from exc
 
-    def ping(self) -> None:
-        with self.transaction(write=False) as connection:
-            connection.execute(sa.text("SELECT 1"))
-
     def dispose(self) -> None:
         if self._ingest_connection is not None:
             self._ingest_connection.close()

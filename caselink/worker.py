@@ -117,10 +117,6 @@ class DeliveryWorker:
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"fields": {"worker": self.name, "released": len(unfinished)}})
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
