@@ -37,6 +37,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Every delivery process counts its requests in the store, against one Datadog budget.
         client = DatadogClient.from_settings(settings, limiter=RateLimiter(shared=store))
     app.extensions["caselink"] = Service(settings=settings, store=store, rules=rules, handlers=REGISTRY, client=client)
+    # Webhooks are answered before Flask routes anything (web.WebhookEndpoint says why).
+    app.wsgi_app = web.WebhookEndpoint(app)  # type: ignore[method-assign]
     app.register_blueprint(web.bp)
     app.register_blueprint(web.api)
     web.register_error_handlers(app)

@@ -17,7 +17,12 @@ import orjson
 
 def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
     """Encode compactly as text."""
+    return dumps_bytes(value, default=default).decode()
+
+
+def dumps_bytes(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Encode compactly as UTF-8 bytes, ready for a response body or a file."""
     try:
-        return orjson.dumps(value, default=default).decode()
+        return orjson.dumps(value, default=default)
     except TypeError:
-        return json.dumps(value, default=default, separators=(",", ":"))
+        return json.dumps(value, default=default, separators=(",", ":")).encode()
