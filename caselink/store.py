@@ -1101,6 +1101,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # OS crash or power cut can lose the last transactions.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
+        # Every gunicorn process writes, and a connection that finds another's
+        # commit throws its page cache away; reading pages back through a
+        # memory map instead of a read() each roughly halves what that costs.
+        cursor.execute("PRAGMA mmap_size=268435456")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
