@@ -79,16 +79,8 @@ class Headers(Mapping[str, str]):
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, Any]) -> Headers:
-        """The headers of a WSGI request, read straight from its environ."""
-        headers = cls()
-        items = headers._items
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                items[key[5:].replace("_", "-").lower()] = value
-        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if environ.get(key):
-                items[key.replace("_", "-").lower()] = environ[key]
-        return headers
+        """The headers of a WSGI request, looked up in its environ when asked for."""
+        return _EnvironHeaders(environ)
 
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()]
@@ -101,6 +93,39 @@ class Headers(Mapping[str, str]):
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         return self._items.get(name.lower(), default)
+
+
+class _EnvironHeaders(Headers):
+    # A handler reads two or three headers; copying all of them first cost more than the lookups.
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        key = name.upper().replace("-", "_")
+        value = self._environ.get(key if key in _UNPREFIXED else "HTTP_" + key)
+        return default if value is None or value == "" and key in _UNPREFIXED else value
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._copy())
+
+    def __len__(self) -> int:
+        return len(self._copy())
+
+    def _copy(self) -> dict[str, str]:
+        environ = self._environ
+        items = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+        items.update((key.replace("_", "-").lower(), environ[key]) for key in _UNPREFIXED if environ.get(key))
+        return items
+
+
+_UNPREFIXED = ("CONTENT_TYPE", "CONTENT_LENGTH")
 
 
 @dataclass(frozen=True)

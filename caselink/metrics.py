@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
@@ -45,6 +46,17 @@ RULES_LOADED = Gauge(
     "1 when the last load of the rules file succeeded.",
     multiprocess_mode="min",
 )
+
+
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Counter, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: prometheus_client validates and locks on every call."""
+    child = _children.get((metric, values))
+    if child is None:
+        child = _children.setdefault((metric, values), metric.labels(*values))
+    return child
 
 
 class QueueCollector(Collector):

@@ -111,13 +111,13 @@ class Service:
             evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
         )
         for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
-            metrics.EVENTS.labels(event.source, "duplicate" if stored.duplicate else "new").inc()
+            metrics.labelled(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new").inc()
             if stored.duplicate:
                 continue
             for outcome in evaluation.matched:
-                metrics.RULE_MATCHES.labels(outcome.rule).inc()
+                metrics.labelled(metrics.RULE_MATCHES, outcome.rule).inc()
                 if outcome.links:
-                    metrics.LINKS_PLANNED.labels(outcome.rule).inc(len(outcome.links))
+                    metrics.labelled(metrics.LINKS_PLANNED, outcome.rule).inc(len(outcome.links))
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,

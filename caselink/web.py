@@ -67,7 +67,7 @@ class WebhookEndpoint:
         data = jsontext.dumps_bytes(body)
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         start_response(_STATUS_LINES[status], headers)
-        return [data]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [data]
 
     def receive(self, source: str, environ: dict[str, Any]) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         started = time.monotonic()
@@ -98,7 +98,7 @@ class WebhookEndpoint:
             fields["error"] = "internal_error"
         duration = time.monotonic() - started
         fields.update(status=status, duration_ms=round(duration * 1000, 2))
-        metrics.WEBHOOKS.labels(source if source in svc.handlers else "unknown", str(status)).inc()
+        metrics.labelled(metrics.WEBHOOKS, source if source in svc.handlers else "unknown", str(status)).inc()
         metrics.WEBHOOK_SECONDS.observe(duration)
         log.log(20 if status < 400 else 30, "webhook", extra={"fields": fields})
         return status, body, headers

@@ -65,11 +65,47 @@ def test_a_body_over_the_limit_is_413_json(app, client):
     assert answer.json["error"]["code"] == "payload_too_large"
 
 
-def test_a_wrong_method_is_405_json(client):
-    answer = client.get("/webhooks/datadog")
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "HEAD"])
+def test_a_wrong_method_is_405_json_that_allows_post(client, method):
+    answer = client.open("/webhooks/datadog", method=method)
 
     assert answer.status_code == 405
-    assert answer.json["error"]["code"] == "method_not_allowed"
+    assert answer.headers["Allow"] == "POST"
+    if method != "HEAD":
+        assert answer.json["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/webhooks/", "/webhooks/datadog/extra", "/webhooks"])
+def test_paths_beside_a_webhook_source_are_404_json(client, path):
+    answer = client.post(path, data=INCIDENT, headers=AUTH)
+
+    assert answer.status_code == 404
+    assert answer.json["error"]["code"] == "not_found"
+
+
+def test_a_refused_webhook_says_how_to_authenticate(client):
+    answer = post(client, headers={})
+
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == 'Bearer realm="caselink"'
+    assert answer.headers["Content-Type"] == "application/json"
+    assert int(answer.headers["Content-Length"]) == len(answer.data)
+
+
+def test_a_failure_inside_caselink_is_a_500_json_without_details_and_is_logged(app, client, capsys, monkeypatch):
+    service = app.extensions["caselink"]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("the details stay in the logs")
+
+    monkeypatch.setattr(service.store, "record", broken)
+    answer = post(client)
+
+    assert answer.status_code == 500
+    assert answer.json == {
+        "error": {"code": "internal_error", "message": "caselink failed to handle this request; see its logs"}
+    }
+    assert "the details stay in the logs" in capsys.readouterr().out
 
 
 def test_an_unknown_path_is_404_json(client):

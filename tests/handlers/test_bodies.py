@@ -7,6 +7,7 @@ import io
 import pytest
 
 from caselink.bodies import read_body
+from caselink.errors import BadRequestError
 from caselink.errors import PayloadTooLargeError
 
 LIMIT = 1024
@@ -60,3 +61,20 @@ def test_without_a_limit_the_whole_body_is_read():
     body = b"y" * (LIMIT * 10)
 
     assert read_body(environ(body, chunked=True), None) == body
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400_naming_both_sizes():
+    env = environ(b"x" * 10, chunked=False)
+    env["CONTENT_LENGTH"] = "25"
+
+    with pytest.raises(BadRequestError, match="ended after 10 of its 25 bytes") as refused:
+        read_body(env, LIMIT)
+
+    assert refused.value.status_code == 400
+
+
+def test_a_content_length_that_is_not_a_number_is_read_as_if_absent():
+    env = environ(b"hello", chunked=True)
+    env["CONTENT_LENGTH"] = "five"
+
+    assert read_body(env, LIMIT) == b"hello"
