@@ -208,12 +208,11 @@ def parse_tags(value: Any) -> dict[str, list[str]]:
 
 def text(value: Any) -> str:
     """A payload value as event text: None is empty, numbers are their decimal form."""
-    return _text(value)
-
-
-def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+_text = text

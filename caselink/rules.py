@@ -187,8 +187,15 @@ class FieldPath:
         Event fields and payloads are plain dicts and lists (JSON), checked as such
         because this runs for every condition of every event.
         """
+        parts = self.parts
+        if len(parts) == 1 and isinstance(fields, dict):
+            # The usual path, one event field (`title`, `severity`), without the general walk.
+            value = fields.get(parts[0] if isinstance(parts[0], str) else str(parts[0]))
+            if value is None:
+                return []
+            return [item for item in value if item is not None] if isinstance(value, list) else [value]
         current: list[Any] = [fields]
-        for part in self.parts:
+        for part in parts:
             following: list[Any] = []
             for value in current:
                 if isinstance(value, dict):
@@ -254,6 +261,13 @@ class Condition:
     def failure(self, fields: Mapping[str, Any]) -> str:
         return f"{self.where}: {self.describe()}: {self.observed(fields)}"
 
+    @cached_property
+    def _text_choices(self) -> frozenset[str] | None:
+        """`in` with only text choices: text values are then a set lookup (numbers still compare by value)."""
+        if self.operator not in ("in", "not_in") or not all(isinstance(choice, str) for choice in self.value):
+            return None
+        return frozenset(choice.casefold() if self.ignore_case else choice for choice in self.value)
+
     def _test(self, operator: str, value: Any) -> bool:
         if isinstance(value, (dict, list)):
             return False
@@ -262,6 +276,8 @@ class Condition:
         if operator == "equals":
             return _same(value, self.value, self.ignore_case)
         if operator == "in":
+            if self._text_choices is not None and isinstance(value, str):
+                return (value.casefold() if self.ignore_case else value) in self._text_choices
             return any(_same(value, choice, self.ignore_case) for choice in self.value)
         if operator == "matches":
             assert self.regex is not None
@@ -416,18 +432,18 @@ class Rule:
 
     def applies_to(self, event: Event) -> str | None:
         """None when `on` selects the event, else why not."""
-        if self.sources is not None and not self._source_globs.match(event.source):
+        if self.sources is not None and not self._source_globs(event.source):
             return f"on.source: {event.source!r} is not {_one_of(self.sources)}"
-        if self.kinds is not None and not self._kind_globs.match(event.kind):
+        if self.kinds is not None and not self._kind_globs(event.kind):
             return f"on.kind: {event.kind!r} is not {_one_of(self.kinds)}"
         return None
 
     @cached_property
-    def _source_globs(self) -> re.Pattern[str]:
+    def _source_globs(self) -> Callable[[str], object]:
         return _globs(self.sources or ())
 
     @cached_property
-    def _kind_globs(self) -> re.Pattern[str]:
+    def _kind_globs(self) -> Callable[[str], object]:
         return _globs(self.kinds or ())
 
     def plan(self, event: Event, names: Mapping[str, Any]) -> tuple[list[PlannedLink], list[str]]:
@@ -1224,9 +1240,14 @@ def _line(container: Any, key: Any = None) -> int:
     return getattr(container, "line", 0)
 
 
-def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
-    """One compiled regular expression for several globs: `on` is checked for every event."""
-    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns))
+def _globs(patterns: Sequence[str]) -> Callable[[str], object]:
+    """A test of a name against several globs, made once: `on` is checked for every event.
+
+    Plain names, the usual case, are a set lookup; globs, one compiled regular expression.
+    """
+    if not any(special in pattern for pattern in patterns for special in "*?["):
+        return frozenset(patterns).__contains__
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns)).match
 
 
 def did_you_mean(word: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:

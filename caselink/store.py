@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from contextlib import nullcontext
 from dataclasses import dataclass
-from dataclasses import field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -745,9 +744,13 @@ class _GroupCommit:
         with self._lock:
             self._queue.append(slot)
             slot.lead = not self._leading
+            if not slot.lead:
+                # A lock held until the leader lets it go: the cheapest wait-for-a-signal there is.
+                slot.gate = threading.Lock()
+                slot.gate.acquire()
             self._leading = True
         if not slot.lead:
-            slot.woken.wait()
+            slot.gate.acquire()
         if not slot.done:
             self._commit_queued()
         if slot.error is not None:
@@ -768,13 +771,13 @@ class _GroupCommit:
         with self._lock:
             if self._queue:
                 self._queue[0].lead = True
-                self._queue[0].woken.set()
+                self._queue[0].gate.release()
             else:
                 self._leading = False
         for taken in batch:
             taken.done = True
             if not taken.lead:
-                taken.woken.set()
+                taken.gate.release()
 
 
 @dataclass
@@ -784,7 +787,7 @@ class _Slot:
     done: bool = False
     result: Any = None
     error: Exception | None = None
-    woken: threading.Event = field(default_factory=threading.Event)
+    gate: Any = None  # a follower's held lock, released to wake it
 
 
 class _Wakeup:

@@ -133,6 +133,7 @@ def only_problem(text: str, sources: tuple[str, ...] | None = ("datadog",)) -> s
         ("in", ["SEV-1", "SEV-2"], "SEV-2", True),
         ("in", ["SEV-1", "SEV-2"], "SEV-3", False),
         ("in", [1, 2], "2", True),
+        ("in", ["1", "2"], 2, True),
         ("not_in", ["SEV-1", "SEV-2"], "SEV-3", True),
         ("not_in", ["SEV-1", "SEV-2"], "SEV-1", False),
         ("contains", "down", "DB down", True),

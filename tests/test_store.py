@@ -218,3 +218,57 @@ def test_a_rate_limit_learned_by_one_process_is_known_to_the_others(store):
     store.learn_rate_limit("POST /api/v2/cases/link", "cases_link_create", 50, 1.0)
 
     assert store.known_rate_limit("POST /api/v2/cases/link") == ("cases_link_create", 50, 1.0)
+
+
+def test_concurrent_writes_share_transactions_and_each_request_gets_its_own_result():
+    from caselink.store import _GroupCommit
+
+    batches: list[list[int]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        batches.append(list(batch))
+        time.sleep(0.005)  # a commit takes a while; requests queue behind it
+        return [work * 10 for work in batch]
+
+    group = _GroupCommit(run)  # type: ignore[arg-type]
+    results: dict[int, int] = {}
+
+    def submit(work: int) -> None:
+        results[work] = group.submit(work)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == {n: n * 10 for n in range(40)}
+    assert sorted(work for batch in batches for work in batch) == list(range(40))
+    assert len(batches) < 40  # some requests rode on another's transaction
+
+
+def test_a_failed_transaction_fails_every_request_that_rode_on_it():
+    from caselink.errors import StoreUnavailableError
+    from caselink.store import _GroupCommit
+
+    def run(batch: list[int]) -> list[int]:
+        time.sleep(0.005)
+        raise StoreUnavailableError("the database is unavailable: disk I/O error")
+
+    group = _GroupCommit(run)  # type: ignore[arg-type]
+    errors: list[Exception] = []
+
+    def submit(work: int) -> None:
+        try:
+            group.submit(work)  # type: ignore[arg-type]
+        except StoreUnavailableError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(errors) == 10
+    assert all(error.status_code == 503 for error in errors)
