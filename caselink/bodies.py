@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
+from caselink import jsontext
 from caselink.errors import BadRequestError
 from caselink.errors import PayloadTooLargeError
 from caselink.errors import UnsupportedMediaTypeError
@@ -56,7 +57,7 @@ def json_body(request: WebhookRequest) -> Any:
 
 def decode_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return jsontext.loads(body)
     except UnicodeDecodeError:
         raise BadRequestError("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
