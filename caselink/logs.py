@@ -18,30 +18,79 @@ from caselink import jsontext
 _configured = False
 
 
-class JsonFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """Formats a record as one line; `emit` calls `line` directly, without a record."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}) or {})
+        exception = None
         if record.exc_info and record.levelno >= logging.ERROR:
-            entry["exception"] = self.formatException(record.exc_info)
+            exception = self.formatException(record.exc_info)
+        fields = getattr(record, "fields", None) or {}
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields, exception)
+
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(_LineFormatter):
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        entry: dict[str, Any] = {"ts": _timestamp(created), "level": level.lower(), "logger": logger, "msg": msg}
+        entry.update(fields)
+        if exception is not None:
+            entry["exception"] = exception
         return jsontext.dumps(entry, default=str)
 
 
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record.created), record.levelname.lower(), record.getMessage()]
-        for name, value in (getattr(record, "fields", {}) or {}).items():
+class TextFormatter(_LineFormatter):
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any], exception: str | None = None
+    ) -> str:
+        parts = [_timestamp(created), level.lower(), msg]
+        for name, value in fields.items():
             shown = value if isinstance(value, (int, float)) else json.dumps(value, default=str)
             parts.append(f"{name}={shown}")
-        line = " ".join(str(part) for part in parts)
-        if record.exc_info and record.levelno >= logging.ERROR:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+        text = " ".join(str(part) for part in parts)
+        return text if exception is None else text + "\n" + exception
+
+
+def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """Log as `logger.log(level, msg, extra={"fields": fields})` does, for lines logged on every request.
+
+    When caselink's stdout handler is the only one the record would reach (as
+    configured), the line is formatted and written here: building a LogRecord
+    and passing it through the logging machinery cost more than the line.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_stdout_handler(logger, level)
+    if handler is None:
+        logger.log(level, msg, extra={"fields": fields})
+        return
+    line = handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)  # type: ignore[union-attr]
+    with handler.lock:  # type: ignore[union-attr]
+        stream = sys.stdout
+        stream.write(line + "\n")
+        stream.flush()
+
+
+def _sole_stdout_handler(logger: logging.Logger, level: int) -> _StdoutHandler | None:
+    if logger.filters:
+        return None
+    found = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or type(handler) is not _StdoutHandler:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    if found is None or level < found.level or found.filters or found.lock is None:
+        return None
+    return found if isinstance(found.formatter, _LineFormatter) else None
 
 
 def configure(level: str = "INFO", fmt: str = "json") -> None:

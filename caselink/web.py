@@ -6,6 +6,7 @@ Views only translate between HTTP and `Service`; every error answer is JSON
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -100,7 +101,7 @@ class WebhookEndpoint:
         fields.update(status=status, duration_ms=round(duration * 1000, 2))
         metrics.labelled(metrics.WEBHOOKS, source if source in svc.handlers else "unknown", str(status)).inc()
         metrics.WEBHOOK_SECONDS.observe(duration)
-        log.log(20 if status < 400 else 30, "webhook", extra={"fields": fields})
+        logs.emit(log, logging.INFO if status < 400 else logging.WARNING, "webhook", fields)
         return status, body, headers
 
 
