@@ -9,7 +9,6 @@ from urllib.parse import parse_qsl
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from caselink import jsontext
 from caselink.errors import BadRequestError
 from caselink.errors import PayloadTooLargeError
 from caselink.errors import UnsupportedMediaTypeError
@@ -57,7 +56,7 @@ def json_body(request: WebhookRequest) -> Any:
 
 def decode_json(body: bytes) -> Any:
     try:
-        return jsontext.loads(body)
+        return json.loads(body)
     except UnicodeDecodeError:
         raise BadRequestError("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
