@@ -1,15 +1,20 @@
 """Prometheus metrics.
 
 Counters live in this process (in PROMETHEUS_MULTIPROC_DIR under gunicorn, so
-every worker process adds to the same figures); the queue depth is read from
-the store when /metrics is scraped, so it is the same whichever process answers.
+every worker process adds to the same figures); what the webhook path counts
+goes through `TALLY`, a second behind. The queue depth is read from the store
+when /metrics is scraped, so it is the same whichever process answers.
 """
 
 from __future__ import annotations
 
+import atexit
+import bisect
+import os
+import threading
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
@@ -48,15 +53,76 @@ RULES_LOADED = Gauge(
 )
 
 
-_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+class Tally:
+    """Counts gathered in this process and added to the metrics within a second.
+
+    Under gunicorn every `inc()` of a multiprocess metric takes a lock, asks the
+    kernel for the process id and writes a memory-mapped file, and a webhook
+    made six of them. Here a webhook adds to a few numbers in memory; a
+    background thread, every /metrics answer and the process's exit hand the
+    sums over in one go. Histograms are summed per bucket as
+    `Histogram.observe` does (prometheus_client is pinned; tests read them back).
+    """
+
+    interval = 1.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
+        self._histograms: dict[Histogram, list[float]] = {}  # per bucket, then the sum
+        self._flushing = False
+        os.register_at_fork(after_in_child=self._forget)
+
+    def count(self, metric: Counter, *labels: str, amount: float = 1.0) -> None:
+        key = (metric, labels)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0.0) + amount
+        if not self._flushing:
+            self._start_flushing()
+
+    def observe(self, histogram: Histogram, value: float) -> None:
+        bounds = histogram._upper_bounds  # noqa: SLF001
+        with self._lock:
+            sums = self._histograms.get(histogram)
+            if sums is None:
+                sums = self._histograms[histogram] = [0.0] * (len(bounds) + 1)
+            sums[bisect.bisect_left(bounds, value)] += 1
+            sums[-1] += value
+        if not self._flushing:
+            self._start_flushing()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            histograms, self._histograms = self._histograms, {}
+        for (metric, labels), amount in counts.items():
+            (metric.labels(*labels) if labels else metric).inc(amount)
+        for histogram, sums in histograms.items():
+            histogram._sum.inc(sums[-1])  # noqa: SLF001
+            for bucket, observed in zip(histogram._buckets, sums[:-1], strict=True):  # noqa: SLF001
+                if observed:
+                    bucket.inc(observed)
+
+    def _start_flushing(self) -> None:
+        with self._lock:
+            if self._flushing:
+                return
+            self._flushing = True
+        threading.Thread(target=self._flush_forever, name="caselink-metrics", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+    def _forget(self) -> None:
+        # A forked child has no flushing thread, and its parent counts what it had gathered.
+        self._lock = threading.Lock()
+        self._counts, self._histograms, self._flushing = {}, {}, False
 
 
-def labelled(metric: Counter, *values: str) -> Any:
-    """`metric.labels(*values)`, remembered: prometheus_client validates and locks on every call."""
-    child = _children.get((metric, values))
-    if child is None:
-        child = _children.setdefault((metric, values), metric.labels(*values))
-    return child
+TALLY = Tally()
 
 
 class QueueCollector(Collector):
@@ -78,6 +144,7 @@ class QueueCollector(Collector):
 
 def render(count_links: Callable[[], dict[str, int]], multiproc_dir: str | None) -> bytes:
     """The text exposition of every metric, including the queue read from the store."""
+    TALLY.flush()
     if multiproc_dir:
         counters = CollectorRegistry()
         multiprocess.MultiProcessCollector(counters, path=multiproc_dir)

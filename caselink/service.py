@@ -111,13 +111,13 @@ class Service:
             evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
         )
         for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
-            metrics.labelled(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new").inc()
+            metrics.TALLY.count(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new")
             if stored.duplicate:
                 continue
             for outcome in evaluation.matched:
-                metrics.labelled(metrics.RULE_MATCHES, outcome.rule).inc()
+                metrics.TALLY.count(metrics.RULE_MATCHES, outcome.rule)
                 if outcome.links:
-                    metrics.labelled(metrics.LINKS_PLANNED, outcome.rule).inc(len(outcome.links))
+                    metrics.TALLY.count(metrics.LINKS_PLANNED, outcome.rule, amount=len(outcome.links))
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,

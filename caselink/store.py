@@ -102,6 +102,7 @@ class Store:
         self._group = _GroupCommit(self._write_batch)
         self._wake = _Wakeup(url if self.dialect == "sqlite" else None)
         self._ingest_connection: Any = None
+        self._known_links = _KnownLinks()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -186,7 +187,8 @@ class Store:
         for attempt in range(3):
             try:
                 with self._raw_transaction(ingest=True) as cursor:
-                    results, due = self._write(cursor, batch)
+                    results, planned, due = self._write(cursor, batch)
+                self._known_links.add(planned, batch[0].now)
                 if due:
                     self._wake.send()
                 return results
@@ -237,9 +239,12 @@ class Store:
             elif connection is not None:
                 connection.close()
 
-    def _write(self, cursor: Any, batch: list[_Work]) -> tuple[list[list[RecordedEvent]], bool]:
-        """Insert a batch's events and planned links; also say whether any delivery became due."""
+    def _write(self, cursor: Any, batch: list[_Work]) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
+        """Insert a batch's events and planned links; return what was recorded, the links
+        planned and whether any delivery became due."""
         sql = self._statements
+        known = self._known_links
+        now = batch[0].now
         results: list[list[RecordedEvent]] = []
         new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
         for work in batch:
@@ -251,15 +256,19 @@ class Store:
                     recorded.append(RecordedEvent(inserted[0], row["kind"], False, row["links_planned"]))
                     for link in link_rows:
                         natural = _natural_key(link)
-                        if natural not in new_links or link["state"] == "pending":
+                        live = link["state"] == "pending"
+                        if known.covers(natural, live, now):
+                            continue
+                        if natural not in new_links or live:
                             new_links[natural] = link
                     continue
                 cursor.execute(sql.find_event.sql, sql.find_event.params(row))
                 event_id, planned = cursor.fetchone()
                 recorded.append(RecordedEvent(event_id, row["kind"], True, planned))
             results.append(recorded)
-        due = self._plan_links(cursor, list(new_links.values()), batch[0].now) if new_links else False
-        return results, due
+        planned = list(new_links.values())
+        due = self._plan_links(cursor, planned, now) if planned else False
+        return results, planned, due
 
     def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> bool:
         """Insert planned links that are new; wake dry-run links that a live rule now asks for.
@@ -721,6 +730,36 @@ class _Work:
     events: list[dict[str, Any]]
     links: list[list[dict[str, Any]]]
     now: float
+
+
+class _KnownLinks:
+    """Links this process has seen committed, so that planning one again skips its INSERT.
+
+    Most webhooks plan a link that already exists (every update of an incident
+    names the same case), and that INSERT changes nothing. Links are never
+    deleted and never return to dry-run, so "exists" and "exists live" stay
+    true; entries expire all the same, so a hand edit of the table is picked up.
+    """
+
+    ttl = 60.0
+    limit = 10_000
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], tuple[float, bool]] = {}
+
+    def covers(self, key: tuple[str, ...], live: bool, now: float) -> bool:
+        """Whether planning `key` (live or dry-run) again would change nothing."""
+        seen = self._seen.get(key)
+        return seen is not None and seen[0] > now and (seen[1] or not live)
+
+    def add(self, rows: list[dict[str, Any]], now: float) -> None:
+        if len(self._seen) > self.limit:
+            self._seen.clear()
+        for row in rows:
+            key = _natural_key(row)
+            earlier = self._seen.get(key)
+            live = row["state"] == "pending" or (earlier is not None and earlier[1])
+            self._seen[key] = (now + self.ttl, live)
 
 
 class _GroupCommit:

@@ -99,8 +99,8 @@ class WebhookEndpoint:
             fields["error"] = "internal_error"
         duration = time.monotonic() - started
         fields.update(status=status, duration_ms=round(duration * 1000, 2))
-        metrics.labelled(metrics.WEBHOOKS, source if source in svc.handlers else "unknown", str(status)).inc()
-        metrics.WEBHOOK_SECONDS.observe(duration)
+        metrics.TALLY.count(metrics.WEBHOOKS, source if source in svc.handlers else "unknown", str(status))
+        metrics.TALLY.observe(metrics.WEBHOOK_SECONDS, duration)
         logs.emit(log, logging.INFO if status < 400 else logging.WARNING, "webhook", fields)
         return status, body, headers
 

@@ -272,3 +272,31 @@ def test_a_failed_transaction_fails_every_request_that_rode_on_it():
 
     assert len(errors) == 10
     assert all(error.status_code == 503 for error in errors)
+
+
+def test_a_live_plan_wakes_a_dry_run_link_even_after_the_process_has_planned_it_twice(store):
+    for key in ("a", "b"):
+        store.record([(event(key), planning(("shadow", causes()), dry_run=True))], ruleset="x", dry_run=False)
+
+    store.record([(event("c"), planning(("live", causes())))], ruleset="x", dry_run=False)
+    store.record([(event("d"), planning(("live", causes())))], ruleset="x", dry_run=False)
+
+    [link] = store.list_links()
+    assert link["state"] == "pending"
+
+
+def test_a_link_removed_by_hand_is_planned_again_once_the_process_forgets_it(store):
+    import sqlalchemy as sa
+
+    store._known_links.ttl = 0.05  # noqa: SLF001 - a minute in production
+    store.record([(event("a"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    with store.engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM links"))
+
+    store.record([(event("b"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    assert store.list_links() == []  # remembered as planned: the INSERT is skipped
+    time.sleep(0.1)
+    store.record([(event("c"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+
+    [link] = store.list_links()
+    assert link["state"] == "pending"
