@@ -105,12 +105,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.addHandler(handler)
-    # The formatters print none of these, and collecting them costs more than
-    # formatting a line (the logging HOWTO's "Optimization" section).
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    logging._srcfile = None  # noqa: SLF001 - no caller lookup through stack frames
     _configured = True
 
 

@@ -186,10 +186,15 @@ class Stack:
     def close(self) -> None:
         for process in self.processes:
             process.stop(timeout=15)
+        broken = []
         for process in self.processes:
             output = process.logs()
             if output:
                 print(f"----- {process.name} -----\n{output[-20000:]}")
+            if "--- Logging error ---" in output:
+                broken.append(process.name)
+        # caselink shares the logging module with gunicorn: neither may break the other's lines.
+        assert not broken, f"logging failed in {', '.join(broken)}; see their output above"
 
 
 @pytest.fixture

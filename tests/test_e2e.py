@@ -94,3 +94,15 @@ def test_webhook_without_credentials_is_refused_and_leaves_no_trace(stack, fake_
     assert "hook-secret" not in wrong.text
     assert web.api("/api/events").json()["events"] == []
     assert "hook-secret-for-tests" not in web.logs()
+
+
+def test_gunicorn_and_caselink_log_lines_both_reach_the_output(stack):
+    web = stack.service(WEB_CONCURRENCY="2")
+    web.post("datadog", fixture_bytes("datadog", "incident-created.json"))
+    web.stop(timeout=15)
+
+    output = web.logs()
+    assert "Booting worker with pid" in output
+    assert "Shutting down: Master" in output
+    assert '"msg":"webhook"' in output
+    assert "--- Logging error ---" not in output
