@@ -300,3 +300,42 @@ def test_a_link_removed_by_hand_is_planned_again_once_the_process_forgets_it(sto
 
     [link] = store.list_links()
     assert link["state"] == "pending"
+
+
+def test_a_busy_process_commits_concurrent_writes_together():
+    from caselink.store import _GroupCommit
+
+    batches: list[list[int]] = []
+    group = _GroupCommit(lambda batch: batches.append(list(batch)) or [work for work in batch])  # type: ignore[arg-type]
+    group.submit(-1)  # the process has just committed: it is busy
+    barrier = threading.Barrier(4)
+
+    def submit(work: int) -> None:
+        barrier.wait()
+        group.submit(work)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(len(batch) for batch in batches[1:]) != [1, 1, 1, 1]
+
+
+def test_a_process_that_takes_one_request_at_a_time_stops_waiting_for_company():
+    from caselink.store import _GroupCommit
+
+    group = _GroupCommit(lambda batch: list(batch))  # type: ignore[arg-type]
+    waits: list[float | None] = []
+    wait = group._joined.wait
+    group._joined.wait = lambda timeout=None: waits.append(timeout) or wait(timeout)  # type: ignore[method-assign]
+
+    for work in range(4):  # the first finds the process idle; the next three linger alone
+        group.submit(work)  # type: ignore[arg-type]
+    lingered = len(waits)
+    for work in range(10):
+        group.submit(work)  # type: ignore[arg-type]
+
+    assert lingered >= 3
+    assert len(waits) == lingered
