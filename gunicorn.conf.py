@@ -24,7 +24,10 @@ def _whole_number(name, default):
 bind = f"0.0.0.0:{_whole_number('PORT', '8000')}"
 workers = _whole_number("WEB_CONCURRENCY", "2")
 worker_class = "gthread"
-threads = _whole_number("GUNICORN_THREADS", "4")
+# Webhooks wait on the database (a write lock shared by the processes, or
+# PostgreSQL's round trips), and concurrent ones share a transaction: eight
+# threads keep the CPUs busy and the transactions full (bench/ack_throughput.py).
+threads = _whole_number("GUNICORN_THREADS", "8")
 # PaaS send SIGTERM and allow about 30 s before SIGKILL.
 graceful_timeout = 25
 timeout = 30
@@ -73,6 +76,8 @@ def post_worker_init(worker):
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()
+    # A transaction under load waits for the webhooks of the other request threads to join it.
+    worker.wsgi.extensions["caselink"].store.expect_concurrent_writers(worker.cfg.threads)
     # One delivery worker per gunicorn instance, in whichever process holds this
     # lock: its rate-limit budget is then the instance's, and when that process
     # dies the lock passes to the process gunicorn starts in its place.

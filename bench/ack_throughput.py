@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import resource
+import runpy
 import shutil
 import signal
 import sqlite3
@@ -768,8 +769,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--generator", choices=("auto", "python", "wrk"), default="auto", help="auto: wrk if installed, else python"
     )
     parser.add_argument("--wrk-threads", type=int, default=min(os.cpu_count() or 2, 4))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "4")))
+    # Defaults: what caselink's gunicorn.conf.py resolves to (WEB_CONCURRENCY, GUNICORN_THREADS or its own).
+    caselink_conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    parser.add_argument("--workers", type=int, default=caselink_conf["workers"])
+    parser.add_argument("--threads", type=int, default=caselink_conf["threads"])
     parser.add_argument("--fixture", type=Path, default=default_fixture())
     parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/ack-<time>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")

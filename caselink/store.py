@@ -158,6 +158,11 @@ class Store:
 
     # -- ingest -------------------------------------------------------------
 
+    def expect_concurrent_writers(self, count: int) -> None:
+        """How many requests this process serves at once (gunicorn's threads): a transaction
+        that lingers for company commits as soon as that many writes have joined."""
+        self._group.enough = max(1, count)
+
     def record(
         self,
         items: Sequence[tuple[Event, Evaluation]],
@@ -786,8 +791,9 @@ class _GroupCommit:
     the other processes' changes read back, the commit) is then shared by
     several webhooks instead of paid by each, which is most of what a webhook
     costs (bench/ack_throughput.py). An idle process commits at once, and a
-    process whose leaders linger alone three times in a row (one request
-    thread) stops lingering for a second.
+    process whose leaders linger alone three times in a row stops lingering
+    for a second. A batch of `enough` writes (the request threads of the
+    process, when gunicorn says how many) commits without waiting.
     """
 
     linger = 0.001

@@ -339,3 +339,16 @@ def test_a_process_that_takes_one_request_at_a_time_stops_waiting_for_company():
 
     assert lingered >= 3
     assert len(waits) == lingered
+
+
+def test_a_process_with_one_request_thread_never_waits_for_company(store):
+    store.expect_concurrent_writers(1)
+    waits: list[float | None] = []
+    wait = store._group._joined.wait
+    store._group._joined.wait = lambda timeout=None: waits.append(timeout) or wait(timeout)
+
+    for key in ("a", "b", "c"):
+        store.record([(event(key), planning(("r1", causes())))], ruleset="x", dry_run=False)
+
+    assert waits == []
+    assert len(store.list_events()) == 3
