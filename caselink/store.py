@@ -796,7 +796,7 @@ class _GroupCommit:
     process, when gunicorn says how many) commits without waiting.
     """
 
-    linger = 0.001
+    linger = 0.002
     busy_within = 0.005
     enough = 4
 
