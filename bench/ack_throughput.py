@@ -147,6 +147,32 @@ class Measurement:
     server_cpu_seconds: float | None
     loadavg_before: list[float] = field(default_factory=list)
 
+    @classmethod
+    def from_run(
+        cls, target: str, round_number: int, generator: str, result: dict[str, Any], loadavg: list[float]
+    ) -> Measurement:
+        """What a generator's `run` returned, as one measurement."""
+        statuses = result["statuses"]
+        server_cpu = result["server_cpu_seconds"]
+        return cls(
+            target=target,
+            round=round_number,
+            generator=generator,
+            seconds=round(result["seconds"], 3),
+            requests=result["requests"],
+            rps=round(result["requests"] / result["seconds"], 1) if result["seconds"] else 0.0,
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            errors=sum(count for status, count in statuses.items() if status != "202") + result["socket_errors"],
+            statuses=statuses,
+            socket_errors=result["socket_errors"],
+            accepted_total=result["accepted_total"],
+            unanswered=result["unanswered"],
+            generator_cpu_seconds=round(result["generator_cpu_seconds"], 3),
+            server_cpu_seconds=None if server_cpu is None else round(server_cpu, 3),
+            loadavg_before=loadavg,
+        )
+
     @property
     def server_cpu_ms_per_request(self) -> float | None:
         if self.server_cpu_seconds is None or not self.requests:
@@ -582,29 +608,9 @@ class Bench:
     def measure(self, generator: Any, target: Target, round_number: int) -> Measurement:
         loadavg = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
         result = generator.run(target.port, self.args.warmup, self.args.duration, target.process.cpu_seconds)
-        server_cpu = result["server_cpu_seconds"]
         if not target.process.running:
             raise RuntimeError(f"{target.key} died during the run:\n{target.process.logs()}")
-        statuses = result["statuses"]
-        errors = sum(count for status, count in statuses.items() if status != "202") + result["socket_errors"]
-        return Measurement(
-            target=target.key,
-            round=round_number,
-            generator=generator.name,
-            seconds=round(result["seconds"], 3),
-            requests=result["requests"],
-            rps=round(result["requests"] / result["seconds"], 1) if result["seconds"] else 0.0,
-            p50_ms=result["p50_ms"],
-            p99_ms=result["p99_ms"],
-            errors=errors,
-            statuses=statuses,
-            socket_errors=result["socket_errors"],
-            accepted_total=result["accepted_total"],
-            unanswered=result["unanswered"],
-            generator_cpu_seconds=round(result["generator_cpu_seconds"], 3),
-            server_cpu_seconds=None if server_cpu is None else round(server_cpu, 3),
-            loadavg_before=loadavg,
-        )
+        return Measurement.from_run(target.key, round_number, generator.name, result, loadavg)
 
     def store_check(self, target: Target, accepted: int, unanswered: int) -> dict[str, Any]:
         """Events stored (in the SQLite file and as GET /api/events sees them) against 202s received."""

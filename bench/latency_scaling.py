@@ -263,27 +263,7 @@ def run_scaling(
             spreads[(workers, round_number)] = spread
             if not process.running:
                 raise RuntimeError(f"WEB_CONCURRENCY={workers} died:\n{process.logs()}")
-            errors = sum(n for status, n in result["statuses"].items() if status != "202") + result["socket_errors"]
-            m = Measurement(
-                target=f"web-{workers}",
-                round=round_number,
-                generator=generators[workers].name,
-                seconds=round(result["seconds"], 3),
-                requests=result["requests"],
-                rps=round(result["requests"] / result["seconds"], 1) if result["seconds"] else 0.0,
-                p50_ms=result["p50_ms"],
-                p99_ms=result["p99_ms"],
-                errors=errors,
-                statuses=result["statuses"],
-                socket_errors=result["socket_errors"],
-                accepted_total=result["accepted_total"],
-                unanswered=result["unanswered"],
-                generator_cpu_seconds=round(result["generator_cpu_seconds"], 3),
-                server_cpu_seconds=None
-                if result["server_cpu_seconds"] is None
-                else round(result["server_cpu_seconds"], 3),
-                loadavg_before=loadavg,
-            )
+            m = Measurement.from_run(f"web-{workers}", round_number, generators[workers].name, result, loadavg)
             measurements.append(m)
             print(
                 f"round {round_number} WEB_CONCURRENCY={workers}: {m.rps:>7.0f} req/s  p50 {m.p50_ms} ms  "

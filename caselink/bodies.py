@@ -25,11 +25,12 @@ def read_body(environ: dict[str, Any], limit: int | None) -> bytes:
     bad signature or bad JSON. Reading at most one byte more tells a body that
     fits from one that does not, and never holds more than that in memory.
     """
-    length = environ.get("CONTENT_LENGTH")
-    if length and length.isdigit() and (limit is None or int(length) <= limit):
+    declared = environ.get("CONTENT_LENGTH", "")
+    length = int(declared) if declared.isdigit() else None
+    if length is not None and (limit is None or length <= limit):
         # The common case, a declared length within the limit, read as declared.
-        body = environ["wsgi.input"].read(int(length))
-        if len(body) < int(length):
+        body = environ["wsgi.input"].read(length)
+        if len(body) < length:
             raise BadRequestError(f"the body ended after {len(body)} of its {length} bytes")
         return body
     if limit is None:

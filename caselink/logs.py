@@ -7,6 +7,7 @@ a caller puts them in, and no caller does.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import sys
@@ -18,7 +19,7 @@ from caselink import jsontext
 _configured = False
 
 
-class _LineFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter, abc.ABC):
     """Formats a record as one line; `emit` calls `line` directly, without a record."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -28,10 +29,11 @@ class _LineFormatter(logging.Formatter):
         fields = getattr(record, "fields", None) or {}
         return self.line(record.created, record.levelname, record.name, record.getMessage(), fields, exception)
 
+    @abc.abstractmethod
     def line(
         self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any], exception: str | None = None
     ) -> str:
-        raise NotImplementedError
+        """The line for one record: its time, level, logger, message, fields and traceback."""
 
 
 class JsonFormatter(_LineFormatter):
