@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from collections.abc import Container
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -247,42 +248,72 @@ class Store:
     def _write(self, cursor: Any, batch: list[_Work]) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
         """Insert a batch's events and planned links; return what was recorded, the links
         planned and whether any delivery became due."""
-        sql = self._statements
         known = self._known_links
         now = batch[0].now
+        stored = iter(self._insert_events(cursor, [row for work in batch for row in work.events]))
         results: list[list[RecordedEvent]] = []
         new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
         for work in batch:
             recorded = []
             for row, link_rows in zip(work.events, work.links, strict=True):
-                cursor.execute(sql.insert_event.sql, sql.insert_event.params(row))
-                inserted = self._inserted_id(cursor)
-                if inserted is not None:
-                    recorded.append(RecordedEvent(inserted, row["kind"], False, row["links_planned"]))
-                    for link in link_rows:
-                        natural = _natural_key(link)
-                        live = link["state"] == "pending"
-                        if known.covers(natural, live, now):
-                            continue
-                        if natural not in new_links or live:
-                            new_links[natural] = link
+                event_id, duplicate, planned = next(stored)
+                recorded.append(RecordedEvent(event_id, row["kind"], duplicate, planned))
+                if duplicate:
                     continue
-                cursor.execute(sql.find_event.sql, sql.find_event.params(row))
-                event_id, planned = cursor.fetchone()
-                recorded.append(RecordedEvent(event_id, row["kind"], True, planned))
+                for link in link_rows:
+                    natural = _natural_key(link)
+                    live = link["state"] == "pending"
+                    if known.covers(natural, live, now):
+                        continue
+                    if natural not in new_links or live:
+                        new_links[natural] = link
             results.append(recorded)
         planned = list(new_links.values())
         due = self._plan_links(cursor, planned, now) if planned else False
         return results, planned, due
 
-    def _inserted_id(self, cursor: Any) -> int | None:
-        """The id of the event just inserted, None when it was there already."""
+    def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int]]:
+        """Insert the events that are new; for each row, in order, return its event id,
+        whether it was stored already and how many links it planned.
+
+        One statement inserts a whole batch: a statement per event would be a
+        step of the database, and under load a turn at the GIL, for each webhook.
+        """
+        stored: list[tuple[int, bool, int]] = []
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            statement = self._statements.insert_events(len(chunk))
+            cursor.execute(statement.sql, statement.params_of_rows(chunk))
+            stored += self._outcomes(cursor, chunk)
+        return stored
+
+    def _outcomes(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int]]:
+        """What one INSERT … ON CONFLICT DO NOTHING of several rows did with each of them."""
+        new_ids: Container[int]
         if self.dialect == "sqlite":
-            # Without RETURNING, SQLite answers from what the INSERT already knows,
-            # sparing a step of the statement for every webhook.
-            return cursor.lastrowid if cursor.rowcount == 1 else None
-        inserted = cursor.fetchone()
-        return None if inserted is None else inserted[0]
+            # SQLite answers without RETURNING, sparing a step per row: the rows
+            # one statement adds get consecutive ids, up to the last one it added.
+            added, newest = cursor.rowcount, cursor.lastrowid
+            if added == len(rows):
+                first = newest - added + 1
+                return [(first + index, False, row["links_planned"]) for index, row in enumerate(rows)]
+            new_ids = range(newest - added + 1, newest + 1) if added > 0 else range(0)
+        else:
+            returned = {(source, key): event_id for event_id, source, key in cursor.fetchall()}
+            if len(returned) == len(rows):
+                return [(returned[row["source"], row["dedup_key"]], False, row["links_planned"]) for row in rows]
+            new_ids = set(returned.values())
+        # Some rows were stored already, or came twice in this batch.
+        sql = self._statements
+        outcomes = []
+        seen: set[int] = set()
+        for row in rows:
+            cursor.execute(sql.find_event.sql, sql.find_event.params(row))
+            event_id, planned = cursor.fetchone()
+            new = event_id in new_ids and event_id not in seen
+            seen.add(event_id)
+            outcomes.append((event_id, not new, planned))
+        return outcomes
 
     def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> bool:
         """Insert planned links that are new; wake dry-run links that a live rule now asks for.
@@ -815,7 +846,9 @@ class _GroupCommit:
         slot = _Slot(work)
         with self._lock:
             self._queue.append(slot)
-            if self._lingering:
+            if self._lingering and len(self._queue) >= self.enough:
+                # Only a full batch ends the wait early: waking the leader for each
+                # arrival cost a context switch per webhook.
                 self._joined.notify()
             slot.lead = not self._leading
             if not slot.lead:
@@ -1007,6 +1040,8 @@ class _WriteLock:
                 self._file = None
 
 
+# Bound values per statement stay far below SQLite's limit of 32766.
+_ROWS_PER_INSERT = 500
 _EVENT_COLUMNS = (
     "source", "dedup_key", "kind", "entity_type", "entity_id", "title", "message", "severity", "priority",
     "status", "url", "tags", "occurred_at", "payload", "problem", "received_at", "ruleset", "trace", "links_planned",
@@ -1049,15 +1084,29 @@ class _Statement:
         return values
 
 
+class _RowsStatement(_Statement):
+    """A statement with the same columns bound for each of several rows (`:name_0`, `:name_1`, …)."""
+
+    def __init__(self, sql: str, dialect: sa.engine.Dialect, columns: tuple[str, ...]) -> None:
+        super().__init__(sql, dialect)
+        self._columns = columns
+        self._row = itemgetter(*columns)
+        # Positional drivers (sqlite3) bind the rows' columns in order, row after row.
+        self._positional = self._pick is not None or self._single is not None
+
+    def params_of_rows(self, rows: list[dict[str, Any]]) -> Any:
+        if self._positional:
+            return [value for row in rows for value in self._row(row)]
+        return {f"{column}_{index}": row[column] for index, row in enumerate(rows) for column in self._columns}
+
+
 class _Statements:
     def __init__(self, dialect: sa.engine.Dialect) -> None:
         def statement(sql: str) -> _Statement:
             return _Statement(sql, dialect)
 
-        self.insert_event = statement(
-            f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _EVENT_COLUMNS)})"  # noqa: S608 - constant column names; values are bound
-            " ON CONFLICT (source, dedup_key) DO NOTHING" + ("" if dialect.name == "sqlite" else " RETURNING id")
-        )
+        self._dialect = dialect
+        self._insert_events: dict[int, _RowsStatement] = {}
         self.find_event = statement(
             "SELECT id, links_planned FROM events WHERE source = :source AND dedup_key = :dedup_key"
         )
@@ -1079,6 +1128,21 @@ class _Statements:
         self.prune_rate_periods = statement(
             "DELETE FROM rate_periods WHERE name = :name AND period_number < :period_number"
         )
+
+    def insert_events(self, count: int) -> _RowsStatement:
+        """INSERT of `count` events, leaving alone those stored already."""
+        statement = self._insert_events.get(count)
+        if statement is None:
+            values = ", ".join(
+                "(" + ", ".join(f":{column}_{index}" for column in _EVENT_COLUMNS) + ")" for index in range(count)
+            )
+            sql = (
+                f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {values}"  # noqa: S608 - constant column names; values are bound
+                " ON CONFLICT (source, dedup_key) DO NOTHING"
+                + ("" if self._dialect.name == "sqlite" else " RETURNING id, source, dedup_key")
+            )
+            statement = self._insert_events[count] = _RowsStatement(sql, self._dialect, _EVENT_COLUMNS)
+        return statement
 
 
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from caselink import migrations
 from caselink.events import EntityRef
@@ -56,6 +57,13 @@ def causes(incident: str = INCIDENT, case: str = "OPS-42") -> PlannedLink:
     return PlannedLink(EntityRef("INCIDENT", incident), "CAUSES", EntityRef.checked("CASE", case))
 
 
+def event_ids(store: Store) -> dict[str, int]:
+    from caselink.schema import events
+
+    with store.engine.connect() as connection:
+        return dict(connection.execute(sa.select(events.c.dedup_key, events.c.id)).all())
+
+
 def test_an_event_is_stored_once_per_source_and_dedup_key(store):
     first = store.record([(event(), planning(("r1", causes())))], ruleset="abc", dry_run=False)
     again = store.record([(event(), planning(("r1", causes())))], ruleset="abc", dry_run=False)
@@ -65,6 +73,63 @@ def test_an_event_is_stored_once_per_source_and_dedup_key(store):
     assert again[0].id == first[0].id
     assert len(store.list_events()) == 1
     assert len(store.list_links()) == 1
+
+
+def test_one_batch_of_new_stored_and_repeated_events_gets_each_its_own_outcome(store):
+    [stored] = store.record([(event("old"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    items = [
+        (event("new-1"), planning(("r1", causes()))),
+        (event("old"), planning()),
+        (event("twice"), planning(("r1", causes()), ("r2", causes(case="OPS-43")))),
+        (event("twice"), planning()),
+        (event("new-2"), planning()),
+    ]
+
+    recorded = store.record(items, ruleset="x", dry_run=False)
+
+    outcomes = [(r.duplicate, r.links_planned) for r in recorded]
+    assert outcomes == [(False, 1), (True, 1), (False, 2), (True, 2), (False, 0)]
+    assert recorded[1].id == stored.id
+    assert recorded[3].id == recorded[2].id
+    ids = event_ids(store)
+    assert [r.id for r in recorded] == [ids[k] for k in ("new-1", "old", "twice", "twice", "new-2")]
+    assert len(ids) == 4
+
+
+def test_a_webhook_of_more_events_than_one_statement_holds_is_stored_whole(store, monkeypatch):
+    import caselink.store
+
+    monkeypatch.setattr(caselink.store, "_ROWS_PER_INSERT", 3)
+    store.record([(event("k4"), planning())], ruleset="x", dry_run=False)
+
+    recorded = store.record([(event(f"k{n}"), planning()) for n in range(8)], ruleset="x", dry_run=False)
+
+    assert [r.duplicate for r in recorded] == [n == 4 for n in range(8)]
+    ids = event_ids(store)
+    assert [r.id for r in recorded] == [ids[f"k{n}"] for n in range(8)]
+
+
+def test_concurrent_webhooks_in_one_transaction_each_get_their_own_event_ids(store):
+    store.expect_concurrent_writers(6)
+    results: dict[str, list] = {}
+    barrier = threading.Barrier(6)
+
+    def send(key: str) -> None:
+        barrier.wait()
+        items = [(event(key), planning()), (event("shared"), planning())]
+        results[key] = store.record(items, ruleset="x", dry_run=False)
+
+    threads = [threading.Thread(target=send, args=(f"w{n}",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    ids = event_ids(store)
+    assert {key: recorded[0].id for key, recorded in results.items()} == {key: ids[key] for key in results}
+    assert all(not recorded[0].duplicate for recorded in results.values())
+    assert sorted(recorded[1].duplicate for recorded in results.values()) == [False] + [True] * 5
+    assert {recorded[1].id for recorded in results.values()} == {ids["shared"]}
 
 
 def test_the_same_link_planned_by_several_events_and_rules_is_one_link(store):
