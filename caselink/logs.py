@@ -10,7 +10,9 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -73,10 +75,10 @@ def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -
         logger.log(level, msg, extra={"fields": fields})
         return
     line = handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)  # type: ignore[union-attr]
-    with handler.lock:  # type: ignore[union-attr]
-        stream = sys.stdout
-        stream.write(line + "\n")
-        stream.flush()
+    try:
+        _STDOUT.write(line)
+    except Exception:  # noqa: BLE001 - logging again reports the failure the way logging does
+        logger.log(level, msg, extra={"fields": fields})
 
 
 def _sole_stdout_handler(logger: logging.Logger, level: int) -> _StdoutHandler | None:
@@ -110,11 +112,65 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     _configured = True
 
 
+class _Lines:
+    """Writes lines to stdout, and a line that comes while another thread is writing with it.
+
+    Under load every webhook logs a line, and each write is a system call
+    during which another thread takes the GIL. A thread that finds a write
+    under way leaves its line to the writer, which writes every line that came
+    meanwhile as soon as its own write returns: lines keep their order, and
+    none waits for a timer or is kept back once its writer is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._writing = False
+        os.register_at_fork(after_in_child=self._forget_writer)
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._pending.append(line)
+            if self._writing:
+                return
+            self._writing = True
+        try:
+            while True:
+                with self._lock:
+                    lines, self._pending = self._pending, []
+                    if not lines:
+                        self._writing = False
+                        return
+                stream = sys.stdout
+                stream.write("\n".join(lines) + "\n")
+                stream.flush()
+        except BaseException:
+            with self._lock:
+                self._writing = False
+            raise
+
+    def _forget_writer(self) -> None:
+        # The writing thread, if there was one, did not come along into the child.
+        self._lock = threading.Lock()
+        self._writing = False
+
+
+_STDOUT = _Lines()
+
+
 class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stdout is now, so test capture and reopened streams work."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _STDOUT.write(self.format(record))
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
