@@ -190,10 +190,15 @@ class Store:
         return self._group.submit(work)
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
+        # Under load, nearly every batch plans only links this process saw committed,
+        # so all it writes is one INSERT of events. On SQLite that statement commits
+        # by itself: no BEGIN and COMMIT, each a moment in which another thread takes
+        # the GIL while this one holds the write lock that the other processes wait for.
+        alone = self.dialect == "sqlite" and self._plans_only_known_links(batch)
         for attempt in range(3):
             try:
-                with self._raw_transaction(ingest=True) as cursor:
-                    results, planned, due = self._write(cursor, batch)
+                with self._raw_transaction(ingest=True, begin=not alone) as cursor:
+                    results, planned, due = self._write(cursor, batch, plan_links=not alone)
                 self._known_links.add(planned, batch[0].now)
                 if due:
                     self._wake.send()
@@ -205,12 +210,28 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    def _plans_only_known_links(self, batch: list[_Work]) -> bool:
+        """Whether the batch is one INSERT: few enough events, and no link to plan that
+        this process has not seen committed as it is planned now."""
+        if sum(len(work.events) for work in batch) > _ROWS_PER_INSERT:
+            return False
+        known = self._known_links
+        now = batch[0].now
+        return all(
+            known.covers(_natural_key(link), link["state"] == "pending", now)
+            for work in batch
+            for links_of_event in work.links
+            for link in links_of_event
+        )
+
     @contextmanager
-    def _raw_transaction(self, *, ingest: bool = False) -> Iterator[Any]:
+    def _raw_transaction(self, *, ingest: bool = False, begin: bool = True) -> Iterator[Any]:
         """A write transaction on a DBAPI connection, for the statements in `_Statements`.
 
         Ingest batches run one at a time (see _GroupCommit), so they keep one
         connection for themselves instead of taking one from the pool each time.
+        On SQLite, `begin=False` is for a single statement, which is then its own
+        transaction.
         """
         dbapi = self.engine.dialect.loaded_dbapi
         guard = self._write_lock if self._write_lock is not None else nullcontext()
@@ -221,7 +242,7 @@ class Store:
                 if connection is None:
                     connection = self.engine.raw_connection()
                 cursor = connection.cursor()
-                if self.dialect == "sqlite":
+                if self.dialect == "sqlite" and begin:
                     cursor.execute("BEGIN IMMEDIATE")
                 try:
                     yield cursor
@@ -245,9 +266,11 @@ class Store:
             elif connection is not None:
                 connection.close()
 
-    def _write(self, cursor: Any, batch: list[_Work]) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
-        """Insert a batch's events and planned links; return what was recorded, the links
-        planned and whether any delivery became due."""
+    def _write(
+        self, cursor: Any, batch: list[_Work], *, plan_links: bool = True
+    ) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
+        """Insert a batch's events and, with `plan_links`, the links they plan; return what
+        was recorded, the links planned and whether any delivery became due."""
         known = self._known_links
         now = batch[0].now
         stored = iter(self._insert_events(cursor, [row for work in batch for row in work.events]))
@@ -258,7 +281,7 @@ class Store:
             for row, link_rows in zip(work.events, work.links, strict=True):
                 event_id, duplicate, planned = next(stored)
                 recorded.append(RecordedEvent(event_id, row["kind"], duplicate, planned))
-                if duplicate:
+                if duplicate or not plan_links:
                     continue
                 for link in link_rows:
                     natural = _natural_key(link)

@@ -417,3 +417,25 @@ def test_a_process_with_one_request_thread_never_waits_for_company(store):
 
     assert waits == []
     assert len(store.list_events()) == 3
+
+
+def test_a_batch_that_plans_only_links_stored_already_is_one_statement_that_commits_itself(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    migrations.upgrade(store.engine)
+    store.record([(event("a"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    statements: list[str] = []
+    store._ingest_connection.driver_connection.set_trace_callback(statements.append)  # noqa: SLF001
+
+    store.record([(event("b"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    alone = list(statements)
+    statements.clear()
+    store.record([(event("c"), planning(("r1", causes(case="OPS-43"))))], ruleset="x", dry_run=False)
+
+    assert len(alone) == 1
+    assert alone[0].startswith("INSERT INTO events")
+    assert statements[0] == "BEGIN IMMEDIATE"  # a link not seen before: one transaction with its event
+    assert [s.split()[2] for s in statements[1:3]] == ["events", "links"]
+    assert statements[-1] == "COMMIT"
+    assert set(event_ids(store)) == {"a", "b", "c"}  # committed: another connection reads them
+    assert len(store.list_links()) == 2
+    store.dispose()
