@@ -76,8 +76,14 @@ def post_worker_init(worker):
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()
-    # A transaction under load waits for the webhooks of the other request threads to join it.
-    worker.wsgi.extensions["caselink"].store.expect_concurrent_writers(worker.cfg.threads)
+    # A transaction under load waits for the webhooks of the process's other
+    # requests to join it: one per request thread, or per connection the process
+    # holds when it holds fewer (gunicorn deals connections out unevenly, and a
+    # batch the size of the thread count would never fill).
+    threads = worker.cfg.threads
+    worker.wsgi.extensions["caselink"].store.expect_concurrent_writers(
+        lambda: min(threads, getattr(worker, "nr_conns", threads))
+    )
     # One delivery worker per gunicorn instance, in whichever process holds this
     # lock: its rate-limit budget is then the instance's, and when that process
     # dies the lock passes to the process gunicorn starts in its place.

@@ -159,10 +159,12 @@ class Store:
 
     # -- ingest -------------------------------------------------------------
 
-    def expect_concurrent_writers(self, count: int) -> None:
-        """How many requests this process serves at once (gunicorn's threads): a transaction
-        that lingers for company commits as soon as that many writes have joined."""
-        self._group.enough = max(1, count)
+    def expect_concurrent_writers(self, count: int | Callable[[], int]) -> None:
+        """How many requests this process serves at once, or a function that says how many
+        now: a transaction that lingers for company commits as soon as that many writes
+        have joined. gunicorn.conf.py passes the fewer of its request threads and of the
+        connections the process holds."""
+        self._group.company = count if callable(count) else lambda: count
 
     def record(
         self,
@@ -846,16 +848,17 @@ class _GroupCommit:
     several webhooks instead of paid by each, which is most of what a webhook
     costs (bench/ack_throughput.py). An idle process commits at once, and a
     process whose leaders linger alone three times in a row stops lingering
-    for a second. A batch of `enough` writes (the request threads of the
-    process, when gunicorn says how many) commits without waiting.
+    for a second. A batch of as many writes as `company()` says the process
+    serves at once commits without waiting more.
     """
 
     linger = 0.002
     busy_within = 0.005
-    enough = 4
 
     def __init__(self, run: Callable[[list[_Work]], list[Any]]) -> None:
         self._run = run
+        self.company: Callable[[], int] = lambda: 4
+        self._enough = 1
         self._queue: list[_Slot] = []
         self._lock = threading.Lock()
         self._joined = threading.Condition(self._lock)
@@ -869,7 +872,7 @@ class _GroupCommit:
         slot = _Slot(work)
         with self._lock:
             self._queue.append(slot)
-            if self._lingering and len(self._queue) >= self.enough:
+            if self._lingering and len(self._queue) >= self._enough:
                 # Only a full batch ends the wait early: waking the leader for each
                 # arrival cost a context switch per webhook.
                 self._joined.notify()
@@ -893,15 +896,16 @@ class _GroupCommit:
     def _wait_for_company(self) -> None:
         with self._lock:
             started = time.monotonic()
+            self._enough = enough = max(1, self.company())
             if (
-                len(self._queue) >= self.enough
+                len(self._queue) >= enough
                 or started - self._last_commit > self.busy_within
                 or started < self._alone_until
             ):
                 return
             self._lingering = True
             try:
-                while len(self._queue) < self.enough:
+                while len(self._queue) < enough:
                     remaining = started + self.linger - time.monotonic()
                     if remaining <= 0:
                         break

@@ -439,3 +439,29 @@ def test_a_batch_that_plans_only_links_stored_already_is_one_statement_that_comm
     assert set(event_ids(store)) == {"a", "b", "c"}  # committed: another connection reads them
     assert len(store.list_links()) == 2
     store.dispose()
+
+
+def test_a_batch_of_as_many_writes_as_the_process_serves_now_commits_without_waiting_more():
+    from caselink.store import _GroupCommit
+
+    batches: list[list[int]] = []
+    group = _GroupCommit(lambda batch: batches.append(list(batch)) or [work for work in batch])  # type: ignore[arg-type]
+    group.linger = 5.0  # would show as a wait of seconds
+    group.busy_within = 60.0  # the process counts as busy: a leader lingers
+    group.company = lambda: 2  # two connections, whatever the thread count
+    group.submit(-1)  # it has just committed
+    barrier = threading.Barrier(2)
+
+    def submit(work: int) -> None:
+        barrier.wait()
+        group.submit(work)  # type: ignore[arg-type]
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert time.monotonic() - started < 2.5
+    assert [sorted(batch) for batch in batches[1:]] == [[0, 1]]
