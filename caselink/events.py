@@ -192,7 +192,7 @@ def parse_tags(value: Any) -> dict[str, list[str]]:
     if isinstance(value, Mapping):
         for name, values in value.items():
             items = values if isinstance(values, list) else [values]
-            tags.setdefault(str(name), []).extend(_text(item) for item in items if item is not None)
+            tags.setdefault(str(name), []).extend(text(item) for item in items if item is not None)
         return tags
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
@@ -213,6 +213,3 @@ def text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-_text = text

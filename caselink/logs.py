@@ -92,7 +92,7 @@ def _sole_stdout_handler(logger: logging.Logger, level: int) -> _StdoutHandler |
                 return None
             found = handler
         current = current.parent if current.propagate else None
-    if found is None or level < found.level or found.filters or found.lock is None:
+    if found is None or level < found.level or found.filters:
         return None
     return found if isinstance(found.formatter, _LineFormatter) else None
 

@@ -192,15 +192,20 @@ class Store:
         return self._group.submit(work)
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
+        unknown = self._unknown_links(batch)
         # Under load, nearly every batch plans only links this process saw committed,
         # so all it writes is one INSERT of events. On SQLite that statement commits
         # by itself: no BEGIN and COMMIT, each a moment in which another thread takes
         # the GIL while this one holds the write lock that the other processes wait for.
-        alone = self.dialect == "sqlite" and self._plans_only_known_links(batch)
+        alone = (
+            self.dialect == "sqlite"
+            and sum(len(work.events) for work in batch) <= _ROWS_PER_INSERT
+            and not any(links for of_work in unknown for links in of_work)
+        )
         for attempt in range(3):
             try:
                 with self._raw_transaction(ingest=True, begin=not alone) as cursor:
-                    results, planned, due = self._write(cursor, batch, plan_links=not alone)
+                    results, planned, due = self._write(cursor, batch, unknown)
                 self._known_links.add(planned, batch[0].now)
                 if due:
                     self._wake.send()
@@ -212,19 +217,18 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
-    def _plans_only_known_links(self, batch: list[_Work]) -> bool:
-        """Whether the batch is one INSERT: few enough events, and no link to plan that
-        this process has not seen committed as it is planned now."""
-        if sum(len(work.events) for work in batch) > _ROWS_PER_INSERT:
-            return False
+    def _unknown_links(self, batch: list[_Work]) -> list[list[list[dict[str, Any]]]]:
+        """For each event of the batch, the links it plans that this process has not
+        seen committed as they are planned now (the others would change nothing)."""
         known = self._known_links
         now = batch[0].now
-        return all(
-            known.covers(_natural_key(link), link["state"] == "pending", now)
+        return [
+            [
+                [link for link in links if not known.covers(_natural_key(link), link["state"] == "pending", now)]
+                for links in work.links
+            ]
             for work in batch
-            for links_of_event in work.links
-            for link in links_of_event
-        )
+        ]
 
     @contextmanager
     def _raw_transaction(self, *, ingest: bool = False, begin: bool = True) -> Iterator[Any]:
@@ -269,32 +273,27 @@ class Store:
                 connection.close()
 
     def _write(
-        self, cursor: Any, batch: list[_Work], *, plan_links: bool = True
+        self, cursor: Any, batch: list[_Work], unknown: list[list[list[dict[str, Any]]]]
     ) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
-        """Insert a batch's events and, with `plan_links`, the links they plan; return what
-        was recorded, the links planned and whether any delivery became due."""
-        known = self._known_links
-        now = batch[0].now
+        """Insert a batch's events and, of the links the new ones plan, those in `unknown`;
+        return what was recorded, the links planned and whether any delivery became due."""
         stored = iter(self._insert_events(cursor, [row for work in batch for row in work.events]))
         results: list[list[RecordedEvent]] = []
         new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
-        for work in batch:
+        for work, unknown_of_work in zip(batch, unknown, strict=True):
             recorded = []
-            for row, link_rows in zip(work.events, work.links, strict=True):
+            for row, link_rows in zip(work.events, unknown_of_work, strict=True):
                 event_id, duplicate, planned = next(stored)
                 recorded.append(RecordedEvent(event_id, row["kind"], duplicate, planned))
-                if duplicate or not plan_links:
+                if duplicate:
                     continue
                 for link in link_rows:
                     natural = _natural_key(link)
-                    live = link["state"] == "pending"
-                    if known.covers(natural, live, now):
-                        continue
-                    if natural not in new_links or live:
+                    if natural not in new_links or link["state"] == "pending":
                         new_links[natural] = link
             results.append(recorded)
         planned = list(new_links.values())
-        due = self._plan_links(cursor, planned, now) if planned else False
+        due = self._plan_links(cursor, planned, batch[0].now) if planned else False
         return results, planned, due
 
     def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int]]:
@@ -1102,6 +1101,7 @@ class _Statement:
         # Positional drivers (sqlite3) take a tuple in the compiled order; named ones (psycopg) the dict.
         self._pick = itemgetter(*order) if order and len(order) > 1 else None
         self._single = order[0] if order and len(order) == 1 else None
+        self.positional = order is not None
 
     def params(self, values: dict[str, Any]) -> Any:
         if self._pick is not None:
@@ -1118,11 +1118,10 @@ class _RowsStatement(_Statement):
         super().__init__(sql, dialect)
         self._columns = columns
         self._row = itemgetter(*columns)
-        # Positional drivers (sqlite3) bind the rows' columns in order, row after row.
-        self._positional = self._pick is not None or self._single is not None
 
     def params_of_rows(self, rows: list[dict[str, Any]]) -> Any:
-        if self._positional:
+        if self.positional:
+            # Positional drivers (sqlite3) bind the rows' columns in order, row after row.
             return [value for row in rows for value in self._row(row)]
         return {f"{column}_{index}": row[column] for index, row in enumerate(rows) for column in self._columns}
 
