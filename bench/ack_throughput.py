@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,10 +147,18 @@ class Measurement:
     generator_cpu_seconds: float | None
     server_cpu_seconds: float | None
     loadavg_before: list[float] = field(default_factory=list)
+    # Established connections each gunicorn worker held halfway through the window, fewest first.
+    connections_per_worker: list[int] = field(default_factory=list)
 
     @classmethod
     def from_run(
-        cls, target: str, round_number: int, generator: str, result: dict[str, Any], loadavg: list[float]
+        cls,
+        target: str,
+        round_number: int,
+        generator: str,
+        result: dict[str, Any],
+        loadavg: list[float],
+        connections_per_worker: list[int] | None = None,
     ) -> Measurement:
         """What a generator's `run` returned, as one measurement."""
         statuses = result["statuses"]
@@ -171,7 +180,14 @@ class Measurement:
             generator_cpu_seconds=round(result["generator_cpu_seconds"], 3),
             server_cpu_seconds=None if server_cpu is None else round(server_cpu, 3),
             loadavg_before=loadavg,
+            connections_per_worker=connections_per_worker or [],
         )
+
+    @property
+    def lopsided(self) -> bool:
+        """One worker held three quarters or more of the connections (see `Process.connections_per_worker`)."""
+        split = self.connections_per_worker
+        return len(split) > 1 and sum(split) > 0 and max(split) >= 0.75 * sum(split)
 
     @property
     def server_cpu_ms_per_request(self) -> float | None:
@@ -489,6 +505,41 @@ class Process(servers.Process):
         except (OSError, ValueError):
             return None
 
+    def connections_per_worker(self, port: int) -> list[int]:
+        """Established TCP connections to `port` that each child process (gunicorn worker) holds.
+
+        gunicorn's workers accept from one shared socket, and whichever wakes first takes the
+        connection: when a load generator opens all its connections at once, one worker can
+        end up with nearly all of them while the other idles. That moves a round's throughput
+        far more than anything the app does, for the bare endpoint as for caselink.
+        """
+        if self.popen is None:
+            return []
+        try:
+            established = set()
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                with contextlib.suppress(OSError):
+                    for line in Path(table).read_text().splitlines()[1:]:
+                        fields = line.split()
+                        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                            established.add(fields[9])
+            split = []
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    stat = Path(entry.path, "stat").read_text()
+                    if int(stat[stat.rfind(")") + 2 :].split()[1]) != self.popen.pid:
+                        continue
+                    links = (os.readlink(fd.path) for fd in os.scandir(Path(entry.path, "fd")))
+                    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+                except OSError:
+                    continue
+                split.append(len(inodes & established))
+            return sorted(split)
+        except (OSError, ValueError, IndexError):
+            return []
+
 
 @dataclass
 class Target:
@@ -511,6 +562,9 @@ class Bench:
         self.fake: Process | None = None
         self.fake_url: str | None = None
         self.gunicorn_env = {"WEB_CONCURRENCY": str(args.workers), "GUNICORN_THREADS": str(args.threads)}
+        if args.gunicorn_args:
+            # gunicorn reads these after its configuration file, for every target alike.
+            self.gunicorn_env["GUNICORN_CMD_ARGS"] = args.gunicorn_args
 
     # -- starting things ------------------------------------------------------
 
@@ -596,7 +650,16 @@ class Bench:
         if differ:
             details = ", ".join(f"{n}: {configs['caselink'].get(n)} vs {configs['bare'].get(n)}" for n in differ)
             raise RuntimeError(f"the bare app would not run with caselink's gunicorn settings: {details}")
-        names = ("worker_class", "workers", "threads", "keepalive", "worker_connections", "backlog", "timeout")
+        names = (
+            "worker_class",
+            "workers",
+            "threads",
+            "keepalive",
+            "worker_connections",
+            "backlog",
+            "timeout",
+            "reuse_port",
+        )
         return {name: configs["caselink"].get(name) for name in names}
 
     def stop_all(self) -> None:
@@ -607,10 +670,21 @@ class Bench:
 
     def measure(self, generator: Any, target: Target, round_number: int) -> Measurement:
         loadavg = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-        result = generator.run(target.port, self.args.warmup, self.args.duration, target.process.cpu_seconds)
+        split: list[int] = []
+        # Halfway through the measured window, by the clock (warm-up, then half the window).
+        halfway = threading.Timer(
+            self.args.warmup + self.args.duration / 2,
+            lambda: split.extend(target.process.connections_per_worker(target.port)),
+        )
+        halfway.start()
+        try:
+            result = generator.run(target.port, self.args.warmup, self.args.duration, target.process.cpu_seconds)
+        finally:
+            halfway.cancel()
+            halfway.join()
         if not target.process.running:
             raise RuntimeError(f"{target.key} died during the run:\n{target.process.logs()}")
-        return Measurement.from_run(target.key, round_number, generator.name, result, loadavg)
+        return Measurement.from_run(target.key, round_number, generator.name, result, loadavg, split)
 
     def store_check(self, target: Target, accepted: int, unanswered: int) -> dict[str, Any]:
         """Events stored (in the SQLite file and as GET /api/events sees them) against 202s received."""
@@ -678,6 +752,7 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
             "requests_measured": sum(m.requests for m in rows),
             "server_cpu_ms_per_request_median": median([m.server_cpu_ms_per_request for m in rows]),
             "generator_cpu_share_median": median([m.generator_cpu_share for m in rows]),
+            "lopsided_rounds": sum(1 for m in rows if m.lopsided),
         }
     bare = summary.get("bare", {})
     for key, values in summary.items():
@@ -694,6 +769,16 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
         ]
         values["ratio_rounds"] = [round(rps / bare_rps, 3) for rps, bare_rps in pairs]
         values["ratio_of_rounds_median"] = round(statistics.median(values["ratio_rounds"]), 3) if pairs else None
+        # The same, only over rounds in which neither target had one worker holding most connections.
+        balanced = [
+            m.rps / b.rps
+            for m in measurements
+            if m.target == key and not m.lopsided
+            for b in measurements
+            if b.target == "bare" and b.round == m.round and b.rps and not b.lopsided
+        ]
+        values["ratio_balanced_rounds"] = [round(ratio, 3) for ratio in balanced]
+        values["ratio_balanced_rounds_median"] = round(statistics.median(balanced), 3) if balanced else None
         # Server CPU per request, bare over caselink: the ratio to expect when the CPUs are the limit,
         # and the figure least moved by other load on the machine.
         own, base = values["server_cpu_ms_per_request_median"], bare.get("server_cpu_ms_per_request_median")
@@ -739,6 +824,20 @@ def print_report(
                 + ", ".join(f"{r:.2f}" for r in values["ratio_rounds"])
                 + f"; server CPU per request, bare / {key}: {show(values['cpu_ratio_to_bare'], '.2f')}"
             )
+    lopsided = {key: values["lopsided_rounds"] for key, values in summary.items() if values["lopsided_rounds"]}
+    if lopsided:
+        print(
+            "rounds in which one gunicorn worker held 3/4 or more of the connections: "
+            + ", ".join(f"{LABELS[key]} {count}" for key, count in lopsided.items())
+            + " (gunicorn's shared accept; --gunicorn-args=--reuse-port spreads them for every target)"
+        )
+        for key, values in summary.items():
+            if values.get("ratio_balanced_rounds_median") is not None:
+                print(
+                    f"  ratio {LABELS[key]} / bare over the rounds where neither was lopsided: "
+                    f"{values['ratio_balanced_rounds_median']:.2f} "
+                    f"({len(values['ratio_balanced_rounds'])} rounds)"
+                )
     if ceiling is not None:
         bare = summary.get("bare", {}).get("rps_median")
         print(
@@ -779,6 +878,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     caselink_conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     parser.add_argument("--workers", type=int, default=caselink_conf["workers"])
     parser.add_argument("--threads", type=int, default=caselink_conf["threads"])
+    parser.add_argument(
+        "--gunicorn-args",
+        default="",
+        help="more gunicorn settings for every target alike, as on its command line (e.g. --reuse-port)",
+    )
     parser.add_argument("--fixture", type=Path, default=default_fixture())
     parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/ack-<time>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")
@@ -850,7 +954,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"round {round_number} {LABELS[key]:<18} {m.rps:>8.0f} req/s  p50 {m.p50_ms} ms  "
                         f"p99 {m.p99_ms} ms  errors {m.errors}  statuses {m.statuses}  "
-                        f"load average {m.loadavg_before[0] if m.loadavg_before else '-'}",
+                        f"load average {m.loadavg_before[0] if m.loadavg_before else '-'}  "
+                        f"connections per worker {'/'.join(map(str, m.connections_per_worker)) or '-'}",
                         flush=True,
                     )
             for key, target in bench.targets.items():
