@@ -64,6 +64,8 @@ FAKE_APP_KEY = "fake-application-key"
 TARGET_RATIO = 0.7
 ID_PLACEHOLDER = b"@@ID@@"
 ALL_TARGETS = ("bare", "dry-run", "live")
+# A round in which one gunicorn worker held this share of the connections or more is lopsided.
+LOPSIDED_SHARE = 0.75
 LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live"}
 # gunicorn settings that legitimately differ between the two configurations.
 CONFIG_NAMES_ALLOWED_TO_DIFFER = {"bind", "config", "default_proc_name", "check_config", "print_config"}
@@ -185,9 +187,9 @@ class Measurement:
 
     @property
     def lopsided(self) -> bool:
-        """One worker held three quarters or more of the connections (see `Process.connections_per_worker`)."""
+        """One worker held LOPSIDED_SHARE or more of the connections (see `Process.connections_per_worker`)."""
         split = self.connections_per_worker
-        return len(split) > 1 and sum(split) > 0 and max(split) >= 0.75 * sum(split)
+        return len(split) > 1 and sum(split) > 0 and max(split) >= LOPSIDED_SHARE * sum(split)
 
     @property
     def server_cpu_ms_per_request(self) -> float | None:
@@ -486,22 +488,13 @@ class Process(servers.Process):
 
     def cpu_seconds(self) -> float | None:
         """CPU time of the process and its children (gunicorn's master and workers), from /proc."""
-        if self.popen is None:
-            return None
         try:
             tick = os.sysconf("SC_CLK_TCK")
-            total = 0
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    stat = Path(entry.path, "stat").read_text()
-                except OSError:
-                    continue
-                fields = stat[stat.rfind(")") + 2 :].split()
-                if int(entry.name) == self.popen.pid or int(fields[1]) == self.popen.pid:
-                    total += int(fields[11]) + int(fields[12])
-            return total / tick
+            family = [(self.popen.pid, self._stat(self.popen.pid))] if self.popen else []
+            family += list(self._children())
+            if not family:
+                return None
+            return sum(int(fields[11]) + int(fields[12]) for _, fields in family if fields) / tick
         except (OSError, ValueError):
             return None
 
@@ -513,8 +506,6 @@ class Process(servers.Process):
         end up with nearly all of them while the other idles. That moves a round's throughput
         far more than anything the app does, for the bare endpoint as for caselink.
         """
-        if self.popen is None:
-            return []
         try:
             established = set()
             for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -524,14 +515,9 @@ class Process(servers.Process):
                         if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
                             established.add(fields[9])
             split = []
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
+            for pid, _ in self._children():
                 try:
-                    stat = Path(entry.path, "stat").read_text()
-                    if int(stat[stat.rfind(")") + 2 :].split()[1]) != self.popen.pid:
-                        continue
-                    links = (os.readlink(fd.path) for fd in os.scandir(Path(entry.path, "fd")))
+                    links = (os.readlink(fd.path) for fd in os.scandir(f"/proc/{pid}/fd"))
                     inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
                 except OSError:
                     continue
@@ -539,6 +525,24 @@ class Process(servers.Process):
             return sorted(split)
         except (OSError, ValueError, IndexError):
             return []
+
+    def _children(self) -> Iterator[tuple[int, list[str]]]:
+        """(pid, /proc stat fields after the name) of each running child process."""
+        if self.popen is None:
+            return
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                fields = self._stat(int(entry.name))
+                if fields and int(fields[1]) == self.popen.pid:
+                    yield int(entry.name), fields
+
+    @staticmethod
+    def _stat(pid: int) -> list[str]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return []  # gone meanwhile
+        return stat[stat.rfind(")") + 2 :].split()
 
 
 @dataclass
@@ -761,22 +765,16 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
         values["ratio_to_bare"] = round(values["rps_median"] / bare["rps_median"], 3)
         # The same ratio within each round, where the two ran seconds apart: less exposed to slow drifts.
         pairs = [
-            (m.rps, b.rps)
+            (m, b)
             for m in measurements
             if m.target == key
             for b in measurements
             if b.target == "bare" and b.round == m.round and b.rps
         ]
-        values["ratio_rounds"] = [round(rps / bare_rps, 3) for rps, bare_rps in pairs]
+        values["ratio_rounds"] = [round(m.rps / b.rps, 3) for m, b in pairs]
         values["ratio_of_rounds_median"] = round(statistics.median(values["ratio_rounds"]), 3) if pairs else None
         # The same, only over rounds in which neither target had one worker holding most connections.
-        balanced = [
-            m.rps / b.rps
-            for m in measurements
-            if m.target == key and not m.lopsided
-            for b in measurements
-            if b.target == "bare" and b.round == m.round and b.rps and not b.lopsided
-        ]
+        balanced = [m.rps / b.rps for m, b in pairs if not m.lopsided and not b.lopsided]
         values["ratio_balanced_rounds"] = [round(ratio, 3) for ratio in balanced]
         values["ratio_balanced_rounds_median"] = round(statistics.median(balanced), 3) if balanced else None
         # Server CPU per request, bare over caselink: the ratio to expect when the CPUs are the limit,
@@ -827,7 +825,7 @@ def print_report(
     lopsided = {key: values["lopsided_rounds"] for key, values in summary.items() if values["lopsided_rounds"]}
     if lopsided:
         print(
-            "rounds in which one gunicorn worker held 3/4 or more of the connections: "
+            f"rounds in which one gunicorn worker held {LOPSIDED_SHARE:.0%} or more of the connections: "
             + ", ".join(f"{LABELS[key]} {count}" for key, count in lopsided.items())
             + " (gunicorn's shared accept; --gunicorn-args=--reuse-port spreads them for every target)"
         )

@@ -150,8 +150,10 @@ class _Lines:
             raise
 
     def _forget_writer(self) -> None:
-        # The writing thread, if there was one, did not come along into the child.
+        # The writing thread, if there was one, did not come along into the child; the
+        # lines it was to write are the parent's to write, not the child's as well.
         self._lock = threading.Lock()
+        self._pending = []
         self._writing = False
 
 
