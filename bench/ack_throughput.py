@@ -608,6 +608,13 @@ class Bench:
             self.fake = fake
         return self.fake_url
 
+    def restart(self, key: str) -> Target:
+        """Stop a target's server and start a fresh one on the same database (and fake Datadog)."""
+        old = self.targets.pop(key)
+        old.process.stop()
+        self.processes.remove(old.process)
+        return self.start(key)
+
     def start(self, key: str) -> Target:
         port = free_port()
         if key == "bare":
@@ -888,6 +895,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--fixture", type=Path, default=default_fixture())
     parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/ack-<time>.json)")
+    parser.add_argument(
+        "--same-servers",
+        action="store_true",
+        help="keep each target's server for every round (default: start every server afresh each round)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")
     args = parser.parse_args(argv)
     if not args.fixture.is_file():
@@ -931,27 +943,37 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn, the same for every target: "
                 + ", ".join(f"{name}={value}" for name, value in gunicorn_settings.items())
             )
+
+            def generator_for(target: Target) -> Any:
+                bodies = Bodies(args.fixture, target.port)
+                if args.generator_used == "wrk":
+                    return WrkGenerator(args.connections, args.wrk_threads, bodies, workdir)
+                return PythonGenerator(args.connections, bodies, ids)
+
+            generators: dict[str, Any] = {}
             for key in args.targets:
                 target = bench.start(key)
+                generators[key] = generator_for(target)
                 print(f"started {LABELS[key]} on {target.url}", flush=True)
-            ports = {key: target.port for key, target in bench.targets.items()}
-            generators: dict[str, Any] = {}
-            for key, port in ports.items():
-                bodies = Bodies(args.fixture, port)
-                if args.generator_used == "wrk":
-                    generators[key] = WrkGenerator(args.connections, args.wrk_threads, bodies, workdir)
-                else:
-                    generators[key] = PythonGenerator(args.connections, bodies, ids)
             print(f"generator: {next(iter(generators.values())).describe()}")
             print(
                 f"load: POST /webhooks/datadog with {args.fixture.name}, a new id per request; "
-                f"{args.warmup:g} s warm-up + {args.duration:g} s measured, {args.rounds} rounds",
+                f"{args.warmup:g} s warm-up + {args.duration:g} s measured, {args.rounds} rounds"
+                + ("" if args.same_servers else ", every server started afresh each round"),
                 flush=True,
             )
             for round_number in range(1, args.rounds + 1):
                 # Rotate the order each round, so no target always runs first or last.
                 shift = (round_number - 1) % len(args.targets)
-                for key in args.targets[shift:] + args.targets[:shift]:
+                order = args.targets[shift:] + args.targets[:shift]
+                if round_number > 1 and not args.same_servers:
+                    # A server keeps for its whole life whatever made it fast or slow at start
+                    # (where its memory and threads landed): one run of the same code gave
+                    # caselink 3400 req/s, the next 4100. New processes each round, started in
+                    # the round's order, make that one more thing the median of the rounds evens out.
+                    for key in order:
+                        generators[key] = generator_for(bench.restart(key))
+                for key in order:
                     m = bench.measure(generators[key], bench.targets[key], round_number)
                     measurements.append(m)
                     print(
