@@ -968,9 +968,9 @@ def main(argv: list[str] | None = None) -> int:
                 order = args.targets[shift:] + args.targets[:shift]
                 if round_number > 1 and not args.same_servers:
                     # A server keeps for its whole life whatever made it fast or slow at start
-                    # (where its memory and threads landed): one run of the same code gave
-                    # caselink 3400 req/s, the next 4100. New processes each round, started in
-                    # the round's order, make that one more thing the median of the rounds evens out.
+                    # (the cause is not known): one run of the same code gave caselink about
+                    # 3400 req/s in every round, a later one about 4100. New processes each round,
+                    # started in the round's order, make that one more thing the median evens out.
                     for key in order:
                         generators[key] = generator_for(bench.restart(key))
                 for key in order:
