@@ -397,9 +397,9 @@ def _ms(seconds: float | None) -> float | None:
 # -- wrk ------------------------------------------------------------------------
 
 
-# Each wrk run's ids start with its own number, counted across every generator of the process:
-# a generator made afresh for a target already loaded must not send ids it has seen (repeats are
-# answered 200 at a fraction of a new event's cost, and would flatter the figures).
+# Each wrk run's ids start with its own number, counted across every generator of the process, so
+# two generators loading one server (a harness that imports this module may make them) never send
+# the same ids: repeats are answered 200 at a fraction of a new event's cost and flatter the figures.
 _WRK_RUNS = itertools.count(1)
 
 
@@ -608,12 +608,17 @@ class Bench:
             self.fake = fake
         return self.fake_url
 
-    def restart(self, key: str) -> Target:
-        """Stop a target's server and start a fresh one on the same database (and fake Datadog)."""
-        old = self.targets.pop(key)
-        old.process.stop()
-        self.processes.remove(old.process)
-        return self.start(key)
+    def restart(self, key: str) -> None:
+        """Stop a target's server and start a fresh one in its place: the same command, environment,
+        port and database (already migrated), so its load generator carries on as it was."""
+        target = self.targets[key]
+        target.process.stop()
+        self.processes.remove(target.process)
+        process = Process(key, target.process.command, target.process.env, self.workdir)
+        self.processes.append(process)
+        process.start()
+        process.wait_until_up(target.url + "/healthz")
+        target.process = process
 
     def start(self, key: str) -> Target:
         port = free_port()
@@ -943,17 +948,14 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn, the same for every target: "
                 + ", ".join(f"{name}={value}" for name, value in gunicorn_settings.items())
             )
-
-            def generator_for(target: Target) -> Any:
-                bodies = Bodies(args.fixture, target.port)
-                if args.generator_used == "wrk":
-                    return WrkGenerator(args.connections, args.wrk_threads, bodies, workdir)
-                return PythonGenerator(args.connections, bodies, ids)
-
             generators: dict[str, Any] = {}
             for key in args.targets:
                 target = bench.start(key)
-                generators[key] = generator_for(target)
+                bodies = Bodies(args.fixture, target.port)
+                if args.generator_used == "wrk":
+                    generators[key] = WrkGenerator(args.connections, args.wrk_threads, bodies, workdir)
+                else:
+                    generators[key] = PythonGenerator(args.connections, bodies, ids)
                 print(f"started {LABELS[key]} on {target.url}", flush=True)
             print(f"generator: {next(iter(generators.values())).describe()}")
             print(
@@ -972,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
                     # 3400 req/s in every round, a later one about 4100. New processes each round,
                     # started in the round's order, make that one more thing the median evens out.
                     for key in order:
-                        generators[key] = generator_for(bench.restart(key))
+                        bench.restart(key)
                 for key in order:
                     m = bench.measure(generators[key], bench.targets[key], round_number)
                     measurements.append(m)
