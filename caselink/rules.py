@@ -302,6 +302,13 @@ class Group:
     items: tuple[Condition | Group, ...]
     where: str
 
+    def describe(self) -> str:
+        """The group as one line of text: `severity equals "high" and priority in [...]`."""
+        parts = [item.describe() if isinstance(item, Condition) else f"({item.describe()})" for item in self.items]
+        if self.mode == "none":
+            return "none of: " + "; ".join(parts)
+        return (" and " if self.mode == "all" else " or ").join(parts)
+
     def first_failure(self, fields: Mapping[str, Any]) -> str | None:
         """None when the group holds, else the reason it does not."""
         if self.mode == "all":
@@ -604,6 +611,8 @@ class LiveRules:
         self.on_reload = on_reload
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
+        # When this process loaded the rules in force (Unix seconds).
+        self.loaded_at: float | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
@@ -638,7 +647,7 @@ class LiveRules:
             if report and self.on_reload:
                 self.on_reload(None, exc)
             return
-        self.ruleset, self.error = ruleset, None
+        self.ruleset, self.error, self.loaded_at = ruleset, None, time.time()
         if report and self.on_reload:
             self.on_reload(ruleset, None)
 
