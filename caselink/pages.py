@@ -44,6 +44,7 @@ from caselink.schema import LINK_STATES
 from caselink.service import ExampleResult
 from caselink.service import Service
 from caselink.store import EVENT_OUTCOMES
+from caselink.store import EVENT_SEARCH_WINDOW
 from caselink.worker import CREDENTIALS_STATE
 
 pages = Blueprint(
@@ -240,6 +241,7 @@ def events() -> str:
         sources=sorted(svc.handlers),
         outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_OUTCOMES],
         first_page=not request.args.get("before"),
+        window=EVENT_SEARCH_WINDOW,
     )
 
 

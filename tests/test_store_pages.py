@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from caselink import migrations
 from caselink.errors import BadRequestError
@@ -184,3 +186,61 @@ def test_rate_budgets_count_the_current_period_of_every_limit_learned(store):
         {"name": "cases_link_read", "limit": 50, "period": 60.0, "used": 0, "resets_in": 15.0,
          "endpoints": ["GET /api/v2/cases/link", "GET /api/v2/cases/{key}"]},
     ]  # fmt: skip
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path):
+    built = Store(f"sqlite:///{tmp_path / 'plans.db'}")
+    migrations.upgrade(built.engine)
+    yield built
+    built.dispose()
+
+
+def query_plans(store: Store, read) -> list[tuple[str, list[str]]]:
+    """Each SELECT that `read` runs, with SQLite's plan for it (one line per step)."""
+    statements: list[tuple[str, Any]] = []
+
+    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    sa_event.listen(store.engine, "before_cursor_execute", keep)
+    try:
+        read()
+    finally:
+        sa_event.remove(store.engine, "before_cursor_execute", keep)
+    with store.engine.connect() as connection:
+        return [
+            (statement, [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)])
+            for statement, parameters in statements
+        ]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.page_events(),
+        lambda store: store.page_events(before=5),
+        lambda store: store.page_events(text="needle", outcome="linked", source="datadog", kind="x"),
+        lambda store: store.page_events(outcome="rejected", before=5),
+        lambda store: store.page_links(),
+        lambda store: store.page_links(after="5"),
+        lambda store: store.page_links(state="dead"),
+        lambda store: store.page_links(state="delivered", after="1000.5_7"),
+        lambda store: store.event_bounds(),
+    ],
+)
+def test_the_status_pages_reads_walk_an_index_and_never_scan_a_table(sqlite_store, read):
+    for n in range(3):
+        record(sqlite_store, f"e{n}", case=f"OPS-{n}")
+
+    plans = query_plans(sqlite_store, lambda: read(sqlite_store))
+
+    assert plans
+    for statement, steps in plans:
+        # Rows come in the order asked for, from an index or the primary key, never sorted afterwards.
+        assert not [step for step in steps if "TEMP B-TREE" in step], (statement, steps)
+        # A SCAN is only a walk of the primary key that LIMIT stops: nothing filters what it walks.
+        if any(step.startswith("SCAN") and "COVERING INDEX" not in step for step in steps):
+            assert "WHERE" not in statement, (statement, steps)
+            assert "LIMIT" in statement, (statement, steps)
