@@ -130,6 +130,19 @@ def _signed_in_only() -> Any:
     return None
 
 
+@pages.after_request
+def _headers(response: Response) -> Response:
+    # No framing (a Retry button under someone else's page), no script or style from elsewhere,
+    # and no copy of a payload left in a shared cache.
+    response.headers.setdefault("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "pages.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @pages.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     target = _local(request.values.get("next")) or url_for("pages.overview")

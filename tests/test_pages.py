@@ -113,6 +113,17 @@ def test_sign_in_never_sends_the_browser_to_another_site(client, target):
     assert answer.headers["Location"] == "/"
 
 
+@pytest.mark.parametrize("path", ["/login", "/", "/events/1"])
+def test_pages_cannot_be_framed_or_cached(signed_in, path):
+    send(signed_in, incident(1, "see OPS-42"))
+
+    headers = signed_in.get(path).headers
+
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["Cache-Control"] == "no-store"
+
+
 def test_signing_out_ends_the_session(signed_in):
     page = signed_in.get("/")
 
