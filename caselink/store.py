@@ -821,6 +821,10 @@ class Store:
         """
         if outcome is not None and outcome not in EVENT_OUTCOMES:
             raise BadRequestError(f"outcome must be one of {', '.join(EVENT_OUTCOMES)}")
+        for name, value in (("source", source), ("kind", kind), ("text", text)):
+            # PostgreSQL refuses NUL in text, and SQLite a LIKE pattern past 50,000 bytes.
+            if value is not None and (len(value) > MAX_KEY or "\x00" in value):
+                raise BadRequestError(f"{name} must be at most {MAX_KEY} characters, without NUL")
         conditions: list[Any] = []
         if source:
             # `source || ''`: SQLite, which keeps no statistics, would otherwise read every event

@@ -99,6 +99,26 @@ def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(st
     assert (ids(found), found.older, found.searched_to) == ([match], None, None)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["'; DROP TABLE events; --", "\\", '"', "[a-z]*", "ü€😀", "\t\n", "x" * 255, "%_%", "\\%", "NULL"],
+)
+def test_any_text_an_operator_types_is_searched_as_text(store, text):
+    found = record(store, "a", title=f"before {text} after")
+    record(store, "b", title="something else")
+
+    assert ids(store.page_events(text=text)) == [found]
+    assert ids(store.page_events(kind=text, source=text)) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("text", "a\x00b"), ("text", "x" * 256), ("kind", "\x00"), ("source", "s" * 300)]
+)
+def test_filters_no_store_can_hold_are_a_bad_request_not_a_database_error(store, field, value):
+    with pytest.raises(BadRequestError, match=field):
+        store.page_events(**{field: value})
+
+
 def test_an_unknown_outcome_is_a_bad_request(store):
     with pytest.raises(BadRequestError, match="outcome must be one of linked, matched_nothing, rejected"):
         store.page_events(outcome="duplicate")
