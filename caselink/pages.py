@@ -125,7 +125,8 @@ def _signed_in_only() -> Any:
         csrf.protect()
     if request.endpoint == "pages.login":
         return None
-    if not hmac.compare_digest(str(session.get("signed_in", "")), _sign_in_mark(token)):
+    held = str(session.get("signed_in", "")).encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(held, _sign_in_mark(token).encode()):
         return redirect(url_for("pages.login", next=_here()))
     return None
 
@@ -156,6 +157,7 @@ def login() -> Any:
     session.clear()
     session.permanent = True
     session["signed_in"] = _sign_in_mark(token)
+    log.info("status page sign-in", extra={"fields": {"remote": request.remote_addr}})
     return redirect(target)
 
 
