@@ -192,7 +192,7 @@ def overview() -> str:
         "pages/overview.html",
         mode=_mode(settings),
         credentials=_credentials(svc),
-        database=f"{settings.database_engine}: {display_url(settings.database_url)}",
+        database=display_url(settings.database_url),
         ruleset=ruleset,
         enabled=sum(1 for rule in ruleset.rules if rule.enabled) if ruleset else 0,
         loaded_at=svc.rules.loaded_at,
