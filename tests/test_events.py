@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import example
@@ -18,8 +19,11 @@ from caselink.rules import parse_rules
 
 CANONICAL = re.compile(r"[^\W_A-Z]+(?:_[^\W_A-Z]+)*(?:\.[^\W_A-Z]+(?:_[^\W_A-Z]+)*)*")
 SEPARATORS = st.sampled_from([" ", "_", "-", "  ", " - ", "/", ":", "\t"])
-# Words as senders write them: No, DATA, re, triggered, AddNote, 5xx, Ünïcode.
-WORDS = st.text(st.characters(categories=("Lu", "Ll", "Nd")), min_size=1, max_size=8)
+# Words as senders write them: No, DATA, re, triggered, AddNote, 5xx, Ünïcode. "Either case" is what
+# Unicode case folding equates, which is not every upper/lower pair (Turkish ı upper-cases to I).
+WORDS = st.text(st.characters(categories=("Lu", "Ll", "Nd")), min_size=1, max_size=8).filter(
+    lambda word: word.upper().casefold() == word.lower().casefold() == word.title().casefold() == word.casefold()
+)
 SEGMENTS = st.lists(WORDS, min_size=1, max_size=3)
 KINDS = st.lists(SEGMENTS, min_size=1, max_size=3)
 
@@ -144,3 +148,15 @@ def test_globs_work_on_canonical_kinds(pattern, kind, selected):
 
 def test_an_event_keeps_its_kind_canonical_whoever_builds_it():
     assert Event("datadog", "alert.No Data", "k").kind == "alert.no_data"
+
+
+def test_the_readme_kinds_table_lists_canonical_kinds():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Event kinds") : readme.index("## rules.yaml")]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    listed = [kind for row in rows[1:] for kind in re.findall(r"`([^`$]+)`", row[-1])]
+
+    assert len(listed) > 40
+    assert [kind for kind in listed if canonical_kind(kind) != kind and " " not in kind and "-" not in kind] == []
+    assert canonical_kind("alert.Page Payments On-Call") in listed
+    assert canonical_kind("Deploy.Rolled-Back") in listed
