@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -78,11 +77,6 @@ def canonical_kind_pattern(pattern: str) -> str:
         if segment:
             canonical.append(segment)
     return ".".join(canonical)
-
-
-def kind_matches(kind: str, pattern: str) -> bool:
-    """Whether a kind is selected by an `on.kind` name or glob, both compared in canonical form."""
-    return fnmatch.fnmatchcase(canonical_kind(kind), canonical_kind_pattern(pattern))
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -2,10 +2,11 @@
 
 Opsgenie does not sign webhooks. Its Webhook integration sends custom headers,
 so it presents OPSGENIE_WEBHOOK_SECRET as a Bearer token, a basic-auth password
-or an X-Webhook-Token header. The kind is `alert.<action>` in canonical
-form (alert.create, alert.acknowledge, alert.close, alert.addnote, …; a custom
-action's name with its spaces and dashes as underscores). Alert tags like `case:OPS-42` become tags
-`{case: [OPS-42]}`, next to the alert's details and its team.
+or an X-Webhook-Token header. The kind is `alert.<action>` in canonical form
+(alert.create, alert.acknowledge, alert.close, alert.addnote, …; a custom
+action's name with its spaces and dashes as underscores). Alert tags like
+`case:OPS-42` become tags `{case: [OPS-42]}`, next to the alert's details and
+its team.
 """
 
 from __future__ import annotations

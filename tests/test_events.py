@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from caselink.events import Event
 from caselink.events import canonical_kind
 from caselink.events import canonical_kind_pattern
-from caselink.events import kind_matches
 from caselink.rules import parse_rules
 
 CANONICAL = re.compile(r"[^\W_A-Z]+(?:_[^\W_A-Z]+)*(?:\.[^\W_A-Z]+(?:_[^\W_A-Z]+)*)*")
@@ -37,6 +36,11 @@ def written(kind: list[list[str]], draw_separator: st.DataObject, *, case: str) 
             text += draw_separator.draw(SEPARATORS) + word
         segments.append({"upper": text.upper(), "lower": text.lower(), "title": text.title(), "as is": text}[case])
     return ".".join(f" {segment} " if case == "title" else segment for segment in segments)
+
+
+def kind_matches(kind: str, pattern: str) -> bool:
+    """What `on.kind` selects: the canonical kind against the canonical pattern, by fnmatch."""
+    return fnmatch.fnmatchcase(canonical_kind(kind), canonical_kind_pattern(pattern))
 
 
 def rule_on(kind: object) -> str:
