@@ -832,7 +832,8 @@ class Store:
             # of the source through the dedup index and sort them, instead of walking the window.
             conditions.append(events.c.source.concat("") == source)
         if kind:
-            conditions.append(events.c.kind == kind)
+            # Kinds are stored in canonical form; rows stored before that still match as written.
+            conditions.append(events.c.kind.in_({canonical_kind(kind), kind}))
         if outcome == "linked":
             conditions.append(events.c.links_planned > 0)
         elif outcome == "matched_nothing":

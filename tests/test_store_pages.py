@@ -78,6 +78,8 @@ def test_event_filters_combine_and_text_is_matched_ignoring_case_and_wildcards(s
     assert ids(store.page_events(text="checkout")) == [quiet, linked]
     assert ids(store.page_events(text="CHECKOUT", outcome="matched_nothing")) == [quiet]
     assert ids(store.page_events(source="pagerduty", kind="incident.triggered")) == [other]
+    # A kind as a sender or an operator writes it finds the canonical kind it is stored as.
+    assert ids(store.page_events(kind="Incident.Triggered")) == [other]
     # % and _ are text to look for, not LIKE wildcards.
     assert ids(store.page_events(text="0% d")) == [other]
     assert ids(store.page_events(text="100_")) == []
