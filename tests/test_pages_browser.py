@@ -107,8 +107,16 @@ def incident(number: int, title: str, severity: str = "SEV-1") -> bytes:
     ).encode()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, stack) -> str:
+    """The stack's store: its SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        stack.database_url = request.getfixturevalue("postgres_url")
+    return stack.database_url
+
+
 def links_by_state(stack, state: str) -> list[dict]:
-    store = Store(stack.database_url)
+    store = Store(stack.database_url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         return store.list_links(state=state)
     finally:
@@ -166,9 +174,11 @@ def test_an_events_explain_page_says_why_a_rule_did_not_match(stack, browser):
     browser.screenshot("event")
 
 
-def test_the_retry_button_sends_a_dead_letter_again_and_the_worker_delivers_it(stack, fake_datadog, browser):
+def test_the_retry_button_sends_a_dead_letter_again_and_the_worker_delivers_it(
+    stack, fake_datadog, database_url, browser
+):
     fake_datadog.configure(limits={"create": {"limit": 100, "period": 10, "name": "cases_link_create"}})
-    web = stack.service(**FAST)
+    web = stack.service(DATABASE_URL=database_url, **FAST)
     # OPS-404 and OPS-405 do not exist in Datadog yet: resolving them is a 404, a dead letter.
     assert web.post("datadog", incident(3, "Payments down, see OPS-404")).status_code == 202
     assert web.post("datadog", incident(4, "Refunds down, see OPS-405")).status_code == 202
