@@ -5,6 +5,9 @@ sends `X-PagerDuty-Signature: v1=<hex>[,v1=<hex>…]`; one of them matching one
 secret of PAGERDUTY_WEBHOOK_SECRET (comma-separated while rotating) is enough.
 The kind is `event.event_type` as PagerDuty names it (incident.triggered, …),
 new types included. The `pagey.ping` test event is answered 200 and not stored.
+The dedup key is the signed body's `event.id`, never the unsigned X-Webhook-Id
+header: anyone who captured one signed delivery could vary that header to have
+it stored again as new events.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from caselink.normalise import unrecognised
 
 SOURCE = "pagerduty"
 SIGNATURE_HEADER = "X-PagerDuty-Signature"
-DELIVERY_HEADER = "X-Webhook-Id"
 PING = "pagey.ping"
 
 
@@ -71,7 +73,7 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
         Event(
             source=SOURCE,
             kind=kind,
-            dedup_key=first_text(request.headers.get(DELIVERY_HEADER), event.get("id")) or body_digest(request.body),
+            dedup_key=first_text(event.get("id")) or body_digest(request.body),
             title=first_text(incident.get("title"), incident.get("summary"), data.get("summary"), data.get("name")),
             # A note's content, a status update's message, a service's description.
             message=first_text(data.get("content"), data.get("message"), data.get("description")),
