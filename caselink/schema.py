@@ -26,8 +26,9 @@ events = sa.Table(
     sa.Column("id", _id, primary_key=True, autoincrement=True),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("dedup_key", sa.String(MAX_KEY), nullable=False),
-    # Hex SHA-256 of what the event was built from; empty for events stored before 0003.
-    sa.Column("digest", sa.String(64), nullable=False),
+    # Hex SHA-256 of what the event was built from (the store always sets it); empty for
+    # events stored before migration 0003.
+    sa.Column("digest", sa.String(64), nullable=False, default=""),
     # True when an earlier event had this dedup key with other content.
     sa.Column("dedup_conflict", sa.Boolean, nullable=False, default=False),
     sa.Column("kind", sa.String(255), nullable=False),
