@@ -20,13 +20,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Container
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
 from contextlib import nullcontext
 from dataclasses import dataclass
-from dataclasses import replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from caselink import jsontext
-from caselink import logs
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
@@ -57,8 +54,6 @@ from caselink.schema import events
 from caselink.schema import links
 from caselink.schema import service_state
 
-log = logs.get("store")
-
 # PostgreSQL channel on which a commit that makes links due wakes idle workers.
 NOTIFY_CHANNEL = "caselink_links"
 
@@ -71,9 +66,8 @@ class RecordedEvent:
     kind: str
     duplicate: bool
     links_planned: int
-    # A new event whose dedup key an earlier event had with other content
-    # (None only inside the store, until it has read it back).
-    dedup_conflict: bool | None = False
+    # A new event whose dedup key an earlier event had with other content.
+    dedup_conflict: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,43 +211,13 @@ class Store:
                 self._known_links.add(planned, batch[0].now)
                 if due:
                     self._wake.send()
-                return self._read_conflicts(results)
+                return results
             except StoreUnavailableError as exc:
                 # Two batches planning the same links in another order can deadlock
                 # on PostgreSQL; the database cancels one, which runs again.
                 if attempt == 2 or not _is_transient(exc.__cause__):
                     raise
         raise AssertionError("unreachable")
-
-    def _read_conflicts(self, results: list[list[RecordedEvent]]) -> list[list[RecordedEvent]]:
-        """Fill in dedup_conflict where the INSERT could not say it (SQLite, see _outcomes).
-
-        The rows are committed, so this read holds no lock other processes wait
-        for, and it is one step that finds no row as a rule. Should it fail, the
-        stored flag is still right: only this answer, its log line and the
-        metric miss the conflict.
-        """
-        unread = [stored.id for recorded in results for stored in recorded if stored.dedup_conflict is None]
-        conflicts: set[int] = set()
-        if unread:
-            sql = self._statements.conflicts_between
-            try:
-                connection = self._ingest_connection or self.engine.raw_connection()
-                cursor = connection.cursor()
-                cursor.execute(sql.sql, sql.params({"first": min(unread), "last": max(unread)}))
-                conflicts = {event_id for (event_id,) in cursor.fetchall()}
-                cursor.close()
-                if connection is not self._ingest_connection:
-                    connection.close()
-            except (self.engine.dialect.loaded_dbapi.Error, SQLAlchemyError):
-                log.warning("could not read which events repeat a dedup key", exc_info=True)
-        return [
-            [
-                stored if stored.dedup_conflict is not None else replace(stored, dedup_conflict=stored.id in conflicts)
-                for stored in recorded
-            ]
-            for recorded in results
-        ]
 
     def _unknown_links(self, batch: list[_Work]) -> list[list[list[dict[str, Any]]]]:
         """For each event of the batch, the links it plans that this process has not
@@ -334,7 +298,7 @@ class Store:
         due = self._plan_links(cursor, planned, batch[0].now) if planned else False
         return results, planned, due
 
-    def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool | None]]:
+    def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """Insert the events that are new; for each row, in order, return its event id,
         whether it was stored already, how many links it planned and whether its dedup
         key was stored before with other content.
@@ -344,7 +308,7 @@ class Store:
         A row is a repeat only when its key and its digest were both stored; the
         statement itself marks a row whose key was stored with another digest.
         """
-        stored: list[tuple[int, bool, int, bool | None]] = []
+        stored: list[tuple[int, bool, int, bool]] = []
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             statement = self._statements.insert_events(len(chunk))
@@ -352,33 +316,23 @@ class Store:
             stored += self._outcomes(cursor, chunk)
         return stored
 
-    def _outcomes(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool | None]]:
+    def _outcomes(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """What one INSERT … ON CONFLICT DO NOTHING of several rows did with each of them."""
-        sql = self._statements
-        new_ids: Container[int]
-        if self.dialect == "sqlite":
-            # SQLite answers without RETURNING, sparing a step per row: the rows
-            # one statement adds get consecutive ids, up to the last one it added.
-            added, newest = cursor.rowcount, cursor.lastrowid
-            if added == len(rows):
-                first = newest - added + 1
-                # Whether they repeat a key with other content is read once the write
-                # lock is let go (_read_conflicts): None until then.
-                return [(first + index, False, row["links_planned"], None) for index, row in enumerate(rows)]
-            new_ids = range(newest - added + 1, newest + 1) if added > 0 else range(0)
-        else:
-            returned = {
-                (source, key, digest): (event_id, bool(conflict))
-                for event_id, source, key, digest, conflict in cursor.fetchall()
-            }
-            if len(returned) == len(rows):
-                outcomes = []
-                for row in rows:
-                    event_id, conflict = returned[row["source"], row["dedup_key"], row["digest"]]
-                    outcomes.append((event_id, False, row["links_planned"], conflict))
-                return outcomes
-            new_ids = {event_id for event_id, _ in returned.values()}
+        # RETURNING names the rows added, and whether each repeats a stored key with other
+        # content; on SQLite that costs a step per row added, less than a second statement.
+        returned = {
+            (source, key, digest): (event_id, bool(conflict))
+            for event_id, source, key, digest, conflict in cursor.fetchall()
+        }
+        if len(returned) == len(rows):
+            outcomes = []
+            for row in rows:
+                event_id, conflict = returned[row["source"], row["dedup_key"], row["digest"]]
+                outcomes.append((event_id, False, row["links_planned"], conflict))
+            return outcomes
+        new_ids = {event_id for event_id, _ in returned.values()}
         # Some rows were stored already, or came twice in this batch.
+        sql = self._statements
         outcomes = []
         seen: set[int] = set()
         for row in rows:
@@ -1204,7 +1158,6 @@ class _Statements:
             "SELECT id, links_planned, dedup_conflict FROM events"
             " WHERE source = :source AND dedup_key = :dedup_key AND digest = :digest"
         )
-        self.conflicts_between = statement("SELECT id FROM events WHERE id BETWEEN :first AND :last AND dedup_conflict")
         # No conflict target: a link already planned, or already resolved to these UUIDs, is left alone.
         self.insert_link = statement(
             f"INSERT INTO links ({', '.join(_LINK_COLUMNS)}) VALUES ({', '.join(':' + c for c in _LINK_COLUMNS)})"  # noqa: S608 - constant column names; values are bound
@@ -1244,7 +1197,7 @@ class _Statements:
             sql = (
                 f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {values}"  # noqa: S608 - constant column names; values are bound
                 " ON CONFLICT (source, dedup_key, digest) DO NOTHING"
-                + ("" if self._dialect.name == "sqlite" else " RETURNING id, source, dedup_key, digest, dedup_conflict")
+                " RETURNING id, source, dedup_key, digest, dedup_conflict"
             )
             statement = self._insert_events[count] = _RowsStatement(sql, self._dialect, _EVENT_BINDS)
         return statement
