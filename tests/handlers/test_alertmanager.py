@@ -211,6 +211,19 @@ def test_odd_json_never_raises(body):
         assert event.dedup_key
 
 
+@pytest.mark.parametrize(("status", "kind"), [("FIRING", "alert.firing"), ("Resolved", "alert.resolved")])
+def test_the_status_in_canonical_form_is_the_kind(status, kind):
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", status))))
+
+    assert event.kind == kind
+
+
+def test_a_status_with_no_letter_or_digit_is_kept_as_unrecognised():
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", "--"), status="--")))
+
+    assert (event.kind, event.problem) == ("unrecognised", "alerts[0].status is missing")
+
+
 def test_two_alertmanagers_of_an_ha_pair_send_the_same_content_and_a_changed_annotation_is_other_content():
     def sent(receiver: str, external_url: str, summary: str) -> Event:
         payload = json.loads(group(alert("db-3", "firing", annotations={"summary": summary})))
