@@ -55,7 +55,12 @@ log = logs.get("pages")
 
 SESSION_LIFETIME = timedelta(hours=12)
 PAGE_SIZE = 50
-OUTCOME_LABELS = {"linked": "linked", "matched_nothing": "matched nothing", "rejected": "rejected"}
+OUTCOME_LABELS = {
+    "linked": "linked",
+    "matched_nothing": "matched nothing",
+    "rejected": "rejected",
+    "duplicate_conflict": "duplicate conflict",
+}
 RULE_OUTCOME_LABELS = {
     "matched": "matched",
     "not_matched": "not matched",

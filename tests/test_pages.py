@@ -290,6 +290,7 @@ def test_an_event_that_does_not_exist_is_a_404_page(signed_in):
         ("?outcome=linked", ["db slow OPS-43", "Checkout down, see OPS-42"]),
         ("?outcome=matched_nothing", ["[TEST] OPS-44"]),
         ("?outcome=rejected", []),
+        ("?outcome=duplicate_conflict", []),
         ("?q=checkout", ["Checkout down, see OPS-42"]),
         ("?kind=incident.updated", []),
         ("?source=pagerduty", []),
@@ -317,6 +318,18 @@ def test_the_events_page_pages_by_cursor(signed_in, monkeypatch):
     assert re.findall(r'<td class="title">incident (\d)', first) == ["5", "4"]
     assert older == "/events?before=4"
     assert re.findall(r'<td class="title">incident (\d)', second) == ["3", "2"]
+
+
+def test_an_events_page_says_when_its_key_repeated_an_earlier_events_with_other_content(signed_in):
+    send(signed_in, incident(1, "Checkout down, see OPS-42"))
+    send(signed_in, incident(1, "Checkout down and out, see OPS-42"))
+
+    listed = signed_in.get("/events?outcome=duplicate_conflict").text
+    html = signed_in.get("/events/2").text
+
+    assert re.findall(r'<td class="title">([^<]*?)</td>', listed) == ["Checkout down and out, see OPS-42"]
+    assert "repeated #1 with different content: stored and evaluated as a new event" in html
+    assert '<a href="/events/1">#1</a>' in html
 
 
 @pytest.mark.parametrize("query", ["?before=abc", "?before=0", "?outcome=duplicate", "?before=-3"])

@@ -43,9 +43,10 @@ def record(
     source: str = "datadog",
     case: str | None = None,
     now: float | None = None,
+    digest: str = "",
 ) -> int:
     links = [link_to(case)] if case else []
-    event = Event(source=source, kind=kind, dedup_key=key, title=title)
+    event = Event(source=source, kind=kind, dedup_key=key, title=title, digest=digest)
     evaluation = Evaluation([RuleOutcome("r", "matched", links=links)] if links else [])
     [stored] = store.record([(event, evaluation)], ruleset="x", dry_run=False, now=now)
     return stored.id
@@ -87,6 +88,15 @@ def test_event_filters_combine_and_text_is_matched_ignoring_case_and_wildcards(s
     assert ids(store.page_events(text="k_full")) == [other]
 
 
+def test_the_duplicate_conflict_outcome_finds_a_key_repeated_with_other_content(store):
+    first = record(store, "same-key", title="first", digest="a" * 64)
+    repeat = record(store, "same-key", title="changed", digest="b" * 64)
+    record(store, "other-key", title="alone")
+
+    assert ids(store.page_events(outcome="duplicate_conflict")) == [repeat]
+    assert first != repeat
+
+
 def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(store):
     match = record(store, "old", title="needle")
     for n in range(9):
@@ -122,7 +132,7 @@ def test_filters_no_store_can_hold_are_a_bad_request_not_a_database_error(store,
 
 
 def test_an_unknown_outcome_is_a_bad_request(store):
-    with pytest.raises(BadRequestError, match="outcome must be one of linked, matched_nothing, rejected"):
+    with pytest.raises(BadRequestError, match="outcome must be one of linked, matched_nothing, rejected, dup"):
         store.page_events(outcome="duplicate")
 
 
