@@ -19,6 +19,7 @@ from caselink import auth
 from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.normalise import first_text
@@ -27,6 +28,8 @@ from caselink.normalise import mapping
 from caselink.normalise import unrecognised
 
 SOURCE = "alertmanager"
+# `alert.` + each alert's status, which Alertmanager (and Grafana) set to one of two.
+KINDS = SenderKinds(documented=("alert.firing", "alert.resolved"))
 
 
 def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
