@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Mapping
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,22 +54,29 @@ class Finding:
 
 
 def lint(ruleset: RuleSet, kinds: Mapping[str, SenderKinds] | None = None) -> list[Finding]:
-    """Every finding about `ruleset`, in file order.
+    """Every finding about `ruleset`, in file order; a rule is said to be shadowed, or a duplicate, once at most.
 
     `kinds` maps each source (handler name) to the kinds it produces; without
     it, nothing is said about kinds and sources, and sources compare by name.
+    Each rule is compared only with the earlier rules that an index of their
+    conditions offers, so a file of thousands of rules is checked in about linear time.
     """
     found: list[Finding] = []
-    rules = ruleset.rules
-    for index, rule in enumerate(rules):
-        earlier = rules[:index]
-        found.extend(_shadowed(ruleset.path, rule, earlier, kinds))
-        found.extend(_duplicates(ruleset.path, rule, earlier, kinds))
+    path = ruleset.path
+    stops = _Index()
+    by_link: dict[tuple[Any, ...], _Index] = {}
+    for rule in ruleset.rules:
+        if rule.enabled:
+            found.extend(_shadowed(path, rule, stops, kinds))
+            same_link = by_link.setdefault(_link_key(rule), _Index())
+            found.extend(_duplicate(path, rule, same_link, kinds))
+            # Once a stop rule matched, later rules are skipped: the two never both fire.
+            (stops if rule.stop else same_link).add(rule)
         if kinds is not None:
-            found.extend(_selection(ruleset.path, rule, kinds))
+            found.extend(_selection(path, rule, kinds))
         if not rule.examples:
             message = "has no examples; `rules test` cannot check it"
-            found.append(Finding(NOTE, "examples", ruleset.path, rule.line, rule.name, message))
+            found.append(Finding(NOTE, "examples", path, rule.line, rule.name, message))
     return sorted(found, key=lambda finding: finding.line)
 
 
@@ -78,11 +84,9 @@ def lint(ruleset: RuleSet, kinds: Mapping[str, SenderKinds] | None = None) -> li
 # Shadowed and duplicate rules
 
 
-def _shadowed(path: str, rule: Rule, earlier: Sequence[Rule], kinds: Mapping[str, SenderKinds] | None) -> list[Finding]:
-    if not rule.enabled:
-        return []
-    for other in earlier:
-        if other.enabled and other.stop and covers(other, rule, kinds):
+def _shadowed(path: str, rule: Rule, stops: _Index, kinds: Mapping[str, SenderKinds] | None) -> list[Finding]:
+    for other in stops.implied_by(rule):
+        if covers(other, rule, kinds):
             message = (
                 f"can never fire: the earlier rule {other.name!r} (line {other.line}) has stop: true"
                 " and matches every event this rule selects"
@@ -91,25 +95,91 @@ def _shadowed(path: str, rule: Rule, earlier: Sequence[Rule], kinds: Mapping[str
     return []
 
 
-def _duplicates(
-    path: str, rule: Rule, earlier: Sequence[Rule], kinds: Mapping[str, SenderKinds] | None
-) -> list[Finding]:
-    if not rule.enabled:
-        return []
-    found = []
-    for other in earlier:
-        # An earlier stop rule that matches ends evaluation first, so the two never both fire.
-        if not other.enabled or other.stop or _link_key(other) != _link_key(rule):
-            continue
-        if not _may_overlap(other, rule, kinds):
-            continue
-        if implies(rule.when, other.when) or implies(other.when, rule.when):
+def _duplicate(path: str, rule: Rule, same_link: _Index, kinds: Mapping[str, SenderKinds] | None) -> list[Finding]:
+    for other in same_link.related(rule):
+        if overlaps(other, rule, kinds) and (implies(rule.when, other.when) or implies(other.when, rule.when)):
             message = (
                 f"plans the same {rule.link.relationship} link between the same refs as rule {other.name!r}"
                 f" (line {other.line}) for the same events; one of them is probably a copy"
             )
-            found.append(Finding(WARNING, "duplicate", path, rule.line, rule.name, message, other.name))
-    return found
+            return [Finding(WARNING, "duplicate", path, rule.line, rule.name, message, other.name)]
+    return []
+
+
+class _Index:
+    """Earlier enabled rules, found by the conditions that could imply, or be implied by, a later rule's.
+
+    What it offers is a superset of the rules for which `implies` can hold, in
+    file order: every condition that implies another shares an anchor with it
+    (`_anchors`, `_needed`). The caller checks each.
+    """
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self.unconditional: list[int] = []
+        self.having: dict[tuple[Any, ...], list[int]] = {}  # the anchors of every condition of a rule
+        self.needing: dict[tuple[Any, ...], list[int]] = {}  # the anchors one condition of a rule needs
+
+    def add(self, rule: Rule) -> None:
+        number = len(self.rules)
+        self.rules.append(rule)
+        conjuncts = _conjuncts(rule.when)
+        if not conjuncts:
+            self.unconditional.append(number)
+            return
+        for item in conjuncts:
+            for anchor in _anchors(item):
+                self.having.setdefault(anchor, []).append(number)
+        # All of its conditions must be implied, so one, the most particular, is enough to find it by.
+        for anchor in _needed(min(conjuncts, key=lambda item: len(_needed(item)))):
+            self.needing.setdefault(anchor, []).append(number)
+
+    def implied_by(self, rule: Rule) -> list[Rule]:
+        """Earlier rules whose conditions `rule`'s may imply: `implies(rule.when, earlier.when)`."""
+        return [self.rules[number] for number in sorted(self._implied_by(rule))]
+
+    def related(self, rule: Rule) -> list[Rule]:
+        """Earlier rules whose conditions may imply `rule`'s, or be implied by them."""
+        return [self.rules[number] for number in sorted(self._implied_by(rule) | self._implying(rule))]
+
+    def _implied_by(self, rule: Rule) -> set[int]:
+        numbers = set(self.unconditional)
+        for item in _conjuncts(rule.when):
+            for anchor in _anchors(item):
+                numbers.update(self.needing.get(anchor, ()))
+        return numbers
+
+    def _implying(self, rule: Rule) -> set[int]:
+        conjuncts = _conjuncts(rule.when)
+        if not conjuncts:
+            return set(range(len(self.rules)))
+        # Every one of `rule`'s conditions must be implied: the one fewest rules offer to is enough.
+        fewest = min(conjuncts, key=lambda item: sum(len(self.having.get(anchor, ())) for anchor in _needed(item)))
+        return {number for anchor in _needed(fewest) for number in self.having.get(anchor, ())}
+
+
+def _anchors(item: Condition | Group) -> set[tuple[Any, ...]]:
+    """What a condition offers: a condition it implies needs one of these (`_needed`)."""
+    anchors: set[tuple[Any, ...]] = {("key", _key(item))}
+    if isinstance(item, Condition):
+        where = (item.path.parts, item.ignore_case)
+        if item.operator in ("equals", "in"):
+            anchors.update(("value", *where, value) for value in _values(item))
+        elif item.operator == "not_in":
+            anchors.add(("negated", *where))
+    return anchors
+
+
+def _needed(item: Condition | Group) -> set[tuple[Any, ...]]:
+    """The anchors of which every condition that implies `item` (`_item_implies`) offers one."""
+    needed: set[tuple[Any, ...]] = {("key", _key(item))}
+    if isinstance(item, Condition):
+        where = (item.path.parts, item.ignore_case)
+        if item.operator == "in":
+            needed.update(("value", *where, value) for value in _values(item))
+        elif item.operator in ("not_equals", "not_in"):
+            needed.add(("negated", *where))
+    return needed
 
 
 def covers(wide: Rule, narrow: Rule, kinds: Mapping[str, SenderKinds] | None = None) -> bool:
@@ -184,7 +254,8 @@ def _link_key(rule: Rule) -> tuple[Any, ...]:
 def _ref_key(ref: RefSpec) -> tuple[Any, ...]:
     if ref.is_event:
         return ("event",)
-    pattern = (ref.pattern.pattern, ref.pattern.flags) if ref.pattern is not None else None
+    # The pattern's text: whatever engine compiled it, the same text finds the same tokens.
+    pattern = getattr(ref.pattern, "pattern", None)
     return (ref.type, ref.template_text, tuple(sorted(path.text for path in ref.fields)), pattern)
 
 
@@ -207,7 +278,7 @@ def _pattern_covers(outer: str, inner: str) -> bool:
     return outer.endswith("*") and not _is_glob(prefix) and glob_prefix(inner).startswith(prefix)
 
 
-def _may_overlap(first: Rule, second: Rule, kinds: Mapping[str, SenderKinds] | None) -> bool:
+def overlaps(first: Rule, second: Rule, kinds: Mapping[str, SenderKinds] | None = None) -> bool:
     """True only if some event is selected by both rules' `on` (sources and kinds)."""
     if kinds is not None:
         sources = bool(_selected_sources(first, kinds) & _selected_sources(second, kinds))

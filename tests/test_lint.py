@@ -16,6 +16,7 @@ from caselink.events import Event
 from caselink.lint import covers
 from caselink.lint import implies
 from caselink.lint import lint
+from caselink.lint import overlaps
 from caselink.rules import parse_rules
 from handlers import REGISTRY
 from tests.servers import ROOT
@@ -352,7 +353,8 @@ def ruleset_of(drawn: list[dict[str, Any]]) -> Any:
         raw["link"] = {
             "relationship": "RELATES_TO",
             "parent": {"type": "CASE", "id": "OPS-1"},
-            "child": {"type": "CASE", "id": "OPS-2"},
+            # Two children, so that some rules plan the same link and some do not.
+            "child": {"type": "CASE", "id": f"OPS-{2 + index % 3 // 2}"},
         }
         document["rules"].append(raw)
     return parse_rules(json.dumps(document), "t.yaml", sources=SOURCES)
@@ -432,3 +434,40 @@ def test_a_condition_implies_another_only_when_every_value_it_accepts_the_other_
     narrow, wide = ruleset_of(drawn).rules
 
     assert implies(narrow.when, wide.when) is implied
+
+
+def link_of(rule: Any) -> tuple[str, str | None, str | None]:
+    return (rule.link.relationship, rule.link.parent.template_text, rule.link.child.template_text)
+
+
+def pairs_by_brute_force(ruleset: Any) -> set[tuple[str, str, str]]:
+    """Shadowed and duplicate rules by comparing every rule with every earlier one, as the lint's indexes must."""
+    found = set()
+    for index, later in enumerate(ruleset.rules):
+        earlier = [rule for rule in ruleset.rules[:index] if rule.enabled] if later.enabled else []
+        stop = next((rule for rule in earlier if rule.stop and covers(rule, later, UNIVERSE)), None)
+        if stop is not None:
+            found.add((later.name, "shadowed", stop.name))
+        copy = next(
+            (
+                rule
+                for rule in earlier
+                if not rule.stop
+                and link_of(rule) == link_of(later)
+                and (implies(rule.when, later.when) or implies(later.when, rule.when))
+                and overlaps(rule, later, UNIVERSE)
+            ),
+            None,
+        )
+        if copy is not None:
+            found.add((later.name, "duplicate", copy.name))
+    return found
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(rule, min_size=2, max_size=6))
+def test_the_lint_finds_every_shadowed_and_duplicate_rule_that_comparing_all_pairs_finds(drawn):
+    ruleset = ruleset_of(drawn)
+
+    found = {(item.rule, item.check, item.other) for item in lint(ruleset, UNIVERSE) if item.other}
+    assert found == pairs_by_brute_force(ruleset)
