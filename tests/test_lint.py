@@ -471,3 +471,24 @@ def test_the_lint_finds_every_shadowed_and_duplicate_rule_that_comparing_all_pai
 
     found = {(item.rule, item.check, item.other) for item in lint(ruleset, UNIVERSE) if item.other}
     assert found == pairs_by_brute_force(ruleset)
+
+
+def test_rules_check_reports_each_finding_of_a_rules_file_with_its_line_and_both_rules(runner):
+    path = ROOT / "tests" / "fixtures" / "rules" / "lint-findings.yaml"
+
+    result = runner.invoke(args=["rules", "check", "--strict", str(path)])
+
+    assert result.exit_code == 1
+    assert (
+        f"{path}:15: rule 'sev1-incident-about-db': warning: can never fire: the earlier rule 'every-datadog-sev1'"
+        in result.output
+    )
+    assert f"{path}:35: rule 'p1-page-relates-review': warning: plans the same RELATES_TO link" in result.output
+    assert "as rule 'urgent-page-relates-review' (line 25)" in result.output
+    assert (
+        f"{path}:45: rule 'alertmanager-incident': warning: on.kind 'incident.created': no handler produces"
+        in result.output
+    )
+    assert f"{path}:45: rule 'alertmanager-incident': note: has no examples" in result.output
+    assert "3 warning(s), 1 note(s)" in result.output
+    assert runner.invoke(args=["rules", "test", str(path)]).exit_code == 0
