@@ -11,9 +11,10 @@ produces (`SenderKinds`, a handler's `KINDS`), and finds:
   no source;
 - a rule without `examples` (a note).
 
-Every finding it reports is certain, never a guess: "covers" and "implies" below
-answer yes only when that holds for every event, and no where they cannot tell.
-So a rule reported as shadowed never fires; a rule not reported may still be.
+It errs towards silence: `covers` and `implies` answer yes only when that holds
+for every event, and no where they cannot tell, so a rule reported as shadowed
+never fires (a rule not reported may still be shadowed); a kind is reported only
+when no selected sender can send it, by its `SenderKinds`.
 """
 
 from __future__ import annotations
