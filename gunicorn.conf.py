@@ -23,7 +23,10 @@ def _whole_number(name, default):
 
 bind = f"0.0.0.0:{_whole_number('PORT', '8000')}"
 workers = _whole_number("WEB_CONCURRENCY", "2")
-worker_class = "gthread"
+# gthread, with each request read whole in the worker's event loop before a thread
+# takes it (slow clients tie no thread) and connections shared out evenly between
+# the workers: caselink/serving.py says how and why.
+worker_class = "caselink.serving.BufferingWorker"
 # Webhooks wait on the database (a write lock shared by the processes, or
 # PostgreSQL's round trips), and concurrent ones share a transaction: eight
 # threads keep the CPUs busy and the transactions full (bench/ack_throughput.py).
@@ -82,7 +85,7 @@ def post_worker_init(worker):
     # batch the size of the thread count would never fill).
     threads = worker.cfg.threads
     worker.wsgi.extensions["caselink"].store.expect_concurrent_writers(
-        lambda: min(threads, getattr(worker, "nr_conns", threads))
+        lambda: min(threads, getattr(worker, "conns_in_use", threads))
     )
     # One delivery worker per gunicorn instance, in whichever process holds this
     # lock: its rate-limit budget is then the instance's, and when that process
