@@ -34,6 +34,7 @@ requests are read by threads as in gthread.
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import socket
@@ -178,7 +179,7 @@ class BufferingWorker(ThreadWorker):
         """Hand the request to a thread once complete, or refuse it; True when the connection left the loop."""
         try:
             complete = conn.read_enough(self.body_limit)
-        except _Refused as refusal:
+        except _RefusedError as refusal:
             if registered:
                 self._unregister(conn)
             self._answer_and_close(conn, refusal.status, refusal.code, refusal.message)
@@ -248,7 +249,7 @@ class BufferingWorker(ThreadWorker):
             pass
 
     def _answer_and_close(self, conn: BufferedConn, status: int, code: str, message: str) -> None:
-        body = ('{"error":{"code":"%s","message":"%s"}}' % (code, message)).encode()
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -270,7 +271,7 @@ _READ = 1  # selectors.EVENT_READ
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
@@ -303,15 +304,15 @@ class BufferedConn(TConn):
         self.chunk_at = None
 
     def read_enough(self, body_limit: int) -> bool:
-        """Whether the buffer holds the whole request; raises _Refused for a head too large."""
+        """Whether the buffer holds the whole request; raises _RefusedError for a head too large."""
         if not self.head_end:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > HEAD_LIMIT:
-                    raise _Refused(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
+                    raise _RefusedError(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
                 return False
             if end + 4 > HEAD_LIMIT:
-                raise _Refused(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
+                raise _RefusedError(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
             if self._read_head(end, body_limit):
                 return True
         if self.body_end is not None:
