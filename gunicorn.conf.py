@@ -76,6 +76,11 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    from caselink import logs
+
+    # Request threads queue their log line; a thread of its own writes the lines,
+    # so none of them waits on stdout (a pipe a log router may drain slowly).
+    logs.write_in_background()
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()
@@ -101,9 +106,12 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    from caselink import logs
+
     service = getattr(worker, "wsgi", None)
     if service is not None and "caselink" in getattr(service, "extensions", {}):
         service.extensions["caselink"].stop_worker(grace=graceful_timeout - 5)
+    logs.flush()  # every line logged, the delivery worker's last ones included, before the process ends
 
 
 def child_exit(server, worker):
