@@ -1,6 +1,7 @@
 """Slow clients: is caselink still answering while hundreds of connections trickle in a byte a second?
 
-Each round starts caselink afresh (dry-run, a fresh SQLite file, the repo's gunicorn.conf.py),
+Each round starts caselink afresh (dry-run, a fresh SQLite file, the repo's gunicorn.conf.py, in the
+deployed environment: PYTHONUNBUFFERED=1, its output read through a pipe),
 measures webhook acknowledgements per second with the ack benchmark's generator, then opens
 `--slow` connections that send a request a byte per second, half of them stuck in the head
 (`POST /webhooks/datadog HTTP/1.1`, `Host: x`, then one header byte a second) and half in the
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             env = harness.caselink_env(f"sqlite:///{workdir / f'round-{number}.db'}", None)
             harness.migrate(env)
-            process, port = harness.web(f"caselink-{number}", env, workdir)
+            process, port = harness.web(f"caselink-{number}", env, workdir, deployed=True)
             processes.append(process)
             bodies = Bodies(default_fixture(), port)
             if use_wrk:
