@@ -58,7 +58,7 @@ DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 # How long a worker holding more connections than a sibling leaves a waiting connection to it.
 ACCEPT_DEFER = 0.01
 # Sibling workers whose loads are shared (gunicorn workers of one master).
-MAX_WORKERS = 256
+MAX_WORKERS = 64
 
 _RECV = 64 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -267,3 +267,36 @@ def test_every_worker_takes_its_share_of_keep_alive_connections_opened_together(
         assert sum(split) == 32
         assert max(split) <= 20, f"connections per worker {split}: one worker took most of them"
         time.sleep(0.3)
+
+
+# -- the shared load (unit) ---------------------------------------------------------------
+
+
+class _Worker:
+    pid: int | str = "[booting]"
+
+
+def test_a_worker_accepts_only_while_no_live_sibling_holds_fewer_connections():
+    import subprocess
+    import sys
+
+    from caselink.serving import _Loads
+
+    loads = _Loads()
+    mine, sibling, gone = _Worker(), _Worker(), _Worker()
+    slots = [loads.reserve(worker) for worker in (mine, sibling, gone)]
+    assert len(set(slots)) == 3, "each worker has a slot of its own"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pids = (os.getpid(), os.getppid(), int(finished.stdout))
+    for worker, slot, pid in zip((mine, sibling, gone), slots, pids, strict=True):
+        worker.pid = pid
+        loads.claim(slot, pid)  # what each worker does once forked
+    loads.publish(slots[0], 3)
+    loads.publish(slots[1], 3)
+    loads.publish(slots[2], 0)  # a sibling killed without a word still shows its count
+
+    assert loads.least_loaded(slots[0], 3) is True  # ties share; the dead one does not count
+    assert loads._cells[2 * slots[2]] == 0  # noqa: SLF001 - and its slot is free again
+    assert loads.least_loaded(slots[0], 4) is False
+    loads.release(slots[1])
+    assert loads.least_loaded(slots[0], 4) is True
