@@ -16,6 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from caselink.serving import HEAD_LIMIT
+from caselink.serving import HEAD_TIMEOUT
 from caselink.serving import BufferedConn
 from caselink.serving import _RefusedError
 from tests.conftest import fixture_bytes
@@ -169,24 +170,39 @@ class Trickle:
             sock.close()
 
 
+SLOW = {
+    # What gunicorn's gthread worker gave a thread each, for as long as the client kept sending.
+    "head": (b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\n", b"X-Slow: a\r\n"),
+    "body": (b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"{}"),
+}
+
+
 @pytest.mark.slow
-def test_slow_header_and_body_clients_leave_healthz_and_webhooks_answered_promptly(stack):
+@pytest.mark.parametrize("stuck_in", ["head", "body"])
+def test_clients_sending_a_byte_a_second_leave_healthz_and_webhooks_answered_promptly(stack, stuck_in):
     web = stack.service(WEB_CONCURRENCY="2")
-    heads = [b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\n"] * 12
-    heads += [b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"] * 16
-    trickle = [b"X-Slow: a\r\n"] * 12 + [b"{}"] * 16
-    slow = Trickle(web.port, heads, trickle)
+    head, trickle = SLOW[stuck_in]
+    # More slow connections than the two processes have request threads (2 x 8).
+    slow = Trickle(web.port, [head] * 20, [trickle] * 20)
     payload = json.loads(fixture_bytes("datadog", "incident-created.json"))
+    opened = time.monotonic()
     try:
         time.sleep(1.5)
         for number in range(4):
             started = time.monotonic()
             health = web.http.get(web.url + "/healthz", timeout=5, headers={"Connection": "close"})
-            payload["id"] = f"slow-clients-{number}"
+            payload["id"] = f"slow-clients-{stuck_in}-{number}"
             webhook = web.post("datadog", json.dumps(payload), headers={"Connection": "close"})
             elapsed = time.monotonic() - started
             assert (health.status_code, webhook.status_code) == (200, 202), webhook.text
             assert elapsed < 2.0, f"answered in {elapsed:.2f} s with slow clients open"
+        if stuck_in == "head":
+            # A head still incomplete after HEAD_TIMEOUT is answered 408 and its connection closed.
+            time.sleep(max(0.0, opened + HEAD_TIMEOUT + 1.0 - time.monotonic()))
+            slow.stopped.set()
+            answer = slow.sockets[0].recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
     finally:
         slow.close()
 
