@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -316,3 +317,18 @@ def test_a_worker_accepts_only_while_no_live_sibling_holds_fewer_connections():
     assert loads.least_loaded(slots[0], 4) is False
     loads.release(slots[1])
     assert loads.least_loaded(slots[0], 4) is True
+
+
+@pytest.mark.slow
+def test_a_stopping_service_answers_a_request_still_arriving_503_and_exits_promptly(stack):
+    web = stack.service()
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        time.sleep(0.5)
+        stopping = time.monotonic()
+        web.signal(signal.SIGTERM)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "server_stopping"
+    web.popen.wait(15)
+    assert time.monotonic() - stopping < 10
