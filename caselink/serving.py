@@ -148,9 +148,7 @@ class BufferingWorker(ThreadWorker):
     # -- reading requests in the event loop ----------------------------------------
 
     def enqueue_req(self, conn: TConn) -> None:
-        if not self.buffering or not isinstance(conn, BufferedConn) or conn.complete:
-            if isinstance(conn, BufferedConn):
-                conn.complete = False
+        if not self.buffering or not isinstance(conn, BufferedConn):
             super().enqueue_req(conn)
             return
         if conn.parser is not None:
@@ -305,12 +303,10 @@ class BufferedConn(TConn):
         self.head_end = 0
         self.body_end: int | None = None  # for a body of declared length
         self.chunk_at: int | None = None  # for a chunked body: where the next chunk starts
-        self.complete = False
         self.body_unread = False
 
     def next_request(self) -> None:
         """The request in the buffer is complete: a thread takes it, and the next starts afresh."""
-        self.complete = True
         self.deadline = None
         self.head_end = 0
         self.body_end = None

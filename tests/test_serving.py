@@ -143,10 +143,13 @@ def test_expect_100_continue_is_answered_by_the_worker_and_the_header_dropped(co
 class Trickle:
     """Connections that send a request head, then one more byte a second (or stop, for a body)."""
 
-    def __init__(self, port: int, heads: list[bytes], trickle: list[bytes]) -> None:
+    def __init__(self, port: int, heads: list[bytes], trickle: list[bytes], before: bytes | None = None) -> None:
         self.sockets = []
         for head in heads:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if before is not None:  # a request answered first: the slow one comes on a kept-alive connection
+                sock.sendall(before)
+                _read_answer(sock)
             sock.sendall(head)
             self.sockets.append(sock)
         self.trickle = trickle
@@ -175,16 +178,22 @@ SLOW = {
     # What gunicorn's gthread worker gave a thread each, for as long as the client kept sending.
     "head": (b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\n", b"X-Slow: a\r\n"),
     "body": (b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"{}"),
+    "second head": (b"POST /webhooks/datadog HTTP/1.1\r\nHost: x\r\n", b"X-Slow: a\r\n"),
+    "pipelined head": (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /webhooks/datadog HTTP/1.1\r\nHost: x\r\n",
+        b"X-Slow: a\r\n",
+    ),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stuck_in", ["head", "body"])
+@pytest.mark.parametrize("stuck_in", list(SLOW))
 def test_clients_sending_a_byte_a_second_leave_healthz_and_webhooks_answered_promptly(stack, stuck_in):
     web = stack.service(WEB_CONCURRENCY="2")
     head, trickle = SLOW[stuck_in]
     # More slow connections than the two processes have request threads (2 x 8).
-    slow = Trickle(web.port, [head] * 20, [trickle] * 20)
+    before = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" if stuck_in == "second head" else None
+    slow = Trickle(web.port, [head] * 20, [trickle] * 20, before)
     payload = json.loads(fixture_bytes("datadog", "incident-created.json"))
     opened = time.monotonic()
     try:
