@@ -142,6 +142,9 @@ class _Listener(logging.handlers.QueueListener):
     """The standard QueueListener, with lines for records: it writes what has queued up in one write."""
 
     batch = 512
+    # After each write the thread lets lines gather this long: woken for every line, it
+    # would take the GIL from the request threads once per webhook.
+    gather = 0.005
 
     def __init__(self, lines: queue.SimpleQueue[Any]) -> None:
         super().__init__(lines)  # type: ignore[arg-type]
@@ -151,6 +154,7 @@ class _Listener(logging.handlers.QueueListener):
         self._pending.append(record)
         if len(self._pending) >= self.batch or self.queue.empty():  # type: ignore[attr-defined]
             self._write_pending()
+            time.sleep(self.gather)
 
     def stop(self) -> None:
         super().stop()
