@@ -70,10 +70,18 @@ def _verbose_option(command: Any) -> Any:
     return click.option("--verbose", "-v", is_flag=True, help="Say which database is read.")(command)
 
 
-def _reading(verbose: bool) -> Store:
+def _reading(verbose: bool, *, check: bool = True) -> Store:
+    """The store, after saying which database it is when asked, and checking its schema
+    (a database that is not caselink's, or not yet migrated, is named, not a traceback)."""
     store = _service().store
     if verbose:
         click.echo(f"database: {store.describe()}", err=True)
+    if check:
+        try:
+            store.check_schema()
+        except CaselinkError as exc:
+            click.echo(f"{store.describe()}: {exc.message}", err=True)
+            sys.exit(1)
     return store
 
 
@@ -447,7 +455,7 @@ def db_upgrade(verbose: bool) -> None:
     """Bring the database schema up to this release."""
     from caselink import migrations
 
-    store = _reading(verbose)
+    store = _reading(verbose, check=False)
     before = migrations.current_revision(store.engine)
     migrations.upgrade(store.engine)
     after = migrations.current_revision(store.engine)
@@ -460,7 +468,7 @@ def db_current(verbose: bool) -> None:
     """Show the schema revision of the database and of this release."""
     from caselink import migrations
 
-    store = _reading(verbose)
+    store = _reading(verbose, check=False)
     click.echo(
         f"database: {migrations.current_revision(store.engine) or 'empty'}; release: {migrations.head_revision()}"
     )
