@@ -23,12 +23,14 @@ log = logs.get("housekeeping")
 
 @dataclass
 class Report:
-    """What one round did: events counted in the statistics, deleted (or due, in a dry run), kept."""
+    """What one round did: events counted in the statistics, deleted (or due, in a dry run), kept
+    for their unfinished links; how long it took and its longest write transaction (seconds)."""
 
     counted: int = 0
     deleted: int = 0
     kept: int = 0
     seconds: float = 0.0
+    longest_write: float = 0.0  # the longest prune write transaction, seconds
 
 
 class Housekeeper:
@@ -36,8 +38,11 @@ class Housekeeper:
 
     count_batch = 500
     prune_batch = 200
-    # Between two batches: time for the webhooks queued on the write lock.
+    # Between two batches, at least `pause` seconds and `yield_share` times what the batch took:
+    # the webhooks queued on the write lock (SQLite) and on the CPU take their turn, and a large
+    # backlog (retention set on an old database) is pruned at a steady fraction of the machine.
     pause = 0.02
+    yield_share = 4.0
 
     def __init__(
         self,
@@ -64,22 +69,27 @@ class Housekeeper:
         started = time.monotonic()
         report = Report()
         while not dry_run and not stop.is_set():
+            took = time.monotonic()
             counted = self.store.count_rule_stats(limit=self.count_batch, now=self.clock())
+            took = time.monotonic() - took
             report.counted += counted
             if counted < self.count_batch:
                 break
-            stop.wait(self.pause)
+            stop.wait(max(self.pause, took * self.yield_share))
         before = self.clock() - self.retention
         after = 0
         while not stop.is_set():
+            took = time.monotonic()
             batch = self.store.prune_events(before, after_id=after, limit=self.prune_batch, dry_run=dry_run)
+            took = time.monotonic() - took
             report.deleted += batch.deleted
             report.kept += batch.kept
+            report.longest_write = max(report.longest_write, batch.write_seconds)
             after = batch.last_id
             if batch.done:
                 break
             if batch.deleted:
-                stop.wait(self.pause)
+                stop.wait(max(self.pause, took * self.yield_share))
         report.seconds = time.monotonic() - started
         return report
 

@@ -87,12 +87,14 @@ class RuleStats:
 @dataclass(frozen=True)
 class PruneBatch:
     """One batch of `prune_events`: events deleted (or that would be, in a dry run), events kept
-    because a link of theirs is not final, the last id looked at, and whether no older event is left."""
+    because a link of theirs is not final, the last id looked at, whether no older event is left,
+    and how long the write transaction took (seconds)."""
 
     deleted: int
     kept: int
     last_id: int
     done: bool
+    write_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -999,40 +1001,48 @@ class Store:
         stops at the first one young enough to keep: ids follow arrival, so no
         index on received_at is needed (nor paid for on every webhook).
         """
+        # Links not yet final are few (the queue); read first, so a link finished meanwhile keeps its event.
+        busy = self._unfinished_links()
         with self.transaction(write=False) as connection:
             mark = int(connection.execute(_WATERMARK).scalar() or 0)
             rows = connection.execute(
-                sa.select(events.c.id, events.c.received_at, events.c.trace)
+                sa.select(events.c.id, events.c.received_at, events.c.links_planned)
                 .where(events.c.id > after_id, events.c.id <= mark)
                 .order_by(events.c.id)
                 .limit(limit)
             ).all()
-            busy = None
+            old = [row for row in rows if row.received_at < before]
+            if len(old) < len(rows):
+                # Ids follow arrival: the first young event ends the walk.
+                old = old[: next(index for index, row in enumerate(rows) if row.received_at >= before)]
+            # Only an event that planned links while some link is unfinished needs its trace read.
+            planning = [row.id for row in old if row.links_planned] if busy else []
+            traces = (
+                dict(connection.execute(sa.select(events.c.id, events.c.trace).where(events.c.id.in_(planning))).all())
+                if planning
+                else {}
+            )
         doomed: list[int] = []
         kept = 0
-        done = len(rows) < limit
-        last = after_id
-        for row in rows:
-            if row.received_at >= before:
-                done = True
-                break
-            last = row.id
-            keys = {
-                (link["parent"], link["relationship"], link["child"])
-                for outcome in row.trace or ()
+        for row in old:
+            trace = traces.get(row.id) or ()
+            if any(
+                (link["parent"], link["relationship"], link["child"]) in busy
+                for outcome in trace
                 for link in outcome.get("links", ())
-            }
-            if keys:
-                if busy is None:
-                    busy = self._unfinished_links()
-                if keys & busy:
-                    kept += 1
-                    continue
+            ):
+                kept += 1
+                continue
             doomed.append(row.id)
+        seconds = 0.0
         if doomed and not dry_run:
+            started = time.perf_counter()
             with self.transaction() as connection:
                 connection.execute(events.delete().where(events.c.id.in_(doomed)))
-        return PruneBatch(deleted=len(doomed), kept=kept, last_id=last, done=done)
+            seconds = time.perf_counter() - started
+        done = len(rows) < limit or len(old) < len(rows)
+        last = old[-1].id if old else after_id
+        return PruneBatch(deleted=len(doomed), kept=kept, last_id=last, done=done, write_seconds=seconds)
 
     def _unfinished_links(self) -> set[tuple[str, str, str]]:
         """The planned keys ('CASE:OPS-42', relationship, …) of links not yet final."""
