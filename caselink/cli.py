@@ -550,7 +550,8 @@ def events_show(event_id: int, as_json: bool, verbose: bool) -> None:
     try:
         record = store.get_event(event_id)
     except CaselinkError as exc:
-        click.echo(exc.message, err=True)
+        retention = _days(_service().settings.event_retention)
+        click.echo(f"{exc.message} (events are kept for EVENT_RETENTION={retention})", err=True)
         _say_if_empty(store)
         sys.exit(1)
     if as_json:

@@ -95,7 +95,7 @@ def test_events_show_prints_the_explain_record_with_each_link_state(client, runn
     )
     missing = invoke(runner, "events", "show", "999")
     assert missing.exit_code == 1
-    assert "no event 999" in missing.output
+    assert "no event 999 (events are kept for EVENT_RETENTION=30d)" in missing.output
 
 
 @pytest.mark.parametrize(
