@@ -128,6 +128,25 @@ def database_bytes(store: Store, url: str) -> int:
         return int(connection.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
 
 
+def table_bytes(store: Store) -> dict[str, int] | None:
+    """Bytes per table with its indexes (PostgreSQL; SQLite when built with dbstat)."""
+    tables = ("events", "links", "rule_links", "rule_stats", "service_state")
+    with store.engine.connect() as connection:
+        if store.dialect == "postgresql":
+            return {
+                table: int(connection.exec_driver_sql(f"SELECT pg_total_relation_size('{table}')").scalar_one())
+                for table in tables
+            }
+        try:
+            rows = connection.exec_driver_sql(
+                "SELECT coalesce(m.tbl_name, s.name), sum(s.pgsize) FROM dbstat s"
+                " LEFT JOIN sqlite_master m ON m.name = s.name GROUP BY 1"
+            ).all()
+        except Exception:  # noqa: BLE001 - SQLite built without dbstat
+            return None
+        return {str(name): int(size) for name, size in rows}
+
+
 def count_rows(store: Store, table: str) -> int:
     with store.engine.connect() as connection:
         return int(connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())  # noqa: S608 - a fixed name
@@ -199,6 +218,7 @@ def size_run(kind: str, databases: Databases, args: argparse.Namespace, payloads
                 print(f"  {kind} day {day + 1}: {days[-1]['bytes'] / 1e6:.1f} MB, {days[-1]['events']} events")
         stats = store.rule_stats(None)
         links = count_rows(store, "links")
+        tables = table_bytes(store)
     finally:
         store.dispose()
     settled = days[args.retention]  # the first day after which every day prunes one
@@ -212,6 +232,7 @@ def size_run(kind: str, databases: Databases, args: argparse.Namespace, payloads
         "retained_events_at_end": last["events"],
         "bytes_per_retained_event": round(last["bytes"] / last["events"]),
         "links_at_end": links,
+        "table_bytes_at_end": tables,
         "matched_counted_all_time": sum(rule.matched for rule in stats.values()),
         "events_recorded": per_day * args.days,
         "insert_events_per_second": round(per_day * args.days / insert_seconds),

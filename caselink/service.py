@@ -173,8 +173,9 @@ class Service:
         that cannot be retried now.
         """
         if self.settings.dry_run and self.store.get_link(link_id)["state"] == "dry_run":
+            until = "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
             raise ConflictError(
-                f"link {link_id} was planned in dry-run and cannot be sent until DD_API_KEY and DD_APP_KEY are set "
+                f"link {link_id} was planned in dry-run and cannot be sent until {until} "
                 f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
             )
         return self.store.retry(link_id)
