@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from caselink import migrations
+from caselink.events import Event
 from caselink.housekeeping import Housekeeper
 from caselink.rules import Evaluation
 from caselink.rules import RuleOutcome
@@ -223,3 +224,27 @@ def test_the_housekeeper_runs_in_the_background_until_stopped(store):
 
     assert stored_ids(store) == []
     assert store.rule_stats(None)["r1"].matched == 1
+
+
+def test_events_are_found_by_source_kind_outcome_and_window(store):
+    linked = receive(store, "a", NOW - DAY)
+    quiet = receive(store, "b", NOW - 2 * DAY, unmatched())
+    [unreadable] = store.record(
+        [(Event(source="datadog", kind="unrecognised", dedup_key="c", problem="not JSON"), Evaluation([]))],
+        ruleset="abc",
+        dry_run=False,
+        now=NOW - 3 * DAY,
+    )
+
+    def ids(**filters):
+        return [row["id"] for row in store.find_events(**filters)]
+
+    assert ids() == [unreadable.id, quiet, linked]
+    assert ids(outcome="linked") == [linked]
+    assert ids(outcome="not-linked") == [quiet]
+    assert ids(outcome="unrecognised") == [unreadable.id]
+    assert ids(outcome="rejected") == []
+    assert ids(since=NOW - 2.5 * DAY) == [quiet, linked]
+    assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
+    assert ids(source="pagerduty") == []
+    assert ids(limit=1) == [unreadable.id]
