@@ -160,11 +160,12 @@ def test_pruning_keeps_an_event_whose_link_is_not_final(store, state):
     with store.engine.begin() as connection:
         connection.execute(links.update().where(links.c.child_ref == "OPS-2").values(state="dead"))
     receive(store, "nothing", NOW - 40 * DAY + 2, unmatched())
+    young = receive(store, "young", NOW - DAY, unmatched())
 
     report = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW).round()
 
     assert (report.deleted, report.kept) == (2, 1)
-    assert stored_ids(store) == [waiting]
+    assert stored_ids(store) == [waiting, young]
     assert sorted(link_states(store)) == sorted([state, "dead"])
 
 
@@ -172,11 +173,12 @@ def test_pruning_keeps_an_event_whose_link_is_not_final(store, state):
 def test_pruning_deletes_an_event_whose_links_are_final(store, state):
     receive(store, "a", NOW - 40 * DAY, dry_run=state == "dry_run")
     set_link_state(store, state)
+    young = receive(store, "young", NOW - DAY, unmatched())
 
     report = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW).round()
 
     assert report.deleted == 1
-    assert stored_ids(store) == []
+    assert stored_ids(store) == [young]
     assert link_states(store) == [state]
 
 
@@ -193,12 +195,13 @@ def test_pruning_never_deletes_an_event_not_yet_counted(store):
 def test_a_dry_run_of_pruning_counts_what_would_go_and_changes_nothing(store):
     receive(store, "a", NOW - 40 * DAY)
     set_link_state(store, "delivered")
+    receive(store, "young", NOW - DAY, unmatched())
     store.count_rule_stats(now=NOW, settle=0)
 
     report = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW).round(dry_run=True)
 
     assert report.deleted == 1
-    assert len(stored_ids(store)) == 1
+    assert len(stored_ids(store)) == 2
 
 
 def test_a_redelivered_event_after_pruning_plans_no_second_link(store):
@@ -214,15 +217,16 @@ def test_a_redelivered_event_after_pruning_plans_no_second_link(store):
 def test_the_housekeeper_runs_in_the_background_until_stopped(store):
     receive(store, "a", time.time() - 40 * DAY)
     set_link_state(store, "delivered")
+    young = receive(store, "young", time.time() - DAY, unmatched())
     keeper = Housekeeper(store, retention=30 * DAY, interval=0.05)
 
     keeper.start()
     deadline = time.monotonic() + 10
-    while stored_ids(store) and time.monotonic() < deadline:
+    while stored_ids(store) != [young] and time.monotonic() < deadline:
         time.sleep(0.02)
     keeper.stop()
 
-    assert stored_ids(store) == []
+    assert stored_ids(store) == [young]
     assert store.rule_stats(None)["r1"].matched == 1
 
 
@@ -248,3 +252,16 @@ def test_events_are_found_by_source_kind_outcome_and_window(store):
     assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
     assert ids(source="pagerduty") == []
     assert ids(limit=1) == [unreadable.id]
+
+
+def test_events_that_arrive_after_everything_was_pruned_are_counted(store):
+    for index in range(3):
+        receive(store, f"old{index}", NOW - 40 * DAY + index)
+    set_link_state(store, "delivered")
+    Housekeeper(store, retention=30 * DAY, clock=lambda: NOW).round()
+
+    receive(store, "new", NOW)
+    report = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW + 60).round()
+
+    assert report.counted == 1
+    assert store.rule_stats(None)["r1"].matched == 4

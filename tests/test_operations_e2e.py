@@ -128,12 +128,14 @@ def test_a_dry_run_worker_stays_up_delivers_nothing_keeps_house_and_stops_cleanl
     stack.migrate(env)
     store = open_store(stack.database_url)
     old = seed(store, "old", time.time() - 40 * DAY, "OPS-1", dry_run=True)
+    young = seed(store, "young", time.time() - DAY, "OPS-1", dry_run=True)
 
     worker = stack.worker(DD_API_KEY="", DD_APP_KEY="")
     wait_for(lambda: old not in event_ids(store), timeout=20, interval=0.2, message="the old event pruned")
     time.sleep(1)
 
     assert worker.running
+    assert event_ids(store) == {young}
     assert "delivers nothing until the keys are set" in worker.logs()
     assert worker.stop() == 0
     assert [row["state"] for row in store.list_links()] == ["dry_run"]
