@@ -133,6 +133,7 @@ class Store:
         self._wake = _Wakeup(url if self.dialect == "sqlite" else None)
         self._ingest_connection: Any = None
         self._known_links = _KnownLinks()
+        self._rule_links_written: set[tuple[str, str, str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -941,13 +942,18 @@ class Store:
                         for (rule, hour), (m, p, at) in sums.items()
                     ],
                 )
-            if planned:
-                connection.execute(_RULE_LINK, [_rule_link_params(*entry) for entry in planned])
+            # Most events plan links some event planned before: each pair is written once per process.
+            fresh = planned - self._rule_links_written
+            if fresh:
+                connection.execute(_RULE_LINK, [_rule_link_params(*entry) for entry in fresh])
             connection.execute(
                 service_state.update()
                 .where(service_state.c.name == _STATS_WATERMARK)
                 .values(value=str(counted[-1].id), updated_at=now)
             )
+        if len(self._rule_links_written) > 50_000:
+            self._rule_links_written.clear()
+        self._rule_links_written |= fresh
         return len(counted)
 
     def rule_stats(self, since: datetime | None = None) -> dict[str, RuleStats]:
@@ -990,7 +996,7 @@ class Store:
             stats.setdefault(rule, RuleStats(rule, 0, 0, int(count), None))
         return stats
 
-    def prune_events(self, before: float, *, after_id: int = 0, limit: int = 200, dry_run: bool = False) -> PruneBatch:
+    def prune_events(self, before: float, *, after_id: int = 0, limit: int = 100, dry_run: bool = False) -> PruneBatch:
         """Delete up to `limit` events received before `before`, oldest first, after `after_id`.
 
         Kept: events not yet counted in the per-rule statistics, and events with
