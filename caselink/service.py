@@ -226,7 +226,7 @@ def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     finally:
         store.dispose()
     ruleset = load_rules(settings.rules_file, sources=tuple(sources))
-    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}"]
+    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}", *ruleset.warnings]
     if settings.dry_run:
         notes.append(f"dry-run: {settings.dry_run_reason}; links are planned and recorded, never sent to Datadog")
     else:

@@ -49,6 +49,7 @@ from caselink.errors import SchemaError
 from caselink.errors import StoreUnavailableError
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import canonical_kind
 from caselink.rules import Evaluation
 from caselink.schema import LINK_STATES
 from caselink.schema import MAX_KEY
@@ -864,7 +865,8 @@ class Store:
         if source is not None:
             query = query.where(events.c.source == source)
         if kind is not None:
-            query = query.where(events.c.kind == kind)
+            # Kinds are stored canonical (rows from before, as written: both are matched).
+            query = query.where(events.c.kind.in_({kind, canonical_kind(kind)}))
         if since is not None:
             query = query.where(events.c.received_at >= since)
         if outcome is not None:
@@ -1524,7 +1526,8 @@ def _event_summary(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
         "source": row["source"],
-        "kind": row["kind"],
+        # Rows stored before kinds were canonical read as new ones are written.
+        "kind": canonical_kind(row["kind"]),
         "entity": f"{row['entity_type']}:{row['entity_id']}" if row["entity_type"] else None,
         "title": row["title"],
         "received_at": _iso(row["received_at"]),

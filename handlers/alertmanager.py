@@ -20,6 +20,7 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
 from caselink.normalise import first_text
 from caselink.normalise import label_tags
 from caselink.normalise import mapping
@@ -60,7 +61,7 @@ def group_events(source: str, payload: Any, request: WebhookRequest) -> list[Eve
             )
             continue
         status = first_text(alert.get("status"), group.get("status")).lower()
-        if not status:
+        if not canonical_kind(status):
             events.append(
                 unrecognised(source, narrowed, request, f"alerts[{index}].status is missing", part=f"alerts[{index}]")
             )

@@ -71,6 +71,7 @@ def test_events_list_filters_by_source_kind_outcome_and_window(service, client, 
     assert ids("--outcome", "unrecognised") == [unreadable]
     assert ids("--outcome", "rejected") == []
     assert ids("--kind", "incident.updated") == [not_linked]
+    assert ids("--kind", "Incident.Updated") == [not_linked]
     assert ids("--source", "pagerduty") == []
     assert ids("--limit", "2") == [old, unreadable]
     text = invoke(runner, "events", "list", "--outcome", "unrecognised").output

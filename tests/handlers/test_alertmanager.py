@@ -208,3 +208,16 @@ def test_odd_json_never_raises(body):
     for event in events(alertmanager, webhook("alertmanager", body)):
         assert event.source == "alertmanager"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize(("status", "kind"), [("FIRING", "alert.firing"), ("Resolved", "alert.resolved")])
+def test_the_status_in_canonical_form_is_the_kind(status, kind):
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", status))))
+
+    assert event.kind == kind
+
+
+def test_a_status_with_no_letter_or_digit_is_kept_as_unrecognised():
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", "--"), status="--")))
+
+    assert (event.kind, event.problem) == ("unrecognised", "alerts[0].status is missing")

@@ -113,9 +113,13 @@ def test_the_fixture_becomes_one_alert_create_event():
         ("Escalate", "alert.escalate", ""),
         ("AddNote", "alert.addnote", ""),
         ("Page the DBA", "alert.page_the_dba", ""),
+        ("Page Payments On-Call", "alert.page_payments_on_call", ""),
+        ("  Update  Priority ", "alert.update_priority", ""),
+        ("UpdatePriority", "alert.updatepriority", ""),
+        ("Run runbook: restart", "alert.run_runbook_restart", ""),
     ],
 )
-def test_the_action_lowercased_is_the_kind(action, kind, status):
+def test_the_action_in_canonical_form_is_the_kind(action, kind, status):
     [event] = events(opsgenie, webhook("opsgenie", with_action(action)))
 
     assert (event.kind, event.status) == (kind, status)
@@ -174,3 +178,10 @@ def test_odd_json_never_raises(body):
     for event in events(opsgenie, webhook("opsgenie", body)):
         assert event.source == "opsgenie"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize("action", ["", "  ", "???", " - "])
+def test_an_action_with_no_letter_or_digit_is_kept_as_unrecognised(action):
+    [event] = events(opsgenie, webhook("opsgenie", with_action(action)))
+
+    assert (event.kind, event.problem) == ("unrecognised", "action is missing or names no action")
