@@ -36,7 +36,7 @@ class Report:
 class Housekeeper:
     """Counts per-rule statistics and prunes events older than `retention` seconds."""
 
-    count_batch = 500
+    count_batch = 200
     # A delete of 100 events stays well under 100 ms, even on a busy machine (bench/retention.py).
     prune_batch = 100
     # Between two batches, at least `pause` seconds and `yield_share` times what the batch took:
