@@ -219,6 +219,10 @@ class Event:
     payload: Any = None
     # Set when the handler could not make sense of an authenticated payload.
     problem: str | None = None
+    # Hex SHA-256 of what the event was built from, when the handler leaves out of it parts
+    # of the payload that say who delivered it rather than what; empty: the store hashes
+    # the payload as it stores it. A dedup key repeated with another digest is a new event.
+    digest: str = ""
 
     def __post_init__(self) -> None:
         # Every sender's kind, and every stored one read back, in one form, so a rule

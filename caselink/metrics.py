@@ -33,6 +33,11 @@ WEBHOOKS = Counter(
 EVENTS = Counter(
     "caselink_events_total", "Events received, by source and whether they were new.", ["source", "outcome"]
 )
+DEDUP_CONFLICTS = Counter(
+    "caselink_dedup_conflicts_total",
+    "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
+    ["source"],
+)
 WEBHOOK_SECONDS = Histogram(
     "caselink_webhook_seconds",
     "Time to answer a webhook.",

@@ -29,6 +29,7 @@ from caselink.rules import LiveRules
 from caselink.rules import RuleSet
 from caselink.rules import did_you_mean
 from caselink.rules import load_rules
+from caselink.store import RecordedEvent
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
@@ -116,18 +117,12 @@ class Service:
         for (event, _), stored in zip(evaluated, recorded, strict=True):
             # Per-rule counts are not taken here: housekeeping counts them from the stored traces.
             metrics.TALLY.count(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new")
+            if stored.dedup_conflict and not stored.duplicate:
+                metrics.TALLY.count(metrics.DEDUP_CONFLICTS, event.source)
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,
-            [
-                {
-                    "id": stored.id,
-                    "kind": stored.kind,
-                    "duplicate": stored.duplicate,
-                    "links_planned": stored.links_planned,
-                }
-                for stored in recorded
-            ],
+            [_answer(stored) for stored in recorded],
             sum(stored.links_planned for stored in recorded if not stored.duplicate),
         )
 
@@ -216,6 +211,19 @@ class Service:
             self.housekeeper.stop()
         if self.worker is not None:
             self.worker.stop(grace)
+
+
+def _answer(stored: RecordedEvent) -> dict[str, Any]:
+    """One event of a webhook's answer; `dedup_conflict` only where it is true, so the usual answer stays short."""
+    answer: dict[str, Any] = {
+        "id": stored.id,
+        "kind": stored.kind,
+        "duplicate": stored.duplicate,
+        "links_planned": stored.links_planned,
+    }
+    if stored.dedup_conflict:
+        answer["dedup_conflict"] = True
+    return answer
 
 
 def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:

@@ -57,14 +57,12 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     action = re.sub(r"\s+", "_", text(mapping(payload).get("action")).strip().lower())
     if not canonical_kind(action):
         return [unrecognised(SOURCE, payload, request, "action is missing or names no action")]
-    alert_id = first_text(alert.get("alertId"))
-    updated = first_text(alert.get("updatedAt"), alert.get("createdAt"))
     team = first_text(alert.get("team"))
     return [
         Event(
             source=SOURCE,
             kind=f"alert.{action}",
-            dedup_key=f"{alert_id}:{action}:{updated}" if alert_id else body_digest(request.body),
+            dedup_key=_dedup_key(mapping(payload), alert, action) or body_digest(request.body),
             # Opsgenie's message is the alert's one-line title; the description is the long text.
             title=first_text(alert.get("message")),
             message=first_text(alert.get("description")),
@@ -78,3 +76,20 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
             payload=payload,
         )
     ]
+
+
+def _dedup_key(payload: Mapping[str, Any], alert: Mapping[str, Any], action: str) -> str:
+    """Alert id + action + update time, and for an escalation whom it notified and which repeat.
+
+    An Escalate delivery may carry nothing of the alert but its id, and one
+    escalation notifies a user, then a team: without `escalationNotify` and
+    `repeatCount` every step of it would share one key.
+    """
+    alert_id = first_text(alert.get("alertId"))
+    if not alert_id:
+        return ""
+    parts = [alert_id, action, first_text(alert.get("updatedAt"), alert.get("createdAt"))]
+    notified = first_text(mapping(payload.get("escalationNotify")).get("id"))
+    if notified or payload.get("escalationId") is not None:
+        parts += [first_text(payload.get("escalationId")), notified, first_text(payload.get("repeatCount"))]
+    return ":".join(parts)

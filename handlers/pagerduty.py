@@ -9,6 +9,9 @@ teams, priorities and incident types the event's data refers to, wherever
 they sit: on the incident, beside it (a responder request's escalation
 policy, a workflow's service) or as the data itself (service.updated).
 The `pagey.ping` test event is answered 200 and not stored.
+The dedup key is the signed body's `event.id`, never the unsigned X-Webhook-Id
+header: anyone who captured one signed delivery could vary that header to have
+it stored again as new events.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from caselink.normalise import unrecognised
 
 SOURCE = "pagerduty"
 SIGNATURE_HEADER = "X-PagerDuty-Signature"
-DELIVERY_HEADER = "X-Webhook-Id"
 PING = "pagey.ping"
 # The tag an object stands for: by its `type` (PagerDuty objects and their
 # references), else by the key it sits under (payloads written by hand, incident_type).
@@ -103,7 +105,7 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
         Event(
             source=SOURCE,
             kind=kind,
-            dedup_key=first_text(request.headers.get(DELIVERY_HEADER), event.get("id")) or body_digest(request.body),
+            dedup_key=first_text(event.get("id")) or body_digest(request.body),
             title=first_text(incident.get("title"), incident.get("summary"), data.get("summary"), data.get("name")),
             # A note's content, a status update's message, a service's description.
             message=first_text(data.get("content"), data.get("message"), data.get("description")),

@@ -248,6 +248,7 @@ def test_events_are_found_by_source_kind_outcome_and_window(store):
     assert ids(outcome="not-linked") == [quiet]
     assert ids(outcome="unrecognised") == [unreadable.id]
     assert ids(outcome="rejected") == []
+    assert ids(outcome="duplicate-conflict") == []
     assert ids(since=NOW - 2.5 * DAY) == [quiet, linked]
     assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
     assert ids(source="pagerduty") == []
@@ -265,3 +266,16 @@ def test_events_that_arrive_after_everything_was_pruned_are_counted(store):
 
     assert report.counted == 1
     assert store.rule_stats(None)["r1"].matched == 4
+
+
+def test_an_event_whose_dedup_key_repeated_with_other_content_is_found_as_a_duplicate_conflict(store):
+    first = receive(store, "same", NOW - DAY)
+    [again] = store.record(
+        [(event("same", digest="f" * 64), planning(("r1", causes())))], ruleset="abc", dry_run=False, now=NOW
+    )
+
+    found = [row["id"] for row in store.find_events(outcome="duplicate-conflict")]
+
+    assert again.dedup_conflict
+    assert found == [again.id]
+    assert first not in found

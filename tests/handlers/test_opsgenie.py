@@ -185,3 +185,16 @@ def test_an_action_with_no_letter_or_digit_is_kept_as_unrecognised(action):
     [event] = events(opsgenie, webhook("opsgenie", with_action(action)))
 
     assert (event.kind, event.problem) == ("unrecognised", "action is missing or names no action")
+
+
+def test_each_step_of_an_escalation_that_carries_only_the_alert_id_has_its_own_dedup_key():
+    first, second = (fixture_bytes("intake", f"og-escalate-{number}.json") for number in (1, 2))
+
+    [to_user] = events(opsgenie, webhook("opsgenie", first))
+    [to_team] = events(opsgenie, webhook("opsgenie", second))
+    [again] = events(opsgenie, webhook("opsgenie", first))
+
+    assert (to_user.kind, to_team.kind) == ("alert.escalate", "alert.escalate")
+    assert to_user.dedup_key != to_team.dedup_key
+    assert again.dedup_key == to_user.dedup_key
+    assert to_user.dedup_key.startswith("7ba97e3a-0000-4000-8000-000000000001:escalate:")
