@@ -43,7 +43,7 @@ from caselink.rules import Rule
 from caselink.schema import LINK_STATES
 from caselink.service import ExampleResult
 from caselink.service import Service
-from caselink.store import EVENT_OUTCOMES
+from caselink.store import EVENT_PAGE_OUTCOMES
 from caselink.store import EVENT_SEARCH_WINDOW
 from caselink.worker import CREDENTIALS_STATE
 
@@ -259,7 +259,7 @@ def events() -> str:
         filters=filters,
         active=active,
         sources=sorted(svc.handlers),
-        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_OUTCOMES],
+        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_PAGE_OUTCOMES],
         first_page=not request.args.get("before"),
         window=EVENT_SEARCH_WINDOW,
     )
