@@ -35,7 +35,8 @@ db_cli = AppGroup("db", help="Database schema migrations.")
 
 
 def _service() -> Service:
-    return current_app.extensions["caselink"]
+    found: Service = current_app.extensions["caselink"]
+    return found
 
 
 def _load(path: str | None) -> RuleSet:
@@ -137,7 +138,7 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
     except CaselinkError as exc:
         click.echo(f"{payload}: {exc.message}", err=True)
         sys.exit(1)
-    report = []
+    report: list[dict[str, Any]] = []
     for event in events:
         evaluation = ruleset.evaluate(event)
         report.append(
@@ -311,6 +312,7 @@ def links_retry(link_id: int | None, dead: bool) -> None:
     if dead:
         click.echo(f"{store.retry_dead()} dead link(s) queued again")
         return
+    assert link_id is not None  # without --dead, the check above demands a link ID
     try:
         row = store.retry(link_id)
     except CaselinkError as exc:

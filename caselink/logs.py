@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from typing import Any
+from typing import TextIO
 
 from caselink import jsontext
 
@@ -74,6 +75,7 @@ def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -
     if handler is None:
         logger.log(level, msg, extra={"fields": fields})
         return
+    # _sole_stdout_handler returns only a handler whose formatter is caselink's, which has line().
     line = handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)  # type: ignore[union-attr]
     try:
         _STDOUT.write(line)
@@ -160,7 +162,7 @@ class _Lines:
 _STDOUT = _Lines()
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever sys.stdout is now, so test capture and reopened streams work."""
 
     def __init__(self) -> None:
@@ -174,7 +176,7 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
             self.handleError(record)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 

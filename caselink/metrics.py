@@ -152,7 +152,8 @@ def render(count_links: Callable[[], dict[str, int]], multiproc_dir: str | None)
     TALLY.flush()
     if multiproc_dir:
         counters = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counters, path=multiproc_dir)
+        # prometheus_client leaves this constructor unannotated.
+        multiprocess.MultiProcessCollector(counters, path=multiproc_dir)  # type: ignore[no-untyped-call]
     else:
         counters = REGISTRY
     queue = CollectorRegistry()
