@@ -194,7 +194,7 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     ruleset = _load(rules_file)
     start = datetime.fromtimestamp(time.time() - window, UTC)
     ever, recent = store.rule_stats(None), store.rule_stats(start)
-    report = []
+    report: list[dict[str, Any]] = []
     for rule in ruleset.rules:
         failing = [result for result in _example_results(ruleset, rule) if result is not None]
         total, windowed = ever.get(rule.name), recent.get(rule.name)

@@ -998,7 +998,7 @@ class Store:
             delivered = delivered.where(links.c.delivered_at >= start)
         with self.transaction(write=False) as connection:
             counts = connection.execute(matched).all()
-            sent = dict(connection.execute(delivered).all())
+            sent: dict[str, int] = dict(connection.execute(delivered).all())
         stats = {
             rule: RuleStats(
                 rule=rule,
