@@ -263,7 +263,18 @@ def worker(once: bool, grace: float) -> None:
         sys.exit(1)
     delivery = svc.new_worker()
     if once:
-        delivery.run_until_idle()
+        try:
+            delivery.run_until_idle()
+        finally:
+            delivery.stop(grace)
+        if delivery.pause is not None:
+            waiting = svc.store.count_links()["pending"]
+            click.echo(
+                f"caselink worker: Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): {delivery.pause.reason}; "
+                f"{waiting} link(s) wait until the keys work",
+                err=True,
+            )
+            sys.exit(1)
         return
 
     def _stop(signum: int, _frame: Any) -> None:

@@ -80,6 +80,9 @@ class Job:
     child_id: str | None
     attempts: int
     token: str
+    # True when no earlier attempt can have sent this link to Datadog: never
+    # claimed before, so no POST of it can have been lost on the way.
+    first_attempt: bool = False
 
     def __str__(self) -> str:
         return f"{self.parent} {self.relationship} {self.child}"
@@ -463,6 +466,9 @@ class Store:
                 links.c.parent_id,
                 links.c.child_id,
                 links.c.attempts,
+                # Left as it was: every earlier attempt that ended sets it (the
+                # lease of one that never ended ran out, and its claim counted).
+                links.c.last_error,
             )
         )
         with self.transaction() as connection:
@@ -477,6 +483,7 @@ class Store:
                 child_id=row.child_id,
                 attempts=row.attempts,
                 token=token,
+                first_attempt=row.attempts == 1 and row.last_error is None,
             )
             for row in sorted(rows, key=lambda row: row.id)
         ]

@@ -21,6 +21,7 @@ from caselink.rules import RuleOutcome
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
+from tests.fake_datadog import BAD_ANSWERS
 from tests.fake_datadog import case_uuid
 from tests.servers import wait_for
 
@@ -299,3 +300,55 @@ def test_two_delivery_processes_share_one_rate_limit_and_stay_under_it(store, se
             windows[int(request.at)] = windows.get(int(request.at), 0) + 1
     assert max(windows.values()) <= 4
     assert {worker.name for worker in workers} <= {link["claimed_by"] for link in store.list_links()}
+
+
+def calls_per_second(fake_datadog) -> dict[int, int]:
+    """How many calls reached the fake in each calendar second (Datadog counts them as they arrive)."""
+    windows: dict[int, int] = {}
+    for request in list(fake_datadog.requests):
+        windows[int(request.at)] = windows.get(int(request.at), 0) + 1
+    return windows
+
+
+@pytest.mark.parametrize("how", ["run", "run_until_idle"])
+@pytest.mark.parametrize("answer", BAD_ANSWERS)
+def test_whatever_datadog_answers_a_worker_never_sends_more_than_its_failure_budget_a_second(
+    store, make_worker, fake_datadog, answer, how
+):
+    fake_datadog.configure(answer_all=answer)
+    for index in range(20):
+        plan(store, causes(index, f"OPS-{index}"))
+    worker = make_worker(dd_failed_calls_per_second=5)
+
+    if how == "run":
+        worker.start()
+        time.sleep(2.5)
+        worker.stop(grace=1)
+    else:
+        worker.run_until_idle(timeout=2.5)
+
+    windows = calls_per_second(fake_datadog)
+    assert windows, "the worker called Datadog at least once"
+    assert max(windows.values()) <= 5, windows
+    # Nothing was lost: each link is still waiting, or dead with the reason Datadog gave.
+    assert set(states(store)) <= {"pending", "dead"}
+    assert sum(states(store).values()) == 20
+
+
+def test_run_until_idle_stops_while_the_keys_are_rejected_and_leaves_the_link_waiting(
+    store, make_worker, fake_datadog
+):
+    fake_datadog.configure(reject_keys=True)
+    plan(store, causes(1))
+    worker = make_worker()
+
+    started = time.monotonic()
+    worker.run_until_idle(timeout=10)
+
+    assert time.monotonic() - started < 5
+    assert worker.pause is not None
+    assert len(fake_datadog.requests) <= 2
+    [link] = store.list_links()
+    assert (link["state"], link["attempts"]) == ("pending", 0)
+    # Due when the keys are probed next, not at once.
+    assert link["next_attempt_at"] > link["created_at"]
