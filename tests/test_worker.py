@@ -335,9 +335,7 @@ def test_whatever_datadog_answers_a_worker_never_sends_more_than_its_failure_bud
     assert sum(states(store).values()) == 20
 
 
-def test_run_until_idle_stops_while_the_keys_are_rejected_and_leaves_the_link_waiting(
-    store, make_worker, fake_datadog
-):
+def test_run_until_idle_stops_while_the_keys_are_rejected_and_leaves_the_link_waiting(store, make_worker, fake_datadog):
     fake_datadog.configure(reject_keys=True)
     plan(store, causes(1))
     worker = make_worker()
@@ -352,3 +350,39 @@ def test_run_until_idle_stops_while_the_keys_are_rejected_and_leaves_the_link_wa
     assert (link["state"], link["attempts"]) == ("pending", 0)
     # Due when the keys are probed next, not at once.
     assert link["next_attempt_at"] > link["created_at"]
+
+
+def test_a_storm_of_links_to_a_few_cases_costs_at_most_one_and_a_fifth_calls_a_link(store, make_worker, fake_datadog):
+    cases = [f"OPS-{number}" for number in range(10)]
+    for case in cases:
+        fake_datadog.add_case(case)
+    for index in range(100):
+        plan(store, causes(index, cases[index % 10]))
+
+    make_worker(worker_concurrency=4).run_until_idle()
+
+    assert states(store) == {"delivered": 100}
+    assert set(fake_datadog.link_counts().values()) == {1}
+    assert len(fake_datadog.link_counts()) == 100
+    calls = [(r.method, r.path.rsplit("/", 1)[0] if r.path.count("/") > 4 else r.path) for r in fake_datadog.requests]
+    # One case lookup and one listing per case, then one POST per link.
+    assert len(calls) <= 120, {call: calls.count(call) for call in set(calls)}
+
+
+def test_a_retry_after_an_ambiguous_failure_asks_datadog_again_instead_of_a_recent_listing(
+    store, make_worker, fake_datadog
+):
+    fake_datadog.configure(next_create=[503])
+    plan(store, causes(1))
+    plan(store, causes(2))
+    worker = make_worker(worker_concurrency=1, dd_link_list_window=60.0)
+
+    worker.run_until_idle()
+    time.sleep(0.1)
+    worker.run_until_idle()
+
+    assert states(store) == {"delivered": 2}
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    # The first delivery lists OPS-42's links, the second reuses that listing; the retry
+    # of the one that got a 503 lists again even though the listing is recent.
+    assert len(lists) == 2
