@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
+import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,13 @@ import click
 from flask import Flask
 from flask import current_app
 from flask.cli import AppGroup
+from flask.cli import ScriptInfo
 from flask.cli import with_appcontext
+from sqlalchemy.exc import DBAPIError
 
 from caselink.errors import CaselinkError
 from caselink.errors import RulesError
+from caselink.errors import StoreUnavailableError
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import Headers
@@ -28,6 +34,7 @@ from caselink.rules import RuleSet
 from caselink.rules import load_rules
 from caselink.schema import LINK_STATES
 from caselink.service import Service
+from caselink.store import database_error
 
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")
@@ -352,4 +359,43 @@ def db_current() -> None:
 
 def register(app: Flask) -> None:
     for command in (rules_cli, links_cli, db_cli, replay, worker):
+        for each in command.commands.values() if isinstance(command, click.Group) else [command]:
+            if each.callback is not None and not getattr(each.callback, "caselink_plain", False):
+                each.callback = _plain_errors(each.callback)
         app.cli.add_command(command)
+
+
+def _plain_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command so that a database it cannot use, or any CaselinkError, is one line
+    on stderr and exit status 1, never a traceback; the database is named by its
+    DATABASE_URL with the password masked."""
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        # The one line below says it all; the store's own log line would say it twice.
+        _loaded_service().store.report_unavailable = False
+        try:
+            return callback(*args, **kwargs)
+        except StoreUnavailableError as exc:
+            message = exc.operator
+        except CaselinkError as exc:
+            message = exc.message
+        except (DBAPIError, sqlite3.Error) as exc:
+            error = database_error(_database_url(), exc)
+            if error is None:
+                raise
+            message = error.operator
+        click.echo(f"caselink: {message}", err=True)
+        sys.exit(1)
+
+    run.caselink_plain = True  # type: ignore[attr-defined]
+    return run
+
+
+def _database_url() -> str:
+    return _loaded_service().settings.database_url
+
+
+def _loaded_service() -> Service:
+    """The service of the app the command runs with, outside its app context."""
+    return click.get_current_context().ensure_object(ScriptInfo).load_app().extensions["caselink"]
