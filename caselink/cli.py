@@ -266,7 +266,7 @@ def worker(once: bool, grace: float) -> None:
     try:
         svc.store.check_schema()
     except CaselinkError as exc:
-        click.echo(f"caselink worker: {exc.message}", err=True)
+        click.echo(f"caselink worker: {getattr(exc, 'operator', exc.message)}", err=True)
         sys.exit(1)
     delivery = svc.new_worker()
     if once:
