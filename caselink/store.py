@@ -147,8 +147,8 @@ class Store:
         guard = self._write_lock if write and self._write_lock is not None else nullcontext()
         try:
             with guard:
-                if write:
-                    self._check_file()
+                # Reads too: SQLite touching files that turned read-only under it can die of SIGBUS.
+                self._check_file()
                 with self.engine.connect() as connection:
                     try:
                         if not write:
@@ -242,6 +242,7 @@ class Store:
         """Raise SchemaError unless the database is at this release's migration head."""
         from caselink import migrations
 
+        self._check_file()
         try:
             current = migrations.current_revision(self.engine)
         except DBAPIError as exc:
@@ -374,7 +375,8 @@ class Store:
             raise
         finally:
             if ingest:
-                self._ingest_connection = connection
+                # Kept unless it failed, or was invalidated because the file was replaced.
+                self._ingest_connection = connection if connection is not None and connection.is_valid else None
             elif connection is not None:
                 connection.close()
 
