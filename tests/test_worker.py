@@ -302,12 +302,21 @@ def test_two_delivery_processes_share_one_rate_limit_and_stay_under_it(store, se
     assert {worker.name for worker in workers} <= {link["claimed_by"] for link in store.list_links()}
 
 
-def calls_per_second(fake_datadog) -> dict[int, int]:
-    """How many calls reached the fake in each calendar second (Datadog counts them as they arrive)."""
-    windows: dict[int, int] = {}
-    for request in list(fake_datadog.requests):
-        windows[int(request.at)] = windows.get(int(request.at), 0) + 1
-    return windows
+# The fake notes a call when its thread gets to it, up to a few hundred milliseconds after
+# the worker sent it on a busy machine (the fake shares the test's process): count the
+# calls that arrived within any window of this width, which a second of sending covers.
+ARRIVAL_WINDOW = 0.7
+
+
+def most_calls_within(fake_datadog, width: float) -> int:
+    """The most calls that reached the fake within any `width` seconds."""
+    arrivals = sorted(request.at for request in list(fake_datadog.requests))
+    most, first = 0, 0
+    for last, at in enumerate(arrivals):
+        while at - arrivals[first] >= width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 @pytest.mark.parametrize("how", ["run", "run_until_idle"])
@@ -320,16 +329,19 @@ def test_whatever_datadog_answers_a_worker_never_sends_more_than_its_failure_bud
         plan(store, causes(index, f"OPS-{index}"))
     worker = make_worker(dd_failed_calls_per_second=5)
 
+    started = time.monotonic()
     if how == "run":
         worker.start()
         time.sleep(2.5)
         worker.stop(grace=1)
     else:
         worker.run_until_idle(timeout=2.5)
+    seconds = time.monotonic() - started
 
-    windows = calls_per_second(fake_datadog)
-    assert windows, "the worker called Datadog at least once"
-    assert max(windows.values()) <= 5, windows
+    assert fake_datadog.requests, "the worker called Datadog at least once"
+    assert most_calls_within(fake_datadog, ARRIVAL_WINDOW) <= 5
+    # However the arrivals bunch up, no more were sent than five in each second the worker ran.
+    assert len(fake_datadog.requests) <= 5 * (int(seconds) + 1)
     # Nothing was lost: each link is still waiting, or dead with the reason Datadog gave.
     assert set(states(store)) <= {"pending", "dead"}
     assert sum(states(store).values()) == 20
