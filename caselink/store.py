@@ -229,6 +229,8 @@ class Store:
         """
         if time.monotonic() < self._writable_until:
             return
+        if self._file is not None:
+            self._file.check_space()
         self.set_state(HEARTBEAT_STATE, str(os.getpid()))
         self._writable_until = time.monotonic() + 1.0
 
@@ -1530,6 +1532,11 @@ def _prepare_sqlite_path(url: str) -> str | None:
     return path
 
 
+# Below this much free space beside a SQLite file, readiness fails: a write that fits in
+# the WAL's old frames still commits, a webhook that needs new ones does not.
+MIN_FREE_BYTES = 1024 * 1024
+
+
 class _DatabaseFile:
     """The SQLite file at the configured path, as the connections have it open.
 
@@ -1544,6 +1551,18 @@ class _DatabaseFile:
         self._companions = (f"{path}-wal", f"{path}-shm")
         self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
+
+    def check_space(self) -> None:
+        """StoreUnavailableError when the disk holding the file is (nearly) full."""
+        try:
+            found = os.statvfs(os.path.dirname(self.path))
+        except OSError:
+            return
+        if found.f_bavail * found.f_frsize < MIN_FREE_BYTES:
+            raise StoreUnavailableError(
+                "the disk holding the database is full",
+                operator=f"DATABASE_URL (sqlite:///{self.path}): under {MIN_FREE_BYTES // 1024} KiB free on its disk",
+            )
 
     def check(self) -> bool:
         """True when another file now stands at the path (from then on it is the one);

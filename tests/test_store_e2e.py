@@ -245,3 +245,53 @@ def test_a_postgresql_database_that_refuses_writes_is_not_ready_and_gets_503s_un
 
     wait_for(lambda: web.post("datadog", incident(9)).status_code == 202, timeout=10, message="a 202 again")
     wait_for(lambda: readyz(web)[0] == 200, timeout=10, message="ready again")
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (root only), unmounted at the end."""
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small disk here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk` with one file; returns it."""
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+    return filler
+
+
+def test_a_full_disk_gets_503s_and_readyz_not_ready_and_writes_resume_by_themselves_when_space_returns(stack):
+    with small_disk(stack.tmp_path / "disk") as disk:
+        stack.database_url = f"sqlite:///{disk / 'caselink.db'}"
+        web = stack.service()
+        assert web.post("datadog", incident(0)).status_code == 202
+        acknowledged = {"incident.created:evt-0"}
+
+        filler = fill(disk)
+        answers = {index: web.post("datadog", incident(index)).status_code for index in range(1, 31)}
+        acknowledged |= {f"incident.created:evt-{index}" for index, status in answers.items() if status == 202}
+        status, body = readyz(web)
+        assert set(answers.values()) <= {202, 503}
+        assert 503 in answers.values(), answers
+        assert status == 503, body
+
+        filler.unlink()
+        wait_for(lambda: web.post("datadog", incident(99)).status_code == 202, timeout=10, message="a 202 again")
+        wait_for(lambda: readyz(web)[0] == 200, timeout=10, message="ready again")
+        acknowledged.add("incident.created:evt-99")
+        web.stop()
+        # Every 202 was stored, full disk or not.
+        assert acknowledged <= stored_event_ids(stack.database_url)
