@@ -106,6 +106,27 @@ def plan_links(database_url: str, count: int, cases: list[str], tag: str) -> tup
     return planned, seconds
 
 
+def plan_links_with(
+    root: Path, database_url: str, count: int, cases: list[str], tag: str
+) -> tuple[list[tuple[str, str]], float]:
+    """plan_links as the source tree at `root` does it (its store writes its own schema)."""
+    import subprocess
+
+    script = (
+        "import json, sys; sys.path[:0] = ['bench']; import delivery_rate; "
+        "planned, seconds = delivery_rate.plan_links(*json.loads(sys.argv[1])); "
+        "print(json.dumps([planned, seconds]))"
+    )
+    arguments = json.dumps([database_url, count, cases, tag])
+    result = subprocess.run(
+        [sys.executable, "-c", script, arguments], cwd=root, capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"planning with {root} failed:\n{result.stderr[-3000:]}")
+    planned, seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    return [tuple(pair) for pair in planned], seconds
+
+
 def count_links(database_url: str) -> dict[str, int]:
     from caselink.store import Store
 
@@ -139,8 +160,11 @@ def run_once(
         fake.url,
         **({"WORKER_CONCURRENCY": args.concurrency} if args.concurrency else {}),
     )
-    harness.migrate(env)
-    planned, plan_seconds = plan_links(database_url, links, cases, label)
+    harness.migrate(env, root)
+    if root == ROOT:
+        planned, plan_seconds = plan_links(database_url, links, cases, label)
+    else:
+        planned, plan_seconds = plan_links_with(root, database_url, links, cases, label)
     fake.reset()
     if scenario == "limited":
         fake.configure(

@@ -217,8 +217,15 @@ def caselink_env(database_url: str, fake_url: str | None, **settings: Any) -> di
     return base_env(**values)
 
 
-def migrate(env: dict[str, str]) -> None:
-    result = flask(env, "db", "upgrade", timeout=120)
+def migrate(env: dict[str, str], root: Path = ROOT) -> None:
+    """`flask db upgrade` with the migrations of the source tree at `root`."""
+    if root == ROOT:
+        result = flask(env, "db", "upgrade", timeout=120)
+    else:
+        import subprocess
+
+        command = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
 
