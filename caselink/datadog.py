@@ -294,15 +294,24 @@ class DatadogClient:
         The call holds a place in the failure budget from before it is sent
         until its answer has parsed, and keeps it for a second if it failed.
         """
+        wait, ticket = self.limiter.reserve(endpoint)
+        if wait > 0:
+            raise DatadogRateLimitedError(
+                f"{endpoint}: rate limit spent, next request in {wait:.1f}s",
+                retry_after=wait,
+                sent=False,
+            )
+        # Taken last, just before sending, so that a place is held from the moment a call leaves.
         held, place = self.failures.take()
         if held > 0:
+            self.limiter.settle(endpoint, ticket, None, None, reached=False)
             raise DatadogRateLimitedError(
                 f"{endpoint}: {self.failures.per_second} calls failed within a second; next request in {held:.2f}s",
                 retry_after=held,
                 sent=False,
             )
         try:
-            result = self._send(endpoint, method, path, **kwargs)
+            result = self._send(endpoint, ticket, method, path, **kwargs)
             if parse is not None:
                 result = parse(result)
         except DatadogRateLimitedError as exc:
@@ -312,14 +321,7 @@ class DatadogClient:
         self.failures.give_back(place)
         return result
 
-    def _send(self, endpoint: str, method: str, path: str, **kwargs: Any) -> Any:
-        wait, ticket = self.limiter.reserve(endpoint)
-        if wait > 0:
-            raise DatadogRateLimitedError(
-                f"{endpoint}: rate limit spent, next request in {wait:.1f}s",
-                retry_after=wait,
-                sent=False,
-            )
+    def _send(self, endpoint: str, ticket: str | None, method: str, path: str, **kwargs: Any) -> Any:
         settled = False
         try:
             try:
