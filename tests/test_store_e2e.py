@@ -208,7 +208,7 @@ def test_a_sender_and_readyz_never_see_the_host_port_or_name_of_a_database_that_
     for text in (down.text, json.dumps(body)):
         for private in ("127.0.0.1", "5432", name, "postgres", PASSWORD):
             assert private not in text, (private, text)
-    assert shown(url) in web.logs()
+    wait_for(lambda: shown(url) in web.logs(), timeout=5, message="the log to name the database")
     assert PASSWORD not in web.logs()
 
 
