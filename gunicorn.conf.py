@@ -68,6 +68,10 @@ def on_starting(server):
         # A store that cannot be used is named by its DATABASE_URL (password masked).
         print(f"caselink cannot start: {getattr(exc, 'operator', exc.message)}", file=sys.stderr, flush=True)
         sys.exit(1)
+    from caselink import metrics
+
+    # This process's sample of a gauge every process reports; the rules just loaded.
+    metrics.RULES_LOADED.set(1)
     log = logs.get("start")
     for note in notes:
         if note.startswith("warning: "):
