@@ -88,6 +88,8 @@ def _reading(verbose: bool, *, check: bool = True) -> Store:
     if check:
         try:
             store.check_schema()
+        except StoreUnavailableError:
+            raise  # said in one line naming DATABASE_URL (_plain_errors)
         except CaselinkError as exc:
             click.echo(f"{store.describe()}: {exc.message}", err=True)
             sys.exit(1)
