@@ -65,7 +65,8 @@ def on_starting(server):
         logs.configure(settings.log_level, settings.log_format)
         notes = preflight(settings, REGISTRY)
     except CaselinkError as exc:
-        print(f"caselink cannot start: {exc.message}", file=sys.stderr, flush=True)
+        # A store that cannot be used is named by its DATABASE_URL (password masked).
+        print(f"caselink cannot start: {getattr(exc, 'operator', exc.message)}", file=sys.stderr, flush=True)
         sys.exit(1)
     from caselink import metrics
 

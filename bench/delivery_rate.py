@@ -8,15 +8,22 @@ keys spread over --cases cases the fake knows). Only then does `flask --app app 
 start, so the queue is full from its first claim and nothing but delivery is measured:
 from the first link creation the fake recorded to the last (the fake's own timestamps).
 
-Scenarios: `unlimited` (the fake answers as fast as it can) and `limited` (the fake
+Scenarios: `unlimited` (the fake answers as fast as it can), `limited` (the fake
 rate-limits link creation to --limit per --period seconds, calendar aligned, with
-X-RateLimit-* headers and 429s, as Datadog does). For `limited` it reports the achieved
+X-RateLimit-* headers and 429s, as Datadog does) and `storm` (--storm-links links,
+100 by default, each caused by its own incident and pointing at one of --storm-cases
+cases, 10 by default: the burst of one outage). Every run reports the calls the fake
+received per link created (target for the storm: <= 1.2). For `limited` it reports the achieved
 fraction of the limit (links created per period / limit, over the whole periods after
 the first; target >= 0.95) and the 429s the fake answered, in total and after the first
 period (target: none). Every run checks that every planned link reached the fake exactly
 once and that the store holds them all as delivered.
 
     python bench/delivery_rate.py [--rounds 3] [--stores sqlite,postgresql] [--limit 50 --period 1 --periods 20]
+    python bench/delivery_rate.py --scenarios storm --baseline 7197a0d   # calls per link, then and now
+
+`--baseline REV` (a commit, or a folder holding a source tree) runs every scenario a second
+time with the worker of that code, in the same rounds, on the same fake.
 
 See bench/README.md.
 """
@@ -41,7 +48,8 @@ from harness import Fake
 from harness import median
 
 ALL_STORES = ("sqlite", "postgresql")
-ALL_SCENARIOS = ("unlimited", "limited")
+ALL_SCENARIOS = ("unlimited", "limited", "storm")
+STORM_TARGET = 1.2
 CREATE_PATH = "/api/v2/cases/link"
 TARGET_FRACTION = 0.95
 PLAN_BATCH = 250
@@ -98,6 +106,27 @@ def plan_links(database_url: str, count: int, cases: list[str], tag: str) -> tup
     return planned, seconds
 
 
+def plan_links_with(
+    root: Path, database_url: str, count: int, cases: list[str], tag: str
+) -> tuple[list[tuple[str, str]], float]:
+    """plan_links as the source tree at `root` does it (its store writes its own schema)."""
+    import subprocess
+
+    script = (
+        "import json, sys; sys.path[:0] = ['bench']; import delivery_rate; "
+        "planned, seconds = delivery_rate.plan_links(*json.loads(sys.argv[1])); "
+        "print(json.dumps([planned, seconds]))"
+    )
+    arguments = json.dumps([database_url, count, cases, tag])
+    result = subprocess.run(
+        [sys.executable, "-c", script, arguments], cwd=root, capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"planning with {root} failed:\n{result.stderr[-3000:]}")
+    planned, seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    return [tuple(pair) for pair in planned], seconds
+
+
 def count_links(database_url: str) -> dict[str, int]:
     from caselink.store import Store
 
@@ -119,24 +148,30 @@ def run_once(
     store: str,
     scenario: str,
     round_number: int,
+    code: str = "this",
+    root: Path = ROOT,
 ) -> dict[str, Any]:
-    links = args.links if scenario == "unlimited" else args.limited_links
-    label = f"{store}-{scenario}-r{round_number}"
+    links = {"unlimited": args.links, "limited": args.limited_links, "storm": args.storm_links}[scenario]
+    cases = args.case_keys[: args.storm_cases] if scenario == "storm" else args.case_keys
+    label = f"{store}-{scenario}-{code}-r{round_number}"
     database_url = databases.new(store, label)
     env = harness.caselink_env(
         database_url,
         fake.url,
         **({"WORKER_CONCURRENCY": args.concurrency} if args.concurrency else {}),
     )
-    harness.migrate(env)
-    planned, plan_seconds = plan_links(database_url, links, args.case_keys, label)
+    harness.migrate(env, root)
+    if root == ROOT:
+        planned, plan_seconds = plan_links(database_url, links, cases, label)
+    else:
+        planned, plan_seconds = plan_links_with(root, database_url, links, cases, label)
     fake.reset()
     if scenario == "limited":
         fake.configure(
             limits={"create": {"limit": args.limit, "period": args.period, "name": "cases_link_create"}},
         )
     fake_cpu_start = fake.process.cpu_seconds()
-    workers = [harness.worker(f"worker-{label}-{n}", env, workdir) for n in range(args.workers)]
+    workers = [harness.worker(f"worker-{label}-{n}", env, workdir, root) for n in range(args.workers)]
 
     def workers_cpu() -> float | None:
         seconds = [worker.cpu_seconds() for worker in workers]
@@ -177,6 +212,7 @@ def run_once(
     state = fake.state()
     result = analyse(rows, state, planned, args, scenario)
     result.update(
+        code=code,
         store=store,
         scenario=scenario,
         round=round_number,
@@ -205,6 +241,8 @@ def analyse(
     made = sorted(r["at"] for r in creates if r["status"] == 201)
     result: dict[str, Any] = {
         "created": len(made),
+        "calls": len(rows),
+        "calls_per_link": round(len(rows) / len(made), 3) if made else None,
         "requests": Counter(f"{r['method']} {_endpoint(r['path'])}" for r in rows),
         "statuses": Counter(str(r["status"]) for r in rows),
     }
@@ -276,7 +314,7 @@ def _endpoint(path: str) -> str:
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for result in results:
-        key = f"{result['store']}/{result['scenario']}"
+        key = f"{result['store']}/{result['scenario']}" + ("" if result["code"] == "this" else f"@{result['code']}")
         summary.setdefault(key, []).append(result)
     out: dict[str, Any] = {}
     for key, rows in summary.items():
@@ -284,6 +322,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": len(rows),
             "links_per_second_median": median([r["links_per_second"] for r in rows]),
             "links_per_second_rounds": [r["links_per_second"] for r in rows],
+            "calls_per_link_median": median([r["calls_per_link"] for r in rows]),
+            "calls_per_link_rounds": [r["calls_per_link"] for r in rows],
             "too_many_total_rounds": [r["too_many_total"] for r in rows],
             "worker_cpu_ms_per_link_median": median(
                 [
@@ -318,6 +358,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"{'store/scenario':<24}{'links/s':>9}  {'rounds':<18}{'of limit':>9}  {'rounds':<20}"
         f"{'429s total':>12}{'after 1st':>11}{'exactly once':>14}{'worker CPU':>12}{'share':>7}{'fake':>6}"
+        f"{'calls/link':>12}"
     )
     print(f"{'':<24}{'(median)':>9}  {'':<18}{'(median)':>9}  {'':<20}{'':>12}{'':>11}{'':>14}{'ms/link':>12}")
     for key, v in summary.items():
@@ -331,7 +372,7 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
             f"{_show(fraction, '.3f'):>9}  {fraction_rounds or '-':<20}{total:>12}{after:>11}"
             f"{'yes' if v['exactly_once_all_rounds'] and v['store_delivered_all_rounds'] else 'NO':>14}"
             f"{_show(v['worker_cpu_ms_per_link_median'], '.2f'):>12}{_show(v['worker_cpu_share_median'], '.0%'):>7}"
-            f"{_show(v['fake_cpu_share_median'], '.0%'):>6}"
+            f"{_show(v['fake_cpu_share_median'], '.0%'):>6}{_show(v['calls_per_link_median'], '.3f'):>12}"
         )
     print()
     for key, v in summary.items():
@@ -347,6 +388,15 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
             + "/".join(_show(x, ".2f") for x in v["fraction_of_limit_min_period_rounds"])
             + f"); 429s after the first period: {late} (target: none)"
         )
+    for key, v in summary.items():
+        if "/storm" in key:
+            per_link = v["calls_per_link_median"]
+            verdict = "meets" if per_link is not None and per_link <= STORM_TARGET else "ABOVE"
+            print(
+                f"{key}: {_show(per_link, '.3f')} Datadog calls per link (rounds "
+                + "/".join(_show(x, ".3f") for x in v["calls_per_link_rounds"])
+                + f"; {verdict} the target of {STORM_TARGET} or fewer)"
+            )
     limited = {k.split("/")[0]: v for k, v in summary.items() if k.endswith("/limited")}
     for key, v in summary.items():
         if key.endswith("/unlimited") and key.split("/")[0] in limited:
@@ -375,6 +425,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--periods", type=int, default=20, help="limited scenario: plan limit x periods links (about this many periods)"
     )
     parser.add_argument("--cases", type=int, default=20, help="distinct cases the links point at (the fake knows them)")
+    parser.add_argument("--storm-links", type=int, default=100, help="storm scenario: links planned at once")
+    parser.add_argument("--storm-cases", type=int, default=10, help="storm scenario: distinct cases they point at")
+    parser.add_argument("--baseline", help="a commit (or source folder) whose worker runs every scenario too")
     parser.add_argument("--concurrency", type=int, help="WORKER_CONCURRENCY of the worker (default: caselink's)")
     parser.add_argument(
         "--workers", type=int, default=1, help="delivery worker processes sharing the queue and the rate limit"
@@ -392,8 +445,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--scenarios: choose from {', '.join(ALL_SCENARIOS)}")
     if args.limit < 1 or args.period <= 0 or args.periods < 3 or args.cases < 1 or args.links < 2:
         parser.error("--limit >= 1, --period > 0, --periods >= 3, --cases >= 1, --links >= 2")
+    if args.storm_links < 2 or args.storm_cases < 1:
+        parser.error("--storm-links >= 2, --storm-cases >= 1")
     args.limited_links = args.limit * args.periods
-    args.case_keys = [f"BENCH-{n}" for n in range(1, args.cases + 1)]
+    args.case_keys = [f"BENCH-{n}" for n in range(1, max(args.cases, args.storm_cases) + 1)]
     return args
 
 
@@ -406,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     fake = Fake(workdir, args.case_keys)
     processes = [fake.process]
     results: list[dict[str, Any]] = []
-    runs = [(store, scenario) for store in args.stores for scenario in args.scenarios]
+    codes = [("this", ROOT)]
+    if args.baseline:
+        codes.append((args.baseline, harness.source_tree(args.baseline, workdir)))
+    runs = [(code, store, scenario) for code in codes for store in args.stores for scenario in args.scenarios]
     with harness.terminate_on_sigterm():
         with harness.in_workdir(workdir, keep=args.keep):
             with harness.cleanup(processes, databases):
@@ -423,11 +481,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for round_number in range(1, args.rounds + 1):
                     shift = (round_number - 1) % len(runs)
-                    for store, scenario in runs[shift:] + runs[:shift]:
-                        r = run_once(args, fake, databases, workdir, store, scenario, round_number)
+                    for (code, root), store, scenario in runs[shift:] + runs[:shift]:
+                        r = run_once(args, fake, databases, workdir, store, scenario, round_number, code, root)
                         results.append(r)
                         line = (
-                            f"round {round_number} {store:<10} {scenario:<9} planned {r['planned']} "
+                            f"round {round_number} {code} {store:<10} {scenario:<9} planned {r['planned']} "
                             f"(in {r['plan_seconds']:.1f} s), created {r['created']} in {r['seconds']} s: "
                             f"{r['links_per_second']} links/s (worker CPU {r['worker_cpu_seconds']} s); "
                             f"429s {r['too_many_total']}"
@@ -443,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"; exactly once: {'ok' if r['ok'] else 'FAILED'} ({once['distinct_at_fake']} distinct of "
                             f"{once['planned']}, {once['duplicated']} duplicated, {once['missing']} missing, "
                             f"{once['unexpected']} unexpected; store {r['store_states']})"
-                            f"; requests {dict(r['requests'])}"
+                            f"; requests {dict(r['requests'])} ({r['calls_per_link']} per link)"
                         )
                         print(line, flush=True)
 

@@ -217,8 +217,15 @@ def caselink_env(database_url: str, fake_url: str | None, **settings: Any) -> di
     return base_env(**values)
 
 
-def migrate(env: dict[str, str]) -> None:
-    result = flask(env, "db", "upgrade", timeout=120)
+def migrate(env: dict[str, str], root: Path = ROOT) -> None:
+    """`flask db upgrade` with the migrations of the source tree at `root`."""
+    if root == ROOT:
+        result = flask(env, "db", "upgrade", timeout=120)
+    else:
+        import subprocess
+
+        command = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
 
@@ -238,11 +245,32 @@ def web(name: str, env: dict[str, str], workdir: Path, *, deployed: bool = False
     return process, port
 
 
-def worker(name: str, env: dict[str, str], workdir: Path) -> Process:
-    """`flask --app app worker`, the delivery worker as its own process; started."""
-    process = Process(name, [sys.executable, "-m", "flask", "--app", "app", "worker"], env, workdir)
+def worker(name: str, env: dict[str, str], workdir: Path, root: Path = ROOT) -> Process:
+    """`flask --app app worker`, the delivery worker as its own process; started.
+
+    `root` is the source tree to run it from (another commit's, to compare with).
+    """
+    command = [sys.executable, "-m", "flask", "--app", "app", "worker"]
+    if root != ROOT:
+        command = ["env", "-C", str(root), *command]
+    process = Process(name, command, env, workdir)
     process.start()
     return process
+
+
+def source_tree(revision: str, workdir: Path) -> Path:
+    """A folder holding the source of `revision`: the folder itself if it is one, else `git archive` of it."""
+    if Path(revision).is_dir():
+        return Path(revision).resolve()
+    import subprocess
+
+    target = workdir / f"source-{revision}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
 
 
 # -- figures and results ------------------------------------------------------------

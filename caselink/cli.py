@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
+import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC
 from datetime import datetime
@@ -17,11 +20,14 @@ import click
 from flask import Flask
 from flask import current_app
 from flask.cli import AppGroup
+from flask.cli import ScriptInfo
 from flask.cli import with_appcontext
+from sqlalchemy.exc import DBAPIError
 
 from caselink.config import parse_duration
 from caselink.errors import CaselinkError
 from caselink.errors import RulesError
+from caselink.errors import StoreUnavailableError
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import Headers
@@ -37,6 +43,7 @@ from caselink.service import Service
 from caselink.store import EVENT_OUTCOMES
 from caselink.store import RuleStats
 from caselink.store import Store
+from caselink.store import database_error
 
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")
@@ -82,6 +89,8 @@ def _reading(verbose: bool, *, check: bool = True) -> Store:
     if check:
         try:
             store.check_schema()
+        except StoreUnavailableError:
+            raise  # said in one line naming DATABASE_URL (_plain_errors)
         except CaselinkError as exc:
             click.echo(f"{store.describe()}: {exc.message}", err=True)
             sys.exit(1)
@@ -383,13 +392,25 @@ def worker(once: bool, grace: float) -> None:
     try:
         svc.store.check_schema()
     except CaselinkError as exc:
-        click.echo(f"caselink worker: {exc.message}", err=True)
+        click.echo(f"caselink worker: {getattr(exc, 'operator', exc.message)}", err=True)
         sys.exit(1)
     if svc.settings.dry_run and once:
         click.echo(f"caselink worker: dry-run ({svc.settings.dry_run_reason}); nothing to deliver", err=True)
         sys.exit(1)
     if once:
-        svc.new_worker().run_until_idle()
+        delivery = svc.new_worker()
+        try:
+            delivery.run_until_idle()
+        finally:
+            delivery.stop(grace)
+        if delivery.pause is not None:
+            waiting = svc.store.count_links()["pending"]
+            click.echo(
+                f"caselink worker: Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): {delivery.pause.reason}; "
+                f"{waiting} link(s) wait until the keys work",
+                err=True,
+            )
+            sys.exit(1)
         return
     stopping = threading.Event()
     housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
@@ -602,4 +623,43 @@ def events_show(event_id: int, as_json: bool, verbose: bool) -> None:
 
 def register(app: Flask) -> None:
     for command in (rules_cli, links_cli, events_cli, db_cli, replay, worker):
+        for each in command.commands.values() if isinstance(command, click.Group) else [command]:
+            if each.callback is not None and not getattr(each.callback, "caselink_plain", False):
+                each.callback = _plain_errors(each.callback)
         app.cli.add_command(command)
+
+
+def _plain_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command so that a database it cannot use, or any CaselinkError, is one line
+    on stderr and exit status 1, never a traceback; the database is named by its
+    DATABASE_URL with the password masked."""
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        # The one line below says it all; the store's own log line would say it twice.
+        _loaded_service().store.report_unavailable = False
+        try:
+            return callback(*args, **kwargs)
+        except StoreUnavailableError as exc:
+            message = exc.operator
+        except CaselinkError as exc:
+            message = exc.message
+        except (DBAPIError, sqlite3.Error) as exc:
+            error = database_error(_database_url(), exc)
+            if error is None:
+                raise
+            message = error.operator
+        click.echo(f"caselink: {message}", err=True)
+        sys.exit(1)
+
+    run.caselink_plain = True  # type: ignore[attr-defined]
+    return run
+
+
+def _database_url() -> str:
+    return _loaded_service().settings.database_url
+
+
+def _loaded_service() -> Service:
+    """The service of the app the command runs with, outside its app context."""
+    return click.get_current_context().ensure_object(ScriptInfo).load_app().extensions["caselink"]

@@ -3,7 +3,9 @@
 Every call has a timeout, is counted against Datadog's rate limits, and turns
 any failure into a DatadogError subclass whose type says whether to retry and,
 for a request that got no answer, whether it may have reached Datadog.
-Keys travel only in headers and never appear in a message.
+Whatever Datadog answers, no more than `failed_calls_per_second` calls that
+fail start in any one second (`_FailureBudget`), so no answer can make a
+worker hammer Datadog. Keys travel only in headers and never appear in a message.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from typing import TypeVar
 from urllib.parse import quote
 
 import requests
@@ -42,6 +47,7 @@ CASE = "GET /api/v2/cases/{case_id}"
 CASES = "GET /api/v2/cases"
 LIST_LINKS = "GET /api/v2/cases/link"
 CREATE_LINK = "POST /api/v2/cases/link"
+T = TypeVar("T")
 
 # Raised before a request is sent at all: a bad URL or header never leaves the process.
 _NEVER_SENT = (
@@ -87,6 +93,9 @@ class DatadogClient:
         session: requests.Session | None = None,
         limiter: RateLimiter | None = None,
         case_cache_ttl: float = 3600.0,
+        failed_calls_per_second: int = 10,
+        list_window: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(3.05, timeout), timeout)
@@ -111,6 +120,13 @@ class DatadogClient:
         self._case_ttl = case_cache_ttl
         self._cases: dict[str, tuple[str, float]] = {}
         self._cases_lock = threading.Lock()
+        self._clock = clock
+        self.failures = _FailureBudget(failed_calls_per_second, clock)
+        self._list_window = list_window
+        # (entity type, entity id, relationship) -> (links, monotonic time of the listing)
+        self._listings: dict[tuple[str, str, str], tuple[list[Mapping[str, Any]], float]] = {}
+        self._listings_lock = threading.Lock()
+        self._single = _SingleFlight()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, limiter: RateLimiter | None = None) -> DatadogClient:
@@ -123,6 +139,8 @@ class DatadogClient:
             settings.dd_app_key,
             timeout=settings.dd_timeout,
             limiter=limiter,
+            failed_calls_per_second=settings.dd_failed_calls_per_second,
+            list_window=settings.dd_link_list_window,
         )
 
     @property
@@ -140,26 +158,38 @@ class DatadogClient:
         key_or_id = key_or_id.strip()
         if is_uuid(key_or_id):
             return key_or_id.lower()
-        now = time.monotonic()
+        cached = self._cached_case(key_or_id)
+        if cached is not None:
+            return cached
+        # Deliveries to one case arrive together: one of them asks, the others wait for its answer.
+        with self._single.lock(("case", key_or_id)):
+            cached = self._cached_case(key_or_id)
+            if cached is not None:
+                return cached
+            path = f"/api/v2/cases/{quote(key_or_id, safe='')}"
+
+            def parse(body: Any) -> str:
+                case_id = _dig(body, "data", "id")
+                if not isinstance(case_id, str) or not is_uuid(case_id):
+                    raise DatadogUnavailableError(f"GET {path} answered without a case UUID", ambiguous=False)
+                return case_id.lower()
+
+            try:
+                case_id = self._call(CASE, "GET", path, parse=parse)
+            except DatadogRejectedError as exc:
+                if exc.http_status == 404:
+                    raise DatadogRejectedError(
+                        f"case {key_or_id} does not exist (GET {path} answered 404)", http_status=404
+                    ) from None
+                raise
+            with self._cases_lock:
+                self._cases[key_or_id] = (case_id, self._clock() + self._case_ttl)
+            return case_id
+
+    def _cached_case(self, key: str) -> str | None:
         with self._cases_lock:
-            cached = self._cases.get(key_or_id)
-        if cached and cached[1] > now:
-            return cached[0]
-        path = f"/api/v2/cases/{quote(key_or_id, safe='')}"
-        try:
-            body = self._call(CASE, "GET", path)
-        except DatadogRejectedError as exc:
-            if exc.http_status == 404:
-                raise DatadogRejectedError(
-                    f"case {key_or_id} does not exist (GET {path} answered 404)", http_status=404
-                ) from None
-            raise
-        case_id = _dig(body, "data", "id")
-        if not isinstance(case_id, str) or not is_uuid(case_id):
-            raise DatadogUnavailableError(f"GET {path} answered without a case UUID", ambiguous=False)
-        with self._cases_lock:
-            self._cases[key_or_id] = (case_id.lower(), now + self._case_ttl)
-        return case_id.lower()
+            cached = self._cases.get(key)
+        return cached[0] if cached and cached[1] > self._clock() else None
 
     def check_credentials(self) -> None:
         """A cheap authenticated read: raises DatadogAuthError while the keys are rejected."""
@@ -172,26 +202,27 @@ class DatadogClient:
         params = {"entity_type": entity_type, "entity_id": entity_id}
         if relationship:
             params["relationship"] = relationship
-        body = self._call(LIST_LINKS, "GET", "/api/v2/cases/link", params=params)
-        data = _dig(body, "data")
-        if not isinstance(data, list):
-            # Reading a malformed answer as "no links" would let the worker create a duplicate.
-            raise DatadogUnavailableError(f"{LIST_LINKS} answered without a list of links", ambiguous=False)
-        return [item for item in data if isinstance(item, dict)]
 
-    def find_link(self, link: ResolvedLink) -> str | None:
-        """The id of this link if it already exists in Datadog."""
-        if link.parent_type == "CASE":
-            entity_type, entity_id = link.parent_type, link.parent_id
-        elif link.child_type == "CASE":
-            entity_type, entity_id = link.child_type, link.child_id
-        else:
-            raise DatadogRejectedError(
-                f"link {link.parent_type} {link.relationship} {link.child_type} has no CASE side; "
-                "Datadog requires at least one side of a link to be a CASE"
-            )
+        def parse(body: Any) -> list[Mapping[str, Any]]:
+            data = _dig(body, "data")
+            if not isinstance(data, list):
+                # Reading a malformed answer as "no links" would let the worker create a duplicate.
+                raise DatadogUnavailableError(f"{LIST_LINKS} answered without a list of links", ambiguous=False)
+            return [item for item in data if isinstance(item, Mapping)]
+
+        return self._call(LIST_LINKS, "GET", "/api/v2/cases/link", params=params, parse=parse)
+
+    def find_link(self, link: ResolvedLink, *, recent: bool = False) -> str | None:
+        """The id of this link if it already exists in Datadog.
+
+        `recent=True` accepts a listing of the link's case made up to
+        `list_window` seconds ago (one listing serves every delivery to that
+        case meanwhile); use it only for a link no earlier attempt may have
+        created. Otherwise Datadog is asked now.
+        """
+        key = _listing_key(link)
         wanted = _normal(link.attributes())
-        for item in self.list_links(entity_type, entity_id, link.relationship):
+        for item in self._listing(key, recent=recent):
             attributes = item.get("attributes")
             if not isinstance(attributes, Mapping):
                 continue
@@ -202,19 +233,67 @@ class DatadogClient:
                     return ident
         return None
 
+    def _listing(self, key: tuple[str, str, str], *, recent: bool) -> list[Mapping[str, Any]]:
+        """The links of one case and relationship: a listing at most `list_window` old if
+        `recent`, else a new one. Concurrent deliveries to one case share one request."""
+        if recent:
+            found = self._recent_listing(key)
+            if found is not None:
+                return found
+        with self._single.lock(("links", *key)):
+            if recent:
+                found = self._recent_listing(key)
+                if found is not None:
+                    return found
+            asked_at = self._clock()
+            items = self.list_links(*key)
+            with self._listings_lock:
+                if len(self._listings) > 10_000:
+                    self._listings.clear()
+                self._listings[key] = (items, asked_at)
+            return items
+
+    def _recent_listing(self, key: tuple[str, str, str]) -> list[Mapping[str, Any]] | None:
+        with self._listings_lock:
+            found = self._listings.get(key)
+        if found is None or self._clock() - found[1] > self._list_window:
+            return None
+        return found[0]
+
     def create_link(self, link: ResolvedLink) -> str:
         """POST the link; returns its id."""
         body = {"data": {"type": "link", "attributes": link.attributes()}}
-        answer = self._call(CREATE_LINK, "POST", "/api/v2/cases/link", json=body)
-        ident = _dig(answer, "data", "id")
-        if not isinstance(ident, str) or not ident:
-            # The link was probably made; the next attempt will find it.
-            raise DatadogUnavailableError(f"{CREATE_LINK} answered without a link id", ambiguous=True)
+
+        def parse(answer: Any) -> str:
+            ident = _dig(answer, "data", "id")
+            if not isinstance(ident, str) or not ident:
+                # The link was probably made; the next attempt will find it.
+                raise DatadogUnavailableError(f"{CREATE_LINK} answered without a link id", ambiguous=True)
+            return ident
+
+        ident = self._call(CREATE_LINK, "POST", "/api/v2/cases/link", json=body, parse=parse)
+        key = _listing_key(link)
+        with self._listings_lock:
+            found = self._listings.get(key)
+            if found is not None:
+                # The listing stays true: what this process made is in it.
+                self._listings[key] = ([*found[0], {"id": ident, "attributes": link.attributes()}], found[1])
         return ident
 
     # -- transport ----------------------------------------------------------
 
-    def _call(self, endpoint: str, method: str, path: str, **kwargs: Any) -> Any:
+    def failure_wait(self) -> float:
+        """Seconds until a call may start under the failure budget (0: now)."""
+        return self.failures.wait_time()
+
+    def _call(
+        self, endpoint: str, method: str, path: str, *, parse: Callable[[Any], T] | None = None, **kwargs: Any
+    ) -> Any:
+        """One request; `parse` turns the JSON body into the result or raises a DatadogError.
+
+        The call holds a place in the failure budget from before it is sent
+        until its answer has parsed, and keeps it for a second if it failed.
+        """
         wait, ticket = self.limiter.reserve(endpoint)
         if wait > 0:
             raise DatadogRateLimitedError(
@@ -222,6 +301,27 @@ class DatadogClient:
                 retry_after=wait,
                 sent=False,
             )
+        # Taken last, just before sending, so that a place is held from the moment a call leaves.
+        held, place = self.failures.take()
+        if held > 0:
+            self.limiter.settle(endpoint, ticket, None, None, reached=False)
+            raise DatadogRateLimitedError(
+                f"{endpoint}: {self.failures.per_second} calls failed within a second; next request in {held:.2f}s",
+                retry_after=held,
+                sent=False,
+            )
+        try:
+            result = self._send(endpoint, ticket, method, path, **kwargs)
+            if parse is not None:
+                result = parse(result)
+        except DatadogRateLimitedError as exc:
+            if not exc.sent:
+                self.failures.give_back(place)
+            raise
+        self.failures.give_back(place)
+        return result
+
+    def _send(self, endpoint: str, ticket: str | None, method: str, path: str, **kwargs: Any) -> Any:
         settled = False
         try:
             try:
@@ -251,6 +351,90 @@ class DatadogClient:
                 ambiguous=True,
                 http_status=response.status_code,
             ) from None
+
+
+class _FailureBudget:
+    """At most `per_second` calls that fail start in any one second.
+
+    A call takes a place before it is sent and gives it back once its answer
+    has parsed; a failed call keeps its place until a second after it started.
+    So whatever comes back (401s, 5xx, garbage, dropped connections), the
+    calls started in any one second that failed never number more than
+    `per_second`, while answered calls cost nothing here.
+    """
+
+    # A failed call keeps its place a little over a second: Datadog counts calls as they
+    # arrive, and two calls that start a second apart may arrive a few milliseconds closer.
+    hold = 1.02
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = max(1, per_second)
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Start times of the calls under way or failed within the last second, oldest first.
+        self._places: deque[list[float]] = deque()
+
+    def take(self) -> tuple[float, list[float] | None]:
+        """(0, place) when a call may start now, else (seconds to wait, None)."""
+        with self._lock:
+            now = self._clock()
+            self._forget(now)
+            if len(self._places) >= self.per_second:
+                return max(self._places[0][0] + self.hold - now, 0.001), None
+            place = [now]
+            self._places.append(place)
+            return 0.0, place
+
+    def give_back(self, place: list[float] | None) -> None:
+        if place is None:
+            return
+        with self._lock:
+            for index, held in enumerate(self._places):
+                if held is place:
+                    del self._places[index]
+                    return
+
+    def wait_time(self) -> float:
+        with self._lock:
+            now = self._clock()
+            self._forget(now)
+            if len(self._places) < self.per_second:
+                return 0.0
+            return max(self._places[0][0] + self.hold - now, 0.001)
+
+    def _forget(self, now: float) -> None:
+        while self._places and self._places[0][0] <= now - self.hold:
+            self._places.popleft()
+
+
+class _SingleFlight:
+    """One lock per key, so that concurrent identical requests become one."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, key: Any) -> threading.Lock:
+        with self._guard:
+            found = self._locks.get(key)
+            if found is None:
+                if len(self._locks) > 10_000:
+                    # Locks nobody holds can go; a held one is still referenced by its holder.
+                    self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+                found = self._locks[key] = threading.Lock()
+            return found
+
+
+def _listing_key(link: ResolvedLink) -> tuple[str, str, str]:
+    """Which listing says whether `link` exists: its CASE side's links of its relationship."""
+    if link.parent_type == "CASE":
+        return link.parent_type, link.parent_id, link.relationship
+    if link.child_type == "CASE":
+        return link.child_type, link.child_id, link.relationship
+    raise DatadogRejectedError(
+        f"link {link.parent_type} {link.relationship} {link.child_type} has no CASE side; "
+        "Datadog requires at least one side of a link to be a CASE"
+    )
 
 
 def _transport_error(endpoint: str, exc: requests.RequestException) -> DatadogUnavailableError:

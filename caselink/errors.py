@@ -101,11 +101,20 @@ class UnsupportedMediaTypeError(CaselinkError):
 
 
 class StoreUnavailableError(CaselinkError):
-    """The database cannot be reached; senders should try again."""
+    """The database cannot be reached or written; senders should try again.
+
+    `message` is what a sender and the unauthenticated /readyz see: never a
+    host, port, database name or path. `operator` says which DATABASE_URL
+    (password masked) and what the driver said, for logs and the command line.
+    """
 
     status_code = 503
     code = "store_unavailable"
     retryable = True
+
+    def __init__(self, message: str, *, operator: str | None = None, **detail: Any) -> None:
+        super().__init__(message, **detail)
+        self.operator = operator or message
 
 
 class NotReadyError(CaselinkError):

@@ -179,8 +179,9 @@ class RateLimiter:
 
     def _probe(self, endpoint: str) -> tuple[float, str | None]:
         """An endpoint nobody has had an answer from: one request at a time until its answer
-        says what the limit is, so a cold start with several processes cannot burst past it."""
-        if self._shared is None or endpoint in self._answered:
+        says what the limit is, so a cold start cannot burst past it: requests sent before the
+        limit is known are counted nowhere, and answers to them overstate what remains."""
+        if endpoint in self._answered:
             return 0.0, None
         if endpoint in self._probing:
             return _PROBE_WAIT, None

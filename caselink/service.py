@@ -203,6 +203,8 @@ class Service:
         ready = True
         try:
             self.store.check_schema()
+            # Reads can work while no write commits (a full disk, read-only files).
+            self.store.check_writable()
             checks["store"] = "ok"
         except CaselinkError as exc:
             checks["store"] = exc.message
@@ -298,7 +300,7 @@ def _answer(stored: RecordedEvent) -> dict[str, Any]:
 
 def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     """Checks before serving: schema known, rules valid. Returns what to tell the operator."""
-    store = Store(settings.database_url)
+    store = Store(settings.database_url, report_unavailable=False)
     try:
         store.check_schema()
     finally:

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -30,6 +31,7 @@ from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -37,11 +39,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import QueuePool
 
 from caselink import jsontext
+from caselink import logs
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
@@ -63,6 +67,9 @@ from caselink.schema import service_state
 
 # PostgreSQL channel on which a commit that makes links due wakes idle workers.
 NOTIFY_CHANNEL = "caselink_links"
+# The service_state row that readiness commits to prove a write can commit.
+HEARTBEAT_STATE = "store_heartbeat"
+log = logs.get("store")
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ class Job:
     child_id: str | None
     attempts: int
     token: str
+    # True when no earlier attempt can have sent this link to Datadog: never
+    # claimed before, so no POST of it can have been lost on the way.
+    first_attempt: bool = False
 
     def __str__(self) -> str:
         return f"{self.parent} {self.relationship} {self.child}"
@@ -148,13 +158,29 @@ class LinkPage:
 class Store:
     """All reads and writes of caselink's state."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, report_unavailable: bool = True) -> None:
         self.url = url
+        # False where the caller tells the operator itself (start-up checks, the command line).
+        self.report_unavailable = report_unavailable
         self.dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
         self._write_lock = _WriteLock(url) if self.dialect == "sqlite" else None
+        self._file: _DatabaseFile | None = None
         if self.dialect == "sqlite":
-            _prepare_sqlite_path(url)
-            self.engine: Engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10)
+            path = _prepare_sqlite_path(url)
+            if path is not None:
+                # Connections open the file as it is and never create it: a file deleted
+                # while caselink runs must not come back empty under the next connection.
+                self._file = _DatabaseFile(path)
+                uri = f"file:{quote(path)}?mode=rw"
+                self.engine: Engine = sa.create_engine(
+                    url,
+                    creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                    poolclass=QueuePool,
+                    pool_size=pool_size,
+                    max_overflow=10,
+                )
+            else:
+                self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10)
             _configure_sqlite(self.engine)
         else:
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
@@ -164,13 +190,16 @@ class Store:
         self._wake = _Wakeup(url if self.dialect == "sqlite" else None)
         self._ingest_connection: Any = None
         self._known_links = _KnownLinks()
+        self._writable_until = 0.0
+        self._reported: dict[str, float] = {}
         self._rule_links_written: set[tuple[str, str, str, str]] = set()
 
     # -- plumbing ---------------------------------------------------------
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Connection]:
-        """One transaction; OperationalError (the database is unreachable, locked, …) becomes a 503.
+        """One transaction; a database that cannot be reached or written (gone, locked,
+        read-only, full, …) becomes StoreUnavailableError, a 503.
 
         On SQLite, writers queue on a lock file next to the database before
         BEGIN IMMEDIATE, so the kernel wakes the next writer the moment the
@@ -178,13 +207,90 @@ class Store:
         """
         guard = self._write_lock if write and self._write_lock is not None else nullcontext()
         try:
-            with guard, self.engine.connect() as connection:
-                if not write:
-                    connection = connection.execution_options(caselink_read_only=True)
-                with connection.begin():
-                    yield connection
-        except OperationalError as exc:
-            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from exc
+            with guard:
+                # Reads too: SQLite touching files that turned read-only under it can die of SIGBUS.
+                self._check_file()
+                with self.engine.connect() as connection:
+                    try:
+                        if not write:
+                            connection = connection.execution_options(caselink_read_only=True)
+                        with connection.begin():
+                            yield connection
+                    except DBAPIError as exc:
+                        if _is_unavailable(exc):
+                            # A connection SQLite opened read-only stays read-only: never reuse it.
+                            connection.invalidate()
+                        raise
+                if write:
+                    self._check_file(committed=True)
+        except DBAPIError as exc:
+            if not _is_unavailable(exc):
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _check_file(self, *, committed: bool = False) -> None:
+        """Refuse to write (or to count as stored what was just committed) unless the
+        SQLite file at the configured path is the one the connections have open and
+        can be written; a new file there is opened afresh."""
+        if self._file is None:
+            return
+        try:
+            replaced = self._file.check()
+        except StoreUnavailableError as exc:
+            self._report(exc)
+            raise
+        if not replaced:
+            return
+        # Every pooled connection points at the old file: close them all.
+        if self._ingest_connection is not None:
+            with contextlib.suppress(Exception):
+                self._ingest_connection.invalidate()
+            self._ingest_connection = None
+        self.engine.dispose()
+        self._writable_until = 0.0
+        error = StoreUnavailableError(
+            "the database file was replaced while caselink ran; try again",
+            operator=f"{describe_url(self.url)}: the file was replaced while caselink ran; "
+            "its connections are opened again on the new file",
+        )
+        self._report(error)
+        if committed:
+            # The commit went to the file that was replaced, not to the one now at the path.
+            raise error
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        """The error for a database that cannot be used: a sender's message without host,
+        port, database name or path; the operator's with the (password-masked) DATABASE_URL."""
+        error = StoreUnavailableError(
+            f"the database is unavailable: {_public_reason(exc, self.dialect)}",
+            operator=f"{describe_url(self.url)}: {_reason(exc)}",
+        )
+        self._report(error)
+        return error
+
+    def _report(self, error: StoreUnavailableError) -> None:
+        """Log why the store is unavailable, each distinct reason at most every 10 s."""
+        now = time.monotonic()
+        if not self.report_unavailable or now < self._reported.get(error.operator, 0.0):
+            return
+        if len(self._reported) > 100:
+            self._reported.clear()
+        self._reported[error.operator] = now + 10.0
+        log.error("store unavailable", extra={"fields": {"error": error.operator}})
+
+    def check_writable(self) -> None:
+        """Raise StoreUnavailableError unless a write can commit now.
+
+        Commits a one-row heartbeat (at most once a second per process, so
+        /readyz stays cheap): a read, or a write rolled back, would pass on a
+        full disk or a database that turned read-only.
+        """
+        if time.monotonic() < self._writable_until:
+            return
+        if self._file is not None:
+            self._file.check_space()
+        self.set_state(HEARTBEAT_STATE, str(os.getpid()))
+        self._writable_until = time.monotonic() + 1.0
 
     def dispose(self) -> None:
         if self._ingest_connection is not None:
@@ -199,10 +305,13 @@ class Store:
         """Raise SchemaError unless the database is at this release's migration head."""
         from caselink import migrations
 
+        self._check_file()
         try:
             current = migrations.current_revision(self.engine)
-        except OperationalError as exc:
-            raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from None
+        except DBAPIError as exc:
+            if not _is_unavailable(exc):
+                raise
+            raise self._unavailable(exc) from None
         head = migrations.head_revision()
         if current == head:
             return
@@ -306,6 +415,7 @@ class Store:
         connection = None
         try:
             with guard:
+                self._check_file()
                 connection = self._ingest_connection if ingest else None
                 if connection is None:
                     connection = self.engine.raw_connection()
@@ -318,19 +428,19 @@ class Store:
                     connection.rollback()
                     raise
                 connection.commit()
-        except (dbapi.Error, OperationalError) as exc:
+                self._check_file(committed=True)
+        except (dbapi.Error, DBAPIError) as exc:
             if connection is not None:
                 # Whatever state it is in, a connection that failed is not used again.
                 connection.invalidate()
                 connection = None
-            if isinstance(exc, OperationalError):
-                raise StoreUnavailableError(f"the database is unavailable: {_reason(exc)}") from exc
-            if isinstance(exc, dbapi.OperationalError):
-                raise StoreUnavailableError(f"the database is unavailable: {_first_line(exc)}") from exc
+            if _is_unavailable(exc):
+                raise self._unavailable(exc) from exc
             raise
         finally:
             if ingest:
-                self._ingest_connection = connection
+                # Kept unless it failed, or was invalidated because the file was replaced.
+                self._ingest_connection = connection if connection is not None and connection.is_valid else None
             elif connection is not None:
                 connection.close()
 
@@ -527,6 +637,9 @@ class Store:
                 links.c.parent_id,
                 links.c.child_id,
                 links.c.attempts,
+                # Left as it was: every earlier attempt that ended sets it (the
+                # lease of one that never ended ran out, and its claim counted).
+                links.c.last_error,
             )
         )
         with self.transaction() as connection:
@@ -541,6 +654,7 @@ class Store:
                 child_id=row.child_id,
                 attempts=row.attempts,
                 token=token,
+                first_attempt=row.attempts == 1 and row.last_error is None,
             )
             for row in sorted(rows, key=lambda row: row.id)
         ]
@@ -1837,19 +1951,148 @@ def _is_transient(exc: BaseException | None) -> bool:
     return code in ("40P01", "40001")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, first line: for the operator (it may name host, port and database)."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return "; ".join(lines[:2])[:300] if lines else type(original).__name__
 
 
-def _reason(exc: SQLAlchemyError) -> str:
-    original = getattr(exc, "orig", None)
-    return str(original or exc).splitlines()[0][:200]
+# SQLSTATE classes and codes of PostgreSQL errors that say the database cannot be used now,
+# and what a sender may be told of them.
+_PG_UNAVAILABLE = {
+    "08": "cannot connect to the database",
+    "3D": "the database does not exist",
+    "28": "the database refused caselink's credentials",
+    "53": "the database server is out of resources (disk, memory or connections)",
+    "57": "the database server is shutting down or starting",
+    "58": "the database server had an I/O error",
+    "25006": "the database is read-only",
+}
+# SQLite errors that mean the file cannot be used now, whatever the statement.
+_SQLITE_UNAVAILABLE = ("SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_NOTADB",
+                       "SQLITE_CORRUPT", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_PERM")  # fmt: skip
 
 
-def _prepare_sqlite_path(url: str) -> None:
+def _is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error says the database cannot be used now (not that the statement was wrong)."""
+    original = getattr(exc, "orig", None) or exc
+    if isinstance(exc, OperationalError) or type(original).__name__ == "OperationalError":
+        return True
+    state = getattr(original, "sqlstate", None)
+    if isinstance(state, str):
+        return state in _PG_UNAVAILABLE or state[:2] in _PG_UNAVAILABLE
+    name = getattr(original, "sqlite_errorname", None)
+    return isinstance(name, str) and name.startswith(_SQLITE_UNAVAILABLE)
+
+
+def _public_reason(exc: BaseException, dialect: str) -> str:
+    """Why the database cannot be used, in words that name no host, port, database or path."""
+    original = getattr(exc, "orig", None) or exc
+    if dialect == "sqlite":
+        # SQLite's messages name no file: "attempt to write a readonly database", "database or disk is full".
+        return str(original).splitlines()[0][:200] if str(original) else type(original).__name__
+    state = getattr(original, "sqlstate", None)
+    if isinstance(state, str):
+        return _PG_UNAVAILABLE.get(state) or _PG_UNAVAILABLE.get(state[:2]) or "the database answered with an error"
+    return "cannot connect to the database"
+
+
+def describe_url(url: str) -> str:
+    """`DATABASE_URL (postgresql://user:***@host:5432/name)`: which database, never the password."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return "DATABASE_URL (not a URL)"
+    shown = parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
+    return f"DATABASE_URL ({shown})"
+
+
+def database_error(url: str, exc: BaseException) -> StoreUnavailableError | None:
+    """StoreUnavailableError for a database error raised outside a Store (migrations), or None
+    when the error is not about reaching or writing the database."""
+    if not isinstance(exc, DBAPIError | sqlite3.Error) or not _is_unavailable(exc):
+        return None
+    dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+    return StoreUnavailableError(
+        f"the database is unavailable: {_public_reason(exc, dialect)}", operator=f"{describe_url(url)}: {_reason(exc)}"
+    )
+
+
+def _prepare_sqlite_path(url: str) -> str | None:
+    """Make the folder and the (empty) database file of a SQLite URL; return the file's path,
+    None for an in-memory or `file:` URI database."""
     database = sa.engine.make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = os.path.abspath(database)
+    with contextlib.suppress(OSError):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Only here is the file created: connections open it with mode=rw.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    return path
+
+
+# Below this much free space beside a SQLite file, readiness fails: a write that fits in
+# the WAL's old frames still commits, a webhook that needs new ones does not.
+MIN_FREE_BYTES = 1024 * 1024
+
+
+class _DatabaseFile:
+    """The SQLite file at the configured path, as the connections have it open.
+
+    A file deleted or replaced under a running process keeps its open
+    connections writing to the old inode, so commits succeed and vanish at
+    the next restart. Two stat(2)s before each write transaction and after
+    its commit notice that, and that the files cannot be written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._companions = (f"{path}-wal", f"{path}-shm")
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def check_space(self) -> None:
+        """StoreUnavailableError when the disk holding the file is (nearly) full."""
+        try:
+            found = os.statvfs(os.path.dirname(self.path))
+        except OSError:
+            return
+        if found.f_bavail * found.f_frsize < MIN_FREE_BYTES:
+            raise StoreUnavailableError(
+                "the disk holding the database is full",
+                operator=f"DATABASE_URL (sqlite:///{self.path}): under {MIN_FREE_BYTES // 1024} KiB free on its disk",
+            )
+
+    def check(self) -> bool:
+        """True when another file now stands at the path (from then on it is the one);
+        StoreUnavailableError when none does or it cannot be written."""
+        try:
+            found = os.stat(self.path)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                "the database file is gone",
+                operator=f"DATABASE_URL (sqlite:///{self.path}): the file was deleted or moved while caselink ran "
+                f"({exc.strerror}); restore it, or run `flask --app app db upgrade` to start an empty one",
+            ) from None
+        for path in (self.path, *self._companions):
+            # Writing through files that turned read-only can kill the process (SIGBUS on SQLite's
+            # shared-memory file); refusing first costs an access(2) each.
+            if not os.access(path, os.W_OK) and os.path.exists(path):
+                raise StoreUnavailableError(
+                    "the database is read-only",
+                    operator=f"DATABASE_URL (sqlite:///{self.path}): {os.path.basename(path)} cannot be written",
+                )
+        identity = (found.st_dev, found.st_ino)
+        with self._lock:
+            if self._identity is None:
+                self._identity = identity
+                return False
+            if identity == self._identity:
+                return False
+            self._identity = identity
+            return True
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -1863,10 +2106,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # OS crash or power cut can lose the last transactions.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
-        # Every gunicorn process writes, and a connection that finds another's
-        # commit throws its page cache away; reading pages back through a
-        # memory map instead of a read() each roughly halves what that costs.
-        cursor.execute("PRAGMA mmap_size=268435456")
+        # No memory map of the database (mmap_size stays 0): it made reading pages
+        # back after another process's commit cheaper, but a file that is truncated,
+        # replaced or turns unwritable under a map kills the process with SIGBUS.
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -163,7 +163,7 @@ class DeliveryWorker:
                 return
             self._probe()
             return
-        held_back = self.client.limiter.wait_time(LIST_LINKS, CREATE_LINK)
+        held_back = max(self.client.limiter.wait_time(LIST_LINKS, CREATE_LINK), self.client.failure_wait())
         if held_back > 0:
             # The budget is spent: claiming now would only put links straight back.
             self._sleep(held_back)
@@ -200,9 +200,17 @@ class DeliveryWorker:
                 del self._running[future]
 
     def run_until_idle(self, timeout: float = 30.0) -> None:
-        """Deliver everything due now, then return (tests and `flask worker --once`)."""
+        """Deliver everything due now, then return (tests and `flask worker --once`).
+
+        Returns early while Datadog rejects the keys (`pause` then says why):
+        nothing can be delivered until they change.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.pause is None:
+            held_back = max(self.client.limiter.wait_time(LIST_LINKS, CREATE_LINK), self.client.failure_wait())
+            if held_back > 0:
+                time.sleep(min(held_back, max(deadline - time.monotonic(), 0)))
+                continue
             jobs = self.store.claim(
                 self.name, self.settings.worker_concurrency, self.settings.delivery_lease, now=self.clock()
             )
@@ -220,8 +228,9 @@ class DeliveryWorker:
             outcome = self._deliver(job)
         except DatadogAuthError as exc:
             outcome, status, error = "paused", exc.http_status, exc.message
-            self._pause_for(exc)
-            self.store.retry_later(job, exc.message, at=self.clock(), status=exc.http_status, count_attempt=False)
+            probe_at = self._pause_for(exc)
+            # Due when the keys are next probed, not now: a link due now would be claimed straight back.
+            self.store.retry_later(job, exc.message, at=probe_at, status=exc.http_status, count_attempt=False)
         except DatadogRateLimitedError as exc:
             outcome, status, error = "rate_limited", exc.http_status, exc.message
             retry_after = exc.retry_after if exc.retry_after is not None else self._backoff(job.attempts)
@@ -277,7 +286,10 @@ class DeliveryWorker:
         if not held:
             return "lease_lost"
         link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
-        existing = self._within_budget(lambda: self.client.find_link(link))
+        # A first attempt may use a listing of the case that other deliveries made a
+        # moment ago; after any earlier attempt (a timeout, a 5xx, a lease that ran
+        # out) the POST may have taken effect, so Datadog is asked again now.
+        existing = self._within_budget(lambda: self.client.find_link(link, recent=job.first_attempt))
         self._credentials_work()
         if existing is not None:
             self.store.delivered(job, existing, existed=True, now=self.clock())
@@ -295,6 +307,10 @@ class DeliveryWorker:
         """
         longest = min(10.0, self.settings.delivery_lease / 4)
         while True:
+            pause = self.pause
+            if pause is not None:
+                # Another delivery found the keys rejected: send nothing more until the probe.
+                raise DatadogAuthError(f"delivery paused: {pause.reason}")
             try:
                 return call()
             except DatadogRateLimitedError as exc:
@@ -312,7 +328,8 @@ class DeliveryWorker:
 
     # -- rejected credentials ---------------------------------------------------
 
-    def _pause_for(self, exc: DatadogAuthError) -> None:
+    def _pause_for(self, exc: DatadogAuthError) -> float:
+        """Pause delivery (if not paused already); returns when the keys are probed next."""
         with self._lock:
             if self.pause is None:
                 delay = min(5.0, self.settings.auth_probe_max)
@@ -320,6 +337,7 @@ class DeliveryWorker:
                 first = True
             else:
                 first = False
+            probe_at = self.pause.probe_at
         if first:
             log.error(
                 "Datadog rejected the credentials; delivery paused",
@@ -327,6 +345,7 @@ class DeliveryWorker:
             )
             self.store.set_state(CREDENTIALS_STATE, f"rejected: {exc.message}")
             metrics.PAUSED.set(1)
+        return probe_at
 
     def _probe(self) -> None:
         assert self.pause is not None

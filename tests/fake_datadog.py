@@ -34,6 +34,10 @@ API_KEY = "fake-api-key"
 APP_KEY = "fake-application-key"
 CREATE_PATH = "/api/v2/cases/link"
 FAULTS = ("500", "503_after_record", "timeout_after_record", "drop_after_record", "drop_before_record")
+# Ways to answer every call badly (Script.answer_all): a status with Datadog's error body
+# (429 without any X-RateLimit-* or Retry-After header), 200 with a body that is not
+# JSON, 200 with JSON that is not what was asked for, or a dropped connection.
+BAD_ANSWERS = ("401", "403", "404", "429", "500", "garbage", "wrong_json", "drop")
 
 
 def case_uuid(key: str) -> str:
@@ -77,6 +81,8 @@ class Script:
     limits: dict[str, Limit] = field(default_factory=dict)
     # a queue of forced statuses for the next create calls, e.g. [500, 401]
     next_create: list[int] = field(default_factory=list)
+    # answer every API call badly, one of BAD_ANSWERS (None: answer properly)
+    answer_all: str | None = None
 
 
 class FakeDatadog:
@@ -179,6 +185,8 @@ class FakeDatadog:
             self.requests.append(record)
         if self.script.slow_seconds:
             time.sleep(self.script.slow_seconds)
+        if self.script.answer_all is not None:
+            return self._answer_badly(handler, record, self.script.answer_all)
         if not self._authorised(handler):
             return self._answer(handler, record, 403, {"errors": ["Forbidden"]})
         if handler.command == "GET" and self._read_fault(handler, record):
@@ -192,6 +200,18 @@ class FakeDatadog:
         if handler.command == "GET" and parts.path.startswith("/api/v2/cases/"):
             return self._case(handler, record, parts.path.rsplit("/", 1)[1])
         return self._answer(handler, record, 404, {"errors": ["Not found"]})
+
+    def _answer_badly(self, handler: _Handler, record: Recorded, how: str) -> None:
+        record.fault = how
+        if how == "drop":
+            return handler.drop()
+        if how == "garbage":
+            record.status = 200
+            return handler.send_raw(200, b"<html>Bad gateway, try later</html>", "text/html")
+        if how == "wrong_json":
+            return self._answer(handler, record, 200, {"data": "nothing here", "meta": None})
+        status = int(how)
+        self._answer(handler, record, status, {"errors": [f"answered {status} on purpose"]})
 
     def _authorised(self, handler: _Handler) -> bool:
         if self.script.reject_keys:
@@ -439,6 +459,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def send_raw(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 

@@ -13,6 +13,7 @@ from caselink.config import Secret
 from tests.conftest import fixture_bytes
 from tests.fake_datadog import case_uuid
 from tests.servers import WEBHOOK_SECRET
+from tests.servers import flask
 
 AUTH = {"Authorization": f"Bearer {WEBHOOK_SECRET}"}
 
@@ -160,6 +161,22 @@ def test_db_upgrade_and_current(settings, tmp_path):
     assert f"empty -> {migrations.head_revision()}" in upgraded.output
     assert f"database: {migrations.head_revision()}" in after.output
     application.extensions["caselink"].store.dispose()
+
+
+def test_worker_once_with_rejected_keys_stops_at_once_and_exits_non_zero_saying_so(stack, fake_datadog):
+    fake_datadog.configure(reject_keys=True)
+    web = stack.service(IN_PROCESS_WORKER="false")
+    assert web.post("datadog", fixture_bytes("datadog", "incident-created.json")).status_code == 202
+
+    result = flask(stack.env(), "worker", "--once", timeout=60)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Datadog rejects the keys (DD_API_KEY, DD_APP_KEY)" in result.stderr
+    assert "1 link(s) wait" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fake_datadog.api_key not in result.stdout + result.stderr
+    assert len(fake_datadog.requests) <= 2
+    assert [link["state"] for link in web.api("/api/links").json()["links"]] == ["pending"]
 
 
 def test_replay_reads_events_stored_with_old_kinds_in_canonical_form(app, runner, tmp_path):

@@ -21,6 +21,7 @@ from caselink.rules import RuleOutcome
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
+from tests.fake_datadog import BAD_ANSWERS
 from tests.fake_datadog import case_uuid
 from tests.servers import wait_for
 
@@ -299,3 +300,109 @@ def test_two_delivery_processes_share_one_rate_limit_and_stay_under_it(store, se
             windows[int(request.at)] = windows.get(int(request.at), 0) + 1
     assert max(windows.values()) <= 4
     assert {worker.name for worker in workers} <= {link["claimed_by"] for link in store.list_links()}
+
+
+def most_within(moments: list[float], width: float) -> int:
+    """The most of `moments` that fall within any `width` seconds."""
+    moments = sorted(moments)
+    most, first = 0, 0
+    for last, moment in enumerate(moments):
+        while moment - moments[first] >= width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def record_sending(worker: DeliveryWorker) -> list[float]:
+    """When the worker's HTTP session sends each request (the fake notes arrivals late on a busy machine)."""
+    sent: list[float] = []
+    request = worker.client.session.request
+
+    def sending(*args, **kwargs):
+        sent.append(time.monotonic())
+        return request(*args, **kwargs)
+
+    worker.client.session.request = sending
+    return sent
+
+
+@pytest.mark.parametrize("how", ["run", "run_until_idle"])
+@pytest.mark.parametrize("answer", BAD_ANSWERS)
+def test_whatever_datadog_answers_a_worker_never_sends_more_than_its_failure_budget_a_second(
+    store, make_worker, fake_datadog, answer, how
+):
+    fake_datadog.configure(answer_all=answer)
+    for index in range(20):
+        plan(store, causes(index, f"OPS-{index}"))
+    worker = make_worker(dd_failed_calls_per_second=5)
+    sent = record_sending(worker)
+
+    started = time.monotonic()
+    if how == "run":
+        worker.start()
+        time.sleep(2.5)
+        worker.stop(grace=1)
+    else:
+        worker.run_until_idle(timeout=2.5)
+    seconds = time.monotonic() - started
+
+    assert fake_datadog.requests, "the worker called Datadog at least once"
+    # A few milliseconds short of a second: the budget is taken just before each request.
+    assert most_within(sent, 0.98) <= 5, sent
+    assert len(fake_datadog.requests) <= 5 * (int(seconds) + 1)
+    # Nothing was lost: each link is still waiting, or dead with the reason Datadog gave.
+    assert set(states(store)) <= {"pending", "dead"}
+    assert sum(states(store).values()) == 20
+
+
+def test_run_until_idle_stops_while_the_keys_are_rejected_and_leaves_the_link_waiting(store, make_worker, fake_datadog):
+    fake_datadog.configure(reject_keys=True)
+    plan(store, causes(1))
+    worker = make_worker()
+
+    started = time.monotonic()
+    worker.run_until_idle(timeout=10)
+
+    assert time.monotonic() - started < 5
+    assert worker.pause is not None
+    assert len(fake_datadog.requests) <= 2
+    [link] = store.list_links()
+    assert (link["state"], link["attempts"]) == ("pending", 0)
+    # Due when the keys are probed next, not at once.
+    assert link["next_attempt_at"] > link["created_at"]
+
+
+def test_a_storm_of_links_to_a_few_cases_costs_at_most_one_and_a_fifth_calls_a_link(store, make_worker, fake_datadog):
+    cases = [f"OPS-{number}" for number in range(10)]
+    for case in cases:
+        fake_datadog.add_case(case)
+    for index in range(100):
+        plan(store, causes(index, cases[index % 10]))
+
+    make_worker(worker_concurrency=4).run_until_idle()
+
+    assert states(store) == {"delivered": 100}
+    assert set(fake_datadog.link_counts().values()) == {1}
+    assert len(fake_datadog.link_counts()) == 100
+    calls = [(r.method, r.path.rsplit("/", 1)[0] if r.path.count("/") > 4 else r.path) for r in fake_datadog.requests]
+    # One case lookup and one listing per case, then one POST per link.
+    assert len(calls) <= 120, {call: calls.count(call) for call in set(calls)}
+
+
+def test_a_retry_after_an_ambiguous_failure_asks_datadog_again_instead_of_a_recent_listing(
+    store, make_worker, fake_datadog
+):
+    fake_datadog.configure(next_create=[503])
+    plan(store, causes(1))
+    plan(store, causes(2))
+    worker = make_worker(worker_concurrency=1, dd_link_list_window=60.0)
+
+    worker.run_until_idle()
+    time.sleep(0.1)
+    worker.run_until_idle()
+
+    assert states(store) == {"delivered": 2}
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    # The first delivery lists OPS-42's links, the second reuses that listing; the retry
+    # of the one that got a 503 lists again even though the listing is recent.
+    assert len(lists) == 2
