@@ -414,17 +414,17 @@ def worker(once: bool, grace: float) -> None:
         return
     stopping = threading.Event()
     housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
-    delivery = None if svc.settings.dry_run else svc.new_worker()
+    running = None if svc.settings.dry_run else svc.new_worker()
 
     def _stop(signum: int, _frame: Any) -> None:
         stopping.set()
-        if delivery is not None:
-            delivery.stop_soon()
+        if running is not None:
+            running.stop_soon()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     housekeeper.start()
-    if delivery is None:
+    if running is None:
         click.echo(
             f"caselink worker: dry-run ({svc.settings.dry_run_reason}): delivers nothing until the keys are set; "
             "staying up for housekeeping (per-rule statistics, retention)",
@@ -432,8 +432,8 @@ def worker(once: bool, grace: float) -> None:
         )
         stopping.wait()
     else:
-        delivery.run()
-        delivery.stop(grace)
+        running.run()
+        running.stop(grace)
     housekeeper.stop()
 
 
@@ -662,4 +662,5 @@ def _database_url() -> str:
 
 def _loaded_service() -> Service:
     """The service of the app the command runs with, outside its app context."""
-    return click.get_current_context().ensure_object(ScriptInfo).load_app().extensions["caselink"]
+    svc: Service = click.get_current_context().ensure_object(ScriptInfo).load_app().extensions["caselink"]
+    return svc

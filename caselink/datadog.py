@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from typing import TypeVar
+from typing import overload
 from urllib.parse import quote
 
 import requests
@@ -197,7 +198,9 @@ class DatadogClient:
 
     # -- links --------------------------------------------------------------
 
-    def list_links(self, entity_type: str, entity_id: str, relationship: str | None = None) -> list[dict[str, Any]]:
+    def list_links(
+        self, entity_type: str, entity_id: str, relationship: str | None = None
+    ) -> list[Mapping[str, Any]]:
         """The links Datadog holds for one entity, optionally of one relationship."""
         params = {"entity_type": entity_type, "entity_id": entity_id}
         if relationship:
@@ -285,6 +288,12 @@ class DatadogClient:
     def failure_wait(self) -> float:
         """Seconds until a call may start under the failure budget (0: now)."""
         return self.failures.wait_time()
+
+    @overload
+    def _call(self, endpoint: str, method: str, path: str, *, parse: Callable[[Any], T], **kwargs: Any) -> T: ...
+
+    @overload
+    def _call(self, endpoint: str, method: str, path: str, *, parse: None = None, **kwargs: Any) -> Any: ...
 
     def _call(
         self, endpoint: str, method: str, path: str, *, parse: Callable[[Any], T] | None = None, **kwargs: Any
