@@ -28,7 +28,6 @@ from typing import Any
 import jinja2
 import yaml
 from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yaml.reader import ReaderError
 
 from caselink.errors import RulesError
@@ -38,6 +37,11 @@ from caselink.events import RELATIONSHIPS
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import text
+from caselink.regex import Regex
+from caselink.regex import compile_rule_regex
+from caselink.templates import TemplateEnvironment
+from caselink.templates import render
+from caselink.templates import unbounded_constants
 
 STRING_OPERATORS = (
     "equals",
@@ -105,21 +109,7 @@ _OPERATOR_ALIASES = {
 }
 
 
-class _TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """Jinja for `id:` templates.
-
-    Sandboxed, and immutable because a template must not change the event it
-    reads (the event is stored after evaluation). A mapping's key wins over a
-    dict method of the same name, so `payload.items` is the payload's "items".
-    """
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-_templates = _TemplateEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_templates = TemplateEnvironment()
 _TEMPLATE_NAMES = (*FIELD_NAMES, *sorted(_templates.globals))
 
 
@@ -235,7 +225,7 @@ class Condition:
     value: Any
     ignore_case: bool
     where: str
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
 
     def describe(self) -> str:
         shown = self.value if self.operator != "exists" else str(self.value).lower()
@@ -341,7 +331,7 @@ class RefSpec:
     template: jinja2.Template | None = None
     template_text: str | None = None
     fields: tuple[FieldPath, ...] = ()
-    pattern: re.Pattern[str] | None = None
+    pattern: Regex | None = None
 
     @property
     def is_event(self) -> bool:
@@ -355,7 +345,7 @@ class RefSpec:
             return [event.entity]
         if self.template is not None:
             try:
-                rendered = self.template.render(names)
+                rendered = render(self.template, names)
             # Whatever an operator's template raises is a problem of this event, never a failed webhook.
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {exc}")
@@ -374,7 +364,7 @@ class RefSpec:
         return _checked_refs(self.type, tokens, self.where, problems)
 
 
-def _token(match: re.Match[str]) -> str | None:
+def _token(match: Any) -> str | None:
     if "ref" in match.re.groupindex:
         return match.group("ref")
     if match.re.groups:
@@ -996,8 +986,8 @@ class _Validator:
                 self.problem(value_line, f"{where}: {operator} takes a regular expression as text")
             else:
                 try:
-                    regex = re.compile(value, re.IGNORECASE if ignore_case else 0)
-                except re.error as exc:
+                    regex = compile_rule_regex(value, ignore_case=ignore_case)
+                except ValueError as exc:
                     self.problem(value_line, f"{where}: bad regular expression {value!r}: {exc}")
         elif operator in ORDER_OPERATORS:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -1124,8 +1114,8 @@ class _Validator:
             self.problem(find_line, f"{where}.find.pattern must be a regular expression")
         else:
             try:
-                pattern = re.compile(pattern_text)
-            except re.error as exc:
+                pattern = compile_rule_regex(pattern_text)
+            except ValueError as exc:
                 self.problem(_line(find, "pattern"), f"{where}.find.pattern: bad regular expression: {exc}")
         if pattern is None or type_ not in ENTITY_TYPES:
             return None
@@ -1139,6 +1129,9 @@ class _Validator:
         except jinja2.TemplateSyntaxError as exc:
             self.problem(line, f"{where}: template does not parse: {exc.message}")
             return None
+        unbounded = unbounded_constants(parsed)
+        for problem in unbounded:
+            self.problem(line, f"{where}: template would be refused at every event: {problem}")
         undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
         for name in undefined:
             self.problem(
@@ -1146,7 +1139,7 @@ class _Validator:
                 f"{where}: template uses undefined name {name!r}{did_you_mean(name, FIELD_NAMES)}"
                 f" (names: {', '.join(FIELD_NAMES)})",
             )
-        return None if undefined else template
+        return None if undefined or unbounded else template
 
     def examples(self, raw: Any, line: int, rule_sources: tuple[str, ...] | None) -> tuple[Example, ...]:
         if not isinstance(raw, list):
