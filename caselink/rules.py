@@ -68,6 +68,12 @@ NEGATIONS = {
 MODES = ("live", "dry-run")
 GROUP_KEYS = ("all", "any", "none")
 
+# What one rules file may hold: more is refused with a message saying so, so that a
+# runaway or hostile file cannot stall a reload or hold the memory of every worker.
+MAX_FILE_BYTES = 1 << 20
+MAX_RULES = 1000
+MAX_YAML_NODES = 200_000
+
 _FILE_KEYS = ("version", "rules")
 _RULE_KEYS = ("name", "description", "on", "when", "link", "stop", "enabled", "mode", "examples")
 _ON_KEYS = ("source", "kind")
@@ -538,9 +544,15 @@ def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = 
     """Read and validate a rules file; RulesError lists every problem with file:line."""
     path = Path(path)
     try:
-        source_text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            # Read one byte past the cap, so an oversized file is refused without reading all of it.
+            content = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise RulesError([f"{path}: cannot read the rules file: {exc.strerror}"]) from None
+    if len(content) > MAX_FILE_BYTES:
+        raise RulesError([_too_big(str(path), path.stat().st_size)])
+    try:
+        source_text = content.decode("utf-8")
     except UnicodeDecodeError:
         raise RulesError([f"{path}: the rules file is not UTF-8 text"]) from None
     return parse_rules(source_text, str(path), sources=sources)
@@ -548,13 +560,23 @@ def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = 
 
 def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequence[str] | None = None) -> RuleSet:
     """Validate rules from text; `sources` (handler names), when given, are the only valid on.source names."""
+    encoded = source_text.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_FILE_BYTES:
+        raise RulesError([_too_big(filename, len(encoded))])
     document = _read_yaml(source_text, filename)
     validator = _Validator(filename, sources)
     rules = validator.document(document)
     if validator.problems:
         raise RulesError(validator.problems)
-    digest = hashlib.sha256(source_text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(encoded).hexdigest()
     return RuleSet(tuple(rules), filename, digest)
+
+
+def _too_big(filename: str, size: int) -> str:
+    return (
+        f"{filename}: the rules file is {size:,} bytes; a rules file may hold at most {MAX_FILE_BYTES:,} bytes"
+        f" and {MAX_RULES:,} rules"
+    )
 
 
 def _read_yaml(source_text: str, filename: str) -> Any:
@@ -562,11 +584,22 @@ def _read_yaml(source_text: str, filename: str) -> Any:
     try:
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = _Loader(source_text)
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
+        # is what an alias bomb exploits, so its size as a tree is measured first.
+        size = _expanded_size(node)
+        if size > MAX_YAML_NODES:
+            raise RulesError(
+                [
+                    f"{filename}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES:,} values"
+                    " through its aliases (*name); a rules file may hold no more (is it an alias bomb?)"
+                ]
+            )
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
+        raise RulesError([_yaml_problem(exc, source_text, filename)]) from None
     except ReaderError as exc:
         line = source_text.count("\n", 0, max(exc.position, 0)) + 1
         raise RulesError([f"{filename}:{line}: not a YAML text file: {exc.reason}"]) from None
@@ -575,6 +608,104 @@ def _read_yaml(source_text: str, filename: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values in the document once every alias is written out; MAX_YAML_NODES + 1 means more.
+
+    Each node is sized once (aliases share their node), so this takes time in proportion to the file.
+    """
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, children_sized = pending.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if children_sized:
+            ancestors.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(child)] for child in children), MAX_YAML_NODES + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in ancestors:
+            # An alias inside the node it names: a tree of it would be endless.
+            return MAX_YAML_NODES + 1
+        ancestors.add(key)
+        pending.append((node, True))
+        pending.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+# PyYAML's findings, as a person would say them. The first entry whose words appear in
+# PyYAML's problem is used; {context_line} is where the construct it was reading began.
+_YAML_PROBLEMS = (
+    ("found character '\\t'", "a tab character; YAML indents with spaces only"),
+    (
+        "mapping values are not allowed here",
+        "a ':' that cannot be here: put text that contains ': ' in quotes, or check this line's indentation",
+    ),
+    (
+        "expected <block end>, but found",
+        "this line is not indented like the lines of the block it belongs to (started on line {context_line})",
+    ),
+    (
+        "could not find expected ':'",
+        "a key without ':' after it (started on line {context_line}); or a quote on that line is never closed",
+    ),
+    ("found unexpected end of stream", "the quoted text that starts on line {context_line} is never closed"),
+    ("expected ',' or ']'", "the [ list ] that starts on line {context_line} is not closed or lacks a comma"),
+    ("expected ',' or '}'", "the { mapping } that starts on line {context_line} is not closed or lacks a comma"),
+    ("found undefined alias", "an alias (*name) that names no anchor (&name) defined before it"),
+    ("found duplicate anchor", "an anchor (&name) defined twice"),
+    ("but found another document", "a second document ('---'); a rules file is one YAML document"),
+    ("that cannot start any token", "a character that cannot start unquoted text; put the value in quotes"),
+    ("expected alphabetic or numeric character", "an '&' or '*' not followed by a name; put the value in quotes"),
+)
+_YAML_TOKENS = (
+    ("'<block mapping start>'", "an indented mapping"),
+    ("'<block sequence start>'", "an indented list"),
+    ("<block end>", "the end of the block"),
+    ("'<stream end>'", "the end of the file"),
+    ("'<scalar>'", "a value"),
+    ("'<block entry>'", "a '-' list item"),
+)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) -> str:
+    """`file:line: not valid YAML at column N: what is wrong`, then the line itself and a caret under the column."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "not YAML"
+    context_line = exc.context_mark.line + 1 if exc.context_mark else "?"
+    human = next((said for words, said in _YAML_PROBLEMS if words in problem), None)
+    if human is None:
+        human = problem
+        for token, said in _YAML_TOKENS:
+            human = human.replace(token, said)
+    human = human.replace("{context_line}", str(context_line))
+    if mark is None:
+        return f"{filename}:1: not valid YAML: {human}"
+    lines = source_text.splitlines()
+    shown = lines[mark.line] if mark.line < len(lines) else ""
+    caret = " " * min(mark.column, len(shown)) + "^"
+    number = str(mark.line + 1)
+    return (
+        f"{filename}:{number}: not valid YAML at column {mark.column + 1}: {human}\n"
+        f"  {number} | {_show_line(shown)}\n  {' ' * len(number)} | {caret}"
+    )
+
+
+def _show_line(line: str, limit: int = 200) -> str:
+    line = line.replace("\t", " ")
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 class LiveRules:
@@ -775,6 +906,12 @@ class _Validator:
             return []
         if not isinstance(raw_rules, list):
             self.problem(_line(document, "rules"), "rules must be a list")
+            return []
+        if len(raw_rules) > MAX_RULES:
+            self.problem(
+                _line(document, "rules"),
+                f"the file holds {len(raw_rules):,} rules; a rules file may hold at most {MAX_RULES:,}",
+            )
             return []
         rules: list[Rule] = []
         names: dict[str, int] = {}
