@@ -7,7 +7,9 @@ the store writes in the same transaction as the event.
 
 from __future__ import annotations
 
+import ctypes
 import difflib
+import gc
 import fnmatch
 import hashlib
 import os
@@ -497,6 +499,11 @@ class Evaluation:
     def planned(self) -> list[tuple[RuleOutcome, PlannedLink]]:
         return [(outcome, link) for outcome in self.matched for link in outcome.links]
 
+    @property
+    def links(self) -> list[PlannedLink]:
+        """The distinct links planned, in the order first planned: two rules planning one link plan one."""
+        return list(dict.fromkeys(link for outcome in self.matched for link in outcome.links))
+
     def trace(self) -> list[dict[str, Any]]:
         return [outcome.as_dict() for outcome in self.outcomes]
 
@@ -709,7 +716,13 @@ def _show_line(line: str, limit: int = 200) -> str:
 
 
 class LiveRules:
-    """The rules in force, reloaded when the file changes; a bad file never replaces good rules."""
+    """The rules in force, reloaded when the file changes; a bad file never replaces good rules.
+
+    A new file is loaded beside the rules in force: while one thread loads it
+    (with `background`, a thread of its own) every other caller goes on with the
+    rules in force and never waits. `file_in_force()` says whether the file on
+    disk is the one those rules came from.
+    """
 
     def __init__(
         self,
@@ -718,27 +731,47 @@ class LiveRules:
         sources: Sequence[str] | None = None,
         check_every: float = 2.0,
         on_reload: Callable[[RuleSet | None, RulesError | None], None] | None = None,
+        on_check: Callable[[bool], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.sources = sources
         self.check_every = check_every
         self.on_reload = on_reload
+        self.on_check = on_check
+        self.background = background
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None  # of the file last read, loaded or not
+        self._in_force_stamp: tuple[int, int, int] | None = None  # of the file the rules in force came from
         self._checked_at = 0.0
-        self._lock = threading.Lock()
-        self._load(report=False)
+        self._loading = threading.Lock()
+        with self._loading:
+            self._load(self._file_stamp(), report=False)
 
     def current(self) -> RuleSet | None:
         now = time.monotonic()
         if now - self._checked_at >= self.check_every:
-            with self._lock:
-                if now - self._checked_at >= self.check_every:
-                    self._checked_at = now
-                    if self._file_stamp() != self._stamp:
-                        self._load(report=True)
+            self._checked_at = now
+            stamp = self._file_stamp()
+            if self.on_check:
+                self.on_check(self.ruleset is not None and stamp == self._in_force_stamp)
+            if stamp != self._stamp and self._loading.acquire(blocking=False):
+                # Whoever finds the lock taken goes on with the rules in force.
+                if self.background:
+                    threading.Thread(target=self._load_then_release, args=(stamp,), name="caselink-rules", daemon=True).start()
+                else:
+                    self._load_then_release(stamp)
         return self.ruleset
+
+    @property
+    def loading(self) -> bool:
+        """True while a new file is being read."""
+        return self._loading.locked()
+
+    def file_in_force(self) -> bool:
+        """Whether the file on disk now is the one the rules in force were loaded from."""
+        return self.ruleset is not None and self._file_stamp() == self._in_force_stamp
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         # The inode changes when an editor or a deploy replaces the file; the
@@ -749,19 +782,43 @@ class LiveRules:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
-    def _load(self, *, report: bool) -> None:
-        self._stamp = self._file_stamp()
-        self._checked_at = time.monotonic()
+    def _load_then_release(self, stamp: tuple[int, int, int] | None) -> None:
+        try:
+            self._load(stamp, report=True)
+        finally:
+            self._loading.release()
+
+    def _load(self, stamp: tuple[int, int, int] | None, *, report: bool) -> None:
+        # The stamp is taken before reading: a change while reading is seen at the next check.
+        self._stamp = stamp
+        ruleset: RuleSet | None = None
+        error: RulesError | None = None
         try:
             ruleset = load_rules(self.path, sources=self.sources)
         except RulesError as exc:
-            self.error = exc
-            if report and self.on_reload:
-                self.on_reload(None, exc)
-            return
-        self.ruleset, self.error = ruleset, None
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - out of memory, too deep: say so and try again at the next check
+            error = RulesError([f"{self.path}: loading the rules failed: {type(exc).__name__}: {exc}"])
+            self._stamp = None
+        if ruleset is not None:
+            self.ruleset, self.error, self._in_force_stamp = ruleset, None, stamp
+        else:
+            self.error = error
         if report and self.on_reload:
-            self.on_reload(ruleset, None)
+            self.on_reload(ruleset, error)
+        if self.on_check:
+            self.on_check(self.ruleset is not None and stamp == self._in_force_stamp)
+        del ruleset, error
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Hand what a replaced (or refused) rule set held back to the system, not only to Python's allocator."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory stays with the process for its next use
 
 
 class _Node:
@@ -967,6 +1024,8 @@ class _Validator:
             self.problem(_line(raw, "description"), "description must be text")
             description = ""
         examples = self.examples(raw.get("examples"), _line(raw, "examples"), sources) if "examples" in raw else ()
+        if link is not None and not self.link_can_have_a_case_side(link, sources, kinds, _line(raw, "link")):
+            return None
         if name is None or link is None:
             return None
         return Rule(
@@ -1172,6 +1231,40 @@ class _Validator:
             return None
         return LinkSpec(relationship, parent, child)
 
+    def link_can_have_a_case_side(
+        self, link: LinkSpec, sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None, line: int
+    ) -> bool:
+        """Whether `event` sides, read with the events `on` selects, leave the link a chance of a CASE side."""
+        sides = [(side, getattr(link, side)) for side in ("parent", "child")]
+        if not any(spec.is_event for _, spec in sides):
+            return True  # two explicit types were checked with the link
+        event_types = _event_entity_types(sources, kinds, self.sources)
+        if event_types is None:
+            return True
+        selected = f"on {_on_text(sources, kinds)}"
+        if not event_types - {None}:
+            return True  # such events are about no entity: the trace says so for each
+        possible = [
+            {spec.type} if not spec.is_event else {type_ for type_ in event_types if type_ is not None}
+            for _, spec in sides
+        ]
+        if any("CASE" in types for types in possible):
+            return True
+        described = " ".join(
+            [
+                "/".join(sorted(possible[0])) + (" (the event)" if sides[0][1].is_event else ""),
+                link.relationship,
+                "/".join(sorted(possible[1])) + (" (the event)" if sides[1][1].is_event else ""),
+            ]
+        )
+        self.problem(
+            line,
+            f"link can never have a CASE side ({described}): events {selected} are about "
+            f"{' or '.join(sorted(type_ or 'no entity' for type_ in event_types))}; "
+            "Datadog requires at least one side of a link to be a CASE",
+        )
+        return False
+
     def ref(self, link: Mapping[str, Any], side: str, link_line: int) -> RefSpec | None:
         where = f"link.{side}"
         if side not in link:
@@ -1345,6 +1438,45 @@ class _Validator:
             return None
         parent, child = refs
         return PlannedLink(parent, relationship, child)
+
+
+# Which entity a source's events are about. Datadog's own webhooks name it by the object
+# they carry, which follows the kind's first segment (incident.created carries an incident);
+# Standard Webhooks senders may name any entity; the other senders know none.
+_ENTITIES_BY_KIND = {"datadog": {"incident": "INCIDENT", "case": "CASE", "page": "PAGE", "alert": None}}
+_SOURCES_WITH_ANY_ENTITY = ("generic",)
+
+
+def _event_entity_types(
+    sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None, known: tuple[str, ...] | None
+) -> set[str | None] | None:
+    """The entity types (None: no entity) an event selected by `on` may be about; None when any may be."""
+    if sources is None or known is None:
+        return None
+    named = {source for pattern in sources for source in known if fnmatch.fnmatchcase(source, pattern)}
+    types: set[str | None] = set()
+    for source in named:
+        if source in _SOURCES_WITH_ANY_ENTITY:
+            return None
+        by_kind = _ENTITIES_BY_KIND.get(source)
+        if by_kind is None:
+            types.add(None)
+            continue
+        if kinds is None:
+            return None
+        for kind in kinds:
+            segment, dot, _ = kind.partition(".")
+            if not dot or _is_glob(segment) or segment.lower() not in by_kind:
+                return None  # the kind says nothing of the object the payload carries
+            types.add(by_kind[segment.lower()])
+    return types or None
+
+
+def _on_text(sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None) -> str:
+    parts = [f"source {', '.join(sources)}"] if sources else []
+    if kinds:
+        parts.append(f"kind {', '.join(kinds)}")
+    return " and ".join(parts)
 
 
 def _example_ref(ref: EntityRef) -> EntityRef:

@@ -1191,7 +1191,7 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "received_at": now,
         "ruleset": ruleset,
         "trace": jsontext.dumps(evaluation.trace()),
-        "links_planned": len(evaluation.planned),
+        "links_planned": len(evaluation.links),
     }
 
 
