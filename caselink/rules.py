@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import difflib
-import gc
 import fnmatch
+import gc
 import hashlib
 import os
 import re
@@ -759,7 +759,8 @@ class LiveRules:
             if stamp != self._stamp and self._loading.acquire(blocking=False):
                 # Whoever finds the lock taken goes on with the rules in force.
                 if self.background:
-                    threading.Thread(target=self._load_then_release, args=(stamp,), name="caselink-rules", daemon=True).start()
+                    loader = threading.Thread(target=self._load_then_release, args=(stamp,), daemon=True)
+                    loader.start()
                 else:
                     self._load_then_release(stamp)
         return self.ruleset
