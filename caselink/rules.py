@@ -76,6 +76,13 @@ MAX_FILE_BYTES = 1 << 20
 MAX_RULES = 1000
 MAX_YAML_NODES = 200_000
 
+# What one event's evaluation may produce, so that its trace (stored with it) stays small.
+MAX_REFS = 100  # distinct refs one side of a link finds
+MAX_REF_CHARACTERS = 256  # a UUID is 36, a case key a few more
+MAX_LINKS_PER_RULE = 100
+MAX_PROBLEMS = 20  # per rule and event
+MAX_TRACE_TEXT = 1000  # characters of one reason or problem
+
 _FILE_KEYS = ("version", "rules")
 _RULE_KEYS = ("name", "description", "on", "when", "link", "stop", "enabled", "mode", "examples")
 _ON_KEYS = ("source", "kind")
@@ -356,11 +363,11 @@ class RefSpec:
                 rendered = render(self.template, names)
             # Whatever an operator's template raises is a problem of this event, never a failed webhook.
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {exc}")
+                problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {_cut(str(exc))}")
                 return []
             return _checked_refs(self.type, [rendered], self.where, problems)
         assert self.pattern is not None
-        tokens: list[str] = []
+        tokens: dict[str, None] = {}
         for path in self.fields:
             for value in path.values(names):
                 if isinstance(value, (dict, list)):
@@ -368,7 +375,12 @@ class RefSpec:
                 for match in self.pattern.finditer(text(value)):
                     token = _token(match)
                     if token and token not in tokens:
-                        tokens.append(token)
+                        if len(tokens) == MAX_REFS:
+                            problems.append(
+                                f"{self.where}: more than {MAX_REFS} refs found; the first {MAX_REFS} are used"
+                            )
+                            return _checked_refs(self.type, tokens, self.where, problems)
+                        tokens[token] = None
         return _checked_refs(self.type, tokens, self.where, problems)
 
 
@@ -383,6 +395,12 @@ def _token(match: Any) -> str | None:
 def _checked_refs(type_: str, tokens: Iterable[str], where: str, problems: list[str]) -> list[EntityRef]:
     refs: list[EntityRef] = []
     for token in tokens:
+        if len(token) > MAX_REF_CHARACTERS:
+            problems.append(
+                f"{where}: {_show(token)} ({len(token):,} characters) is longer than any id"
+                f" ({MAX_REF_CHARACTERS} at most)"
+            )
+            continue
         try:
             ref = EntityRef.checked(type_, token)
         except ValueError as exc:
@@ -460,6 +478,9 @@ class Rule:
                     )
                     continue
                 links.append(PlannedLink(parent, self.link.relationship, child))
+                if len(links) == MAX_LINKS_PER_RULE:
+                    problems.append(f"link: more than {MAX_LINKS_PER_RULE} links for one event; the first are planned")
+                    return links, problems
         return links, problems
 
 
@@ -473,6 +494,15 @@ class RuleOutcome:
     links: list[PlannedLink] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        # Stored with the event: each entry is bounded whatever the payload held.
+        if self.reason is not None:
+            self.reason = _cut(self.reason)
+        if len(self.problems) > MAX_PROBLEMS:
+            more = len(self.problems) - MAX_PROBLEMS
+            self.problems = [*self.problems[:MAX_PROBLEMS], f"… and {more} more problem(s)"]
+        self.problems = [_cut(problem) for problem in self.problems]
 
     def as_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {"rule": self.rule, "outcome": self.outcome}
@@ -1580,6 +1610,10 @@ def _compare(operator: str, value: Any, wanted: Any) -> bool:
 def _show(value: Any, limit: int = 80) -> str:
     shown = repr(value) if not isinstance(value, str) else '"' + value.replace('"', '\\"') + '"'
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _cut(text: str, limit: int = MAX_TRACE_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _one_of(names: Sequence[str]) -> str:

@@ -162,9 +162,8 @@ class Service:
                 + self.rules.error.problems[0]
             )
         elif not self.rules.file_in_force():
-            checks["rules"] = (
-                f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: "
-                + ("it is being loaded" if self.rules.loading else "it changed and is read at the next check")
+            checks["rules"] = f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: " + (
+                "it is being loaded" if self.rules.loading else "it changed and is read at the next check"
             )
         else:
             checks["rules"] = f"{len(ruleset.rules)} rules loaded"
