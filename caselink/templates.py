@@ -104,6 +104,8 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     @functools.wraps(function)  # keeps jinja_pass_arg, so Jinja passes the context as before
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _checked_arguments(args, kwargs, f"filter {name!r}")
+        if name == "format" and args and isinstance(args[0], str) and _WIDE_FORMAT.search(args[0]):
+            raise TemplateLimitError("format with a width of 100 or more, or *, is not allowed in a template")
         return _bounded_result(function(*args, **kwargs), f"filter {name!r}")
 
     return bounded
@@ -181,10 +183,12 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             _checked(bound, f"the text {what}() is called on")
         return _bounded_result(super().call(__context, __obj, *args, **kwargs), f"{what}()")
 
-    def format_string(self, s: str, args: tuple[Any, ...], kwargs: dict[str, Any], format_func: Any = None) -> str:
-        if _WIDE_BRACES.search(s):
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None and _WIDE_BRACES.search(value.__self__):
+            # '{:>9999999}'.format(x): widths are where formatting grows.
             raise TemplateLimitError("format() with a width of 100 or more is not allowed in a template")
-        return super().format_string(s, args, kwargs, format_func)
+        return wrapped
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         for side in (left, right):
