@@ -618,6 +618,10 @@ def _too_big(filename: str, size: int) -> str:
 
 def _read_yaml(source_text: str, filename: str) -> Any:
     loader = None
+    # A rules file makes tens of thousands of small objects that live until the load ends:
+    # the cyclic collector would look at them again and again for nothing.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = _Loader(source_text)
@@ -626,11 +630,11 @@ def _read_yaml(source_text: str, filename: str) -> Any:
             return None
         # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
         # is what an alias bomb exploits, so its size as a tree is measured first.
-        size = _expanded_size(node)
+        size, line = _expanded_size(node)
         if size > MAX_YAML_NODES:
             raise RulesError(
                 [
-                    f"{filename}:{node.start_mark.line + 1}: the YAML expands to more than {MAX_YAML_NODES:,} values"
+                    f"{filename}:{line}: the YAML expands to more than {MAX_YAML_NODES:,} values"
                     " through its aliases (*name); a rules file may hold no more (is it an alias bomb?)"
                 ]
             )
@@ -645,40 +649,51 @@ def _read_yaml(source_text: str, filename: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+        if collecting:
+            gc.enable()
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """Values in the document once every alias is written out; MAX_YAML_NODES + 1 means more.
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """Values in the document once every alias is written out (MAX_YAML_NODES + 1 means more), and
+    the line of the first node found to be over.
 
     Each node is sized once (aliases share their node), so this takes time in proportion to the file.
     """
+    cap = MAX_YAML_NODES + 1
     sizes: dict[int, int] = {}
     ancestors: set[int] = set()
     pending: list[tuple[yaml.Node, bool]] = [(root, False)]
     while pending:
         node, children_sized = pending.pop()
         key = id(node)
-        children = _yaml_children(node)
         if children_sized:
             ancestors.discard(key)
-            sizes[key] = min(1 + sum(sizes[id(child)] for child in children), MAX_YAML_NODES + 1)
+            total = 1
+            for child in _yaml_children(node):
+                total += 1 if isinstance(child, yaml.ScalarNode) else sizes[id(child)]
+            if total >= cap:
+                return cap, node.start_mark.line + 1
+            sizes[key] = total
             continue
         if key in sizes:
             continue
         if key in ancestors:
-            # An alias inside the node it names: a tree of it would be endless.
-            return MAX_YAML_NODES + 1
+            return cap, node.start_mark.line + 1  # an alias inside the node it names: a tree of it is endless
         ancestors.add(key)
         pending.append((node, True))
-        pending.extend((child, False) for child in children if id(child) not in sizes)
-    return sizes[id(root)]
+        pending.extend(
+            (child, False)
+            for child in _yaml_children(node)
+            if not isinstance(child, yaml.ScalarNode) and id(child) not in sizes
+        )
+    return sizes.get(id(root), 1), root.start_mark.line + 1
 
 
 def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
+        return node.value
     return []
 
 
@@ -884,7 +899,11 @@ _TYPED_SCALARS = (
 _RETYPED = {"tag:yaml.org,2002:timestamp", *(tag for tag, _, _ in _TYPED_SCALARS)}
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml parses in C, ten times faster than PyYAML's own parser; the constructors stay Python.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """SafeLoader that records lines, notes duplicate keys and types only true/false, null and decimal numbers."""
 
     yaml_implicit_resolvers = {
