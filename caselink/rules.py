@@ -286,7 +286,7 @@ class Condition:
             return any(_same(value, choice, self.ignore_case) for choice in self.value)
         if operator == "matches":
             assert self.regex is not None
-            return self.regex.search(text(value)) is not None
+            return self.regex.search(text(value))
         subject, wanted = text(value), text(self.value)
         if self.ignore_case:
             subject, wanted = subject.casefold(), wanted.casefold()
@@ -372,8 +372,13 @@ class RefSpec:
             for value in path.values(names):
                 if isinstance(value, (dict, list)):
                     continue
-                for match in self.pattern.finditer(text(value)):
-                    token = _token(match)
+                for token in self.pattern.tokens(text(value)):
+                    if isinstance(token, int):
+                        problems.append(
+                            f"{self.where}: a match of {token:,} characters is longer than any id; "
+                            "make the pattern stop at the ref"
+                        )
+                        continue
                     if token and token not in tokens:
                         if len(tokens) == MAX_REFS:
                             problems.append(
@@ -382,14 +387,6 @@ class RefSpec:
                             return _checked_refs(self.type, tokens, self.where, problems)
                         tokens[token] = None
         return _checked_refs(self.type, tokens, self.where, problems)
-
-
-def _token(match: Any) -> str | None:
-    if "ref" in match.re.groupindex:
-        return match.group("ref")
-    if match.re.groups:
-        return match.group(1)
-    return match.group(0)
 
 
 def _checked_refs(type_: str, tokens: Iterable[str], where: str, problems: list[str]) -> list[EntityRef]:
@@ -1410,8 +1407,8 @@ class _Validator:
             self.problem(line, f"{where}: template does not parse: {exc.message}")
             return None
         unbounded = unbounded_constants(parsed)
-        for problem in unbounded:
-            self.problem(line, f"{where}: template would be refused at every event: {problem}")
+        if unbounded:
+            self.problem(line, f"{where}: template would be refused at every event: {'; '.join(unbounded)}")
         undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
         for name in undefined:
             self.problem(
