@@ -697,14 +697,21 @@ def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
 # PyYAML's findings, as a person would say them. The first entry whose words appear in
 # PyYAML's problem is used; {context_line} is where the construct it was reading began.
 _YAML_PROBLEMS = (
-    ("found character '\\t'", "a tab character; YAML indents with spaces only"),
     (
-        "mapping values are not allowed here",
+        "mapping values are not allowed",
         "a ':' that cannot be here: put text that contains ': ' in quotes, or check this line's indentation",
     ),
     (
         "expected <block end>, but found",
         "this line is not indented like the lines of the block it belongs to (started on line {context_line})",
+    ),
+    (
+        "did not find expected key",
+        "this line is not indented like the lines of the block it belongs to (started on line {context_line})",
+    ),
+    (
+        "did not find expected '-' indicator",
+        "a '-' list item where the list that starts on line {context_line} has ended: check the indentation",
     ),
     (
         "could not find expected ':'",
@@ -714,6 +721,7 @@ _YAML_PROBLEMS = (
     ("expected ',' or ']'", "the [ list ] that starts on line {context_line} is not closed or lacks a comma"),
     ("expected ',' or '}'", "the { mapping } that starts on line {context_line} is not closed or lacks a comma"),
     ("found undefined alias", "an alias (*name) that names no anchor (&name) defined before it"),
+    ("second occurrence", "an anchor (&name) defined twice (first on line {context_line})"),
     ("found duplicate anchor", "an anchor (&name) defined twice"),
     ("but found another document", "a second document ('---'); a rules file is one YAML document"),
     ("that cannot start any token", "a character that cannot start unquoted text; put the value in quotes"),
@@ -734,7 +742,13 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) ->
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "not YAML"
     context_line = exc.context_mark.line + 1 if exc.context_mark else "?"
+    lines = source_text.splitlines()
+    shown = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if mark is not None and shown[mark.column : mark.column + 1] == "\t":
+        problem = "a tab"
     human = next((said for words, said in _YAML_PROBLEMS if words in problem), None)
+    if problem == "a tab":
+        human = "a tab character; YAML indents with spaces only"
     if human is None:
         human = problem
         for token, said in _YAML_TOKENS:
@@ -742,8 +756,6 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) ->
     human = human.replace("{context_line}", str(context_line))
     if mark is None:
         return f"{filename}:1: not valid YAML: {human}"
-    lines = source_text.splitlines()
-    shown = lines[mark.line] if mark.line < len(lines) else ""
     caret = " " * min(mark.column, len(shown)) + "^"
     number = str(mark.line + 1)
     return (
