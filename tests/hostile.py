@@ -110,8 +110,8 @@ REFUSED = {
     "1001-rules": too_many_rules,
 }
 
-# Matches every webhook: three backtracking-prone patterns (one of them always true), a
-# template near its step budget, and a search through every text field.
+# Matches every webhook with a title of many a's: two backtracking-prone patterns that fail and
+# a third that holds, a template near its step budget, and a search through every text field.
 WORST_ACCEPTED = r"""version: 1
 rules:
   - name: worst-accepted
@@ -119,12 +119,12 @@ rules:
       any:
         - {field: title, matches: '(a+)+$'}
         - {field: message, matches: '(x+x+)+y'}
-        - {field: title, not_matches: '(.*a){20}'}
+        - {field: title, matches: '(.*a){20}'}
     link:
       relationship: RELATES_TO
       parent:
         type: CASE
-        id: "{% for i in range(100) %}{% for j in range(99) %}{% endfor %}{% endfor %}OPS-{{ title|length }}"
+        id: "{% for i in range(90) %}{% for j in range(99) %}{% endfor %}{% endfor %}OPS-{{ title|length + 1000 }}"
       child:
         type: CASE
         find:
