@@ -239,9 +239,9 @@ def render(template: jinja2.Template, names: Mapping[str, Any]) -> str:
 def unbounded_constants(tree: nodes.Template) -> list[str]:
     """What in a parsed template goes over the bounds whatever the event: big numbers, nested ranges."""
     problems = [
-        f"it uses the number {node.value}; a template uses numbers up to {MAX_VALUE}"
-        for node in tree.find_all(nodes.Const)
-        if isinstance(node.value, int) and not isinstance(node.value, bool) and abs(node.value) > MAX_VALUE
+        f"it uses the number {value} to build or repeat; a template uses numbers up to {MAX_VALUE}"
+        for value in dict.fromkeys(_building_constants(tree))
+        if abs(value) > MAX_VALUE
     ]
     problems.extend(
         f"its loops run {runs} times, more than the {MAX_STEPS} steps a template may take"
@@ -249,6 +249,22 @@ def unbounded_constants(tree: nodes.Template) -> list[str]:
         if runs > MAX_STEPS
     )
     return problems
+
+
+def _building_constants(tree: nodes.Template) -> Iterator[int]:
+    """Numbers that say how much to build: operands of * and **, arguments of calls and filters.
+
+    A number compared with (`count > 100000`) or added to builds nothing.
+    """
+    operands: list[nodes.Node] = []
+    for node in tree.find_all((nodes.Mul, nodes.Pow, nodes.Call, nodes.Filter)):
+        if isinstance(node, (nodes.Mul, nodes.Pow)):
+            operands += [node.left, node.right]
+        else:
+            operands += [*node.args, *(keyword.value for keyword in node.kwargs)]
+    for operand in operands:
+        if isinstance(operand, nodes.Const) and isinstance(operand.value, int) and not isinstance(operand.value, bool):
+            yield operand.value
 
 
 def _constant_loop_runs(node: nodes.Node, outer: int = 1) -> Iterator[int]:

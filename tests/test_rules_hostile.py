@@ -481,3 +481,11 @@ def test_readyz_and_metrics_say_the_file_on_disk_is_not_the_file_in_force(settin
     assert "caselink_rules_file_in_force 0.0" in scraped
     assert "caselink_rules_last_reload_successful 0.0" in scraped
     service.store.dispose()
+
+
+def test_a_big_number_a_template_only_compares_with_is_accepted():
+    rules = ruleset(template_rule("{% if payload.n > 100000 %}OPS-1{% else %}OPS-2{% endif %}"))
+
+    outcome = outcome_of(rules, an_event(payload={"n": 200000}))
+
+    assert [str(link.child) for link in outcome.links] == ["CASE:OPS-1"]
