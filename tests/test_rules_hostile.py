@@ -489,3 +489,33 @@ def test_a_big_number_a_template_only_compares_with_is_accepted():
     outcome = outcome_of(rules, an_event(payload={"n": 200000}))
 
     assert [str(link.child) for link in outcome.links] == ["CASE:OPS-1"]
+
+
+RSS_PROBE = """
+import resource, sys
+from caselink.errors import RulesError
+from caselink.rules import LiveRules
+live = LiveRules(sys.argv[1], check_every=0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open(sys.argv[1], "w").write(open(sys.argv[2]).read())
+live.current()
+assert live.error is not None
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_reloading_a_10_mb_rules_file_costs_no_memory_worth_the_name(tmp_path):
+    import subprocess
+    import sys
+
+    path, big = tmp_path / "rules.yaml", tmp_path / "big.yaml"
+    write_rules(path, "first")
+    big.write_text(hostile.big_file(), encoding="utf-8")
+
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(path), str(big)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )
+
+    grown_kib = int(probe.stdout.split()[-1])
+    assert grown_kib < 64 * 1024, f"peak memory grew by {grown_kib / 1024:.0f} MiB"
