@@ -30,10 +30,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.sandbox import SecurityError
 from jinja2.visitor import NodeTransformer
 
-MAX_STEPS = 10_000
+MAX_STEPS = 1000
 MAX_VALUE = 4096  # characters (or items, counted deeply) of any value a template handles or builds
 MAX_OUTPUT = 1024  # characters an id template may render; an id is never that long
-MAX_SECONDS = 0.02
+MAX_SECONDS = 0.01
 # A step is one iteration, call or operation; handling text costs one more step per this many characters.
 _CHARACTERS_PER_STEP = 64
 _LOOP_FILTER = "caselink_step"

@@ -124,7 +124,7 @@ rules:
       relationship: RELATES_TO
       parent:
         type: CASE
-        id: "{% for i in range(90) %}{% for j in range(99) %}{% endfor %}{% endfor %}OPS-{{ title|length + 1000 }}"
+        id: "{% for i in range(25) %}{% for j in range(30) %}{% endfor %}{% endfor %}OPS-{{ title|length + 1000 }}"
       child:
         type: CASE
         find:
