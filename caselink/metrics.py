@@ -32,6 +32,11 @@ WEBHOOKS = Counter(
 EVENTS = Counter(
     "caselink_events_total", "Events received, by source and whether they were new.", ["source", "outcome"]
 )
+DEDUP_CONFLICTS = Counter(
+    "caselink_dedup_conflicts_total",
+    "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
+    ["source"],
+)
 RULE_MATCHES = Counter("caselink_rule_matches_total", "Events a rule matched.", ["rule"])
 LINKS_PLANNED = Counter("caselink_links_planned_total", "Links planned by rules.", ["rule"])
 WEBHOOK_SECONDS = Histogram(

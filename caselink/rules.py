@@ -38,6 +38,7 @@ from caselink.events import FIELD_NAMES
 from caselink.events import RELATIONSHIPS
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import canonical_kind_pattern
 from caselink.events import text
 from caselink.regex import Regex
 from caselink.regex import compile_rule_regex
@@ -540,6 +541,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     path: str = "<rules>"
     digest: str = ""
+    # What `rules check` points out but the rules work despite, with file:line like problems.
+    warnings: tuple[str, ...] = ()
 
     def evaluate(self, event: Event) -> Evaluation:
         names = event.fields()
@@ -603,7 +606,7 @@ def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequenc
     if validator.problems:
         raise RulesError(validator.problems)
     digest = hashlib.sha256(encoded).hexdigest()
-    return RuleSet(tuple(rules), filename, digest)
+    return RuleSet(tuple(rules), filename, digest, tuple(validator.warnings))
 
 
 def _too_big(filename: str, size: int) -> str:
@@ -635,6 +638,10 @@ def _read_yaml(source_text: str, filename: str) -> Any:
                     " through its aliases (*name); a rules file may hold no more (is it an alias bomb?)"
                 ]
             )
+        rules = _rules_node(node)
+        if rules is not None and len(rules[1].value) > MAX_RULES:
+            # Counted before the rules are built, which is most of the work of a load.
+            raise RulesError([_too_many_rules(filename, rules[0], len(rules[1].value))])
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_yaml_problem(exc, source_text, filename)]) from None
@@ -648,6 +655,20 @@ def _read_yaml(source_text: str, filename: str) -> Any:
             loader.dispose()
         if collecting:
             gc.enable()
+
+
+def _rules_node(root: yaml.Node) -> tuple[int, yaml.SequenceNode] | None:
+    """The line of `rules:` and the list under it, if the document has one."""
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "rules" and isinstance(value, yaml.SequenceNode):
+            return key.start_mark.line + 1, value
+    return None
+
+
+def _too_many_rules(filename: str, line: int, count: int) -> str:
+    return f"{filename}:{line}: the file holds {count:,} rules; a rules file may hold at most {MAX_RULES:,}"
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
@@ -846,6 +867,7 @@ class LiveRules:
     def _load(self, stamp: tuple[int, int, int] | None, *, report: bool) -> None:
         # The stamp is taken before reading: a change while reading is seen at the next check.
         self._stamp = stamp
+        self._checked_at = time.monotonic()
         ruleset: RuleSet | None = None
         error: RulesError | None = None
         try:
@@ -985,12 +1007,17 @@ class _Validator:
         self.filename = filename
         self.sources = tuple(sources) if sources is not None else None
         self.problems: list[str] = []
+        self.warnings: list[str] = []
         # Who the next problems are about: "rule 'NAME'", or "rules[3]" for a rule without a usable name.
         self.subject: str | None = None
 
     def problem(self, line: int, message: str) -> None:
         where = f" {self.subject}:" if self.subject else ""
         self.problems.append(f"{self.filename}:{line}:{where} {message}")
+
+    def warning(self, line: int, message: str) -> None:
+        where = f" {self.subject}:" if self.subject else ""
+        self.warnings.append(f"{self.filename}:{line}:{where} warning: {message}")
 
     def duplicates(self, node: Any) -> None:
         for line, key in sorted(_duplicate_keys(node), key=lambda item: item[0]):
@@ -1024,10 +1051,7 @@ class _Validator:
             self.problem(_line(document, "rules"), "rules must be a list")
             return []
         if len(raw_rules) > MAX_RULES:
-            self.problem(
-                _line(document, "rules"),
-                f"the file holds {len(raw_rules):,} rules; a rules file may hold at most {MAX_RULES:,}",
-            )
+            self.problems.append(_too_many_rules(self.filename, _line(document, "rules"), len(raw_rules)))
             return []
         rules: list[Rule] = []
         names: dict[str, int] = {}
@@ -1127,7 +1151,19 @@ class _Validator:
                         f" (sources: {', '.join(self.sources)})",
                     )
         kinds = self.names(on, "kind", "on.kind")
+        if kinds is not None:
+            kinds = self.canonical_kinds(kinds, _line(on, "kind"))
         return sources, kinds
+
+    def canonical_kinds(self, kinds: tuple[str, ...], line: int) -> tuple[str, ...]:
+        """on.kind as events carry kinds, canonical, so a rule written either way matches."""
+        canonical = tuple(canonical_kind_pattern(kind) for kind in kinds)
+        for written, kind in zip(kinds, canonical, strict=True):
+            if not kind:
+                self.problem(line, f"on.kind {written!r} names no kind (kinds have letters or digits)")
+            elif kind != written:
+                self.warning(line, f"on.kind {written!r} is not in canonical form; it matches as {kind!r}")
+        return canonical
 
     def names(self, on: Mapping[str, Any], key: str, what: str) -> tuple[str, ...] | None:
         if key not in on:

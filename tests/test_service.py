@@ -1,4 +1,4 @@
-"""The ingest path's answers: what a webhook's 202, its explain record and `rules explain` count."""
+"""The ingest service: its start-up checks, and what a webhook's 202, its explain record and `rules explain` count."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from caselink import migrations
+from caselink.service import preflight
+from handlers import REGISTRY
 from tests.conftest import ROOT
 from tests.servers import ADMIN_TOKEN
 from tests.servers import WEBHOOK_SECRET
@@ -75,3 +77,23 @@ def test_rules_explain_counts_two_rules_planning_one_link_once(runner, tmp_path)
     assert text.exit_code == 0, text.output
     assert text.output.splitlines()[-1] == "  1 link(s) planned"
     assert len(json.loads(as_json.output)[0]["links"]) == 1
+
+
+def test_preflight_tells_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """version: 1
+rules:
+  - name: no-data
+    on: {source: datadog, kind: alert.No Data}
+    link: {relationship: RELATES_TO, parent: {type: CASE, id: OPS-1}, child: {type: CASE, id: OPS-2}}
+"""
+    )
+
+    notes = preflight(replace(settings, rules_file=rules), REGISTRY)
+
+    assert notes[:2] == [
+        f"1 rules loaded from {rules}",
+        f"{rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
+        " it matches as 'alert.no_data'",
+    ]
