@@ -88,7 +88,7 @@ def part1(workdir: Path, baseline: Path | None, timeout: float) -> dict[str, Any
     results: dict[str, Any] = {"python_and_imports_seconds": startup, "files": {}}
     print(f"python and imports: {startup}")
     print(f"{'file':26} {'bytes':>11}  {'load s':>6}  " + "  ".join(f"{name + ' s':>10} {'MB':>6}" for name in trees))
-    for name, make in hostile.REFUSED.items():
+    for name, make in (hostile.REFUSED | hostile.REFUSED_ONCE_READ).items():
         path = workdir / f"{name}.yaml"
         path.write_text(make(), encoding="utf-8")
         row = {tree_name: check(tree, path, timeout) for tree_name, tree in trees.items()}

@@ -73,9 +73,9 @@ GROUP_KEYS = ("all", "any", "none")
 
 # What one rules file may hold: more is refused with a message saying so, so that a
 # runaway or hostile file cannot stall a reload or hold the memory of every worker.
-MAX_FILE_BYTES = 1 << 20
-MAX_RULES = 1000
-MAX_YAML_NODES = 200_000
+MAX_FILE_BYTES = 8 << 20
+MAX_RULES = 10_000
+MAX_YAML_NODES = 1_000_000
 
 # What one event's evaluation may produce, so that its trace (stored with it) stays small.
 MAX_REFS = 100  # distinct refs one side of a link finds

@@ -346,7 +346,7 @@ def test_an_alias_bomb_is_refused_with_a_message_that_says_what_it_is():
     _, problems = refusal(hostile.alias_bomb_in_when())
 
     assert problems == [
-        "rules.yaml:10: the YAML expands to more than 200,000 values through its aliases (*name);"
+        "rules.yaml:11: the YAML expands to more than 1,000,000 values through its aliases (*name);"
         " a rules file may hold no more (is it an alias bomb?)"
     ]
 
@@ -359,15 +359,15 @@ def test_a_rules_file_over_the_size_cap_is_refused_without_reading_it_all(tmp_pa
 
     assert seconds < 0.5
     assert problems == [
-        f"{path}: the rules file is {path.stat().st_size:,} bytes; a rules file may hold at most 1,048,576 bytes"
-        " and 1,000 rules"
+        f"{path}: the rules file is {path.stat().st_size:,} bytes; a rules file may hold at most 8,388,608 bytes"
+        " and 10,000 rules"
     ]
 
 
 def test_a_rules_file_over_the_rule_cap_says_how_many_it_may_hold():
     _, problems = refusal(hostile.too_many_rules())
 
-    assert problems == ["rules.yaml:2: the file holds 1,001 rules; a rules file may hold at most 1,000"]
+    assert problems == ["rules.yaml:2: the file holds 10,001 rules; a rules file may hold at most 10,000"]
 
 
 # -- hot reload ----------------------------------------------------------------------------------
