@@ -122,6 +122,7 @@ class Settings:
     database_url: str = f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
     webhook_secrets: Mapping[str, tuple[Secret, ...]] = field(default_factory=dict)
     admin_token: Secret | None = None
+    secret_key: Secret | None = None
     dry_run_requested: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     signature_tolerance: float = 300.0
@@ -183,6 +184,7 @@ class Settings:
             database_url=reader.database_url(),
             webhook_secrets=reader.webhook_secrets(),
             admin_token=reader.secret("ADMIN_TOKEN"),
+            secret_key=reader.secret("SECRET_KEY"),
             dry_run_requested=reader.flag("DRY_RUN", False),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
             signature_tolerance=reader.number("WEBHOOK_TOLERANCE", 300.0, minimum=1),

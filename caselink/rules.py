@@ -308,6 +308,13 @@ class Group:
     items: tuple[Condition | Group, ...]
     where: str
 
+    def describe(self) -> str:
+        """The group as one line of text: `severity equals "high" and priority in [...]`."""
+        parts = [item.describe() if isinstance(item, Condition) else f"({item.describe()})" for item in self.items]
+        if self.mode == "none":
+            return "none of: " + "; ".join(parts)
+        return (" and " if self.mode == "all" else " or ").join(parts)
+
     def first_failure(self, fields: Mapping[str, Any]) -> str | None:
         """None when the group holds, else the reason it does not."""
         if self.mode == "all":
@@ -790,6 +797,9 @@ def _show_line(line: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "…"
 
 
+LOAD_WAIT = 0.05  # seconds the caller that notices a new rules file waits for its background load
+
+
 class LiveRules:
     """The rules in force, reloaded when the file changes; a bad file never replaces good rules.
 
@@ -817,6 +827,8 @@ class LiveRules:
         self.background = background
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
+        # When this process loaded the rules in force (Unix seconds).
+        self.loaded_at: float | None = None
         self._stamp: tuple[int, int, int] | None = None  # of the file last read, loaded or not
         self._in_force_stamp: tuple[int, int, int] | None = None  # of the file the rules in force came from
         self._checked_at = 0.0
@@ -836,6 +848,9 @@ class LiveRules:
                 if self.background:
                     loader = threading.Thread(target=self._load_then_release, args=(stamp,), daemon=True)
                     loader.start()
+                    # A usual file loads in milliseconds: the caller that noticed it gets it at once.
+                    # A slow one costs that caller this much at most, and nobody else anything.
+                    loader.join(LOAD_WAIT)
                 else:
                     self._load_then_release(stamp)
         return self.ruleset
@@ -879,6 +894,7 @@ class LiveRules:
             self._stamp = None
         if ruleset is not None:
             self.ruleset, self.error, self._in_force_stamp = ruleset, None, stamp
+            self.loaded_at = time.time()
         else:
             self.error = error
         if report and self.on_reload:
