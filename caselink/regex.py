@@ -65,7 +65,7 @@ class Regex:
 
     @property
     def program_size(self) -> int:
-        return self._capturing.programsize
+        return int(self._capturing.programsize)
 
     def search(self, text: str) -> bool:
         """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`."""

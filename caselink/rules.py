@@ -655,8 +655,8 @@ def _read_yaml(source_text: str, filename: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_yaml_problem(exc, source_text, filename)]) from None
     except ReaderError as exc:
-        line = str(source_text.count("\n", 0, max(exc.position, 0)) + 1)
-        raise RulesError([f"{filename}:{line}: not a YAML text file: {exc.reason}"]) from None
+        line_number = source_text.count("\n", 0, max(exc.position, 0)) + 1
+        raise RulesError([f"{filename}:{line_number}: not a YAML text file: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}:1: not valid YAML: {exc}"]) from None
     finally:
@@ -720,7 +720,8 @@ def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [part for pair in node.value for part in pair]
     if isinstance(node, yaml.SequenceNode):
-        return node.value
+        items: list[yaml.Node] = node.value
+        return items
     return []
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.sandbox import SecurityError
 from jinja2.visitor import NodeTransformer
 
 MAX_STEPS = 1000
@@ -167,7 +167,8 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         self.globals["range"] = _range
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        return _Bounds().visit(super()._parse(source, name, filename))
+        tree: nodes.Template = _Bounds().visit(super()._parse(source, name, filename))
+        return tree
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:
@@ -260,7 +261,7 @@ def _building_constants(tree: nodes.Template) -> Iterator[int]:
     for node in tree.find_all((nodes.Mul, nodes.Pow, nodes.Call, nodes.Filter)):
         if isinstance(node, (nodes.Mul, nodes.Pow)):
             operands += [node.left, node.right]
-        else:
+        elif isinstance(node, (nodes.Call, nodes.Filter)):
             operands += [*node.args, *(keyword.value for keyword in node.kwargs)]
     for operand in operands:
         if isinstance(operand, nodes.Const) and isinstance(operand.value, int) and not isinstance(operand.value, bool):
@@ -282,9 +283,10 @@ def _constant_range_length(node: nodes.Node) -> int | None:
         node = node.node
     if not (isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range"):
         return None
-    if not node.args or not all(isinstance(arg, nodes.Const) and isinstance(arg.value, int) for arg in node.args):
+    bounds = [arg.value for arg in node.args if isinstance(arg, nodes.Const) and isinstance(arg.value, int)]
+    if not node.args or len(bounds) != len(node.args):
         return None
     try:
-        return len(range(*(arg.value for arg in node.args)))
+        return len(range(*bounds))
     except (TypeError, ValueError, OverflowError):
         return None
