@@ -32,6 +32,7 @@ from caselink.service import Service
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")
 db_cli = AppGroup("db", help="Database schema migrations.")
+events_cli = AppGroup("events", help="Inspect the events received, rejected deliveries included.")
 
 
 def _service() -> Service:
@@ -316,6 +317,27 @@ def links_retry(link_id: int | None, dead: bool) -> None:
     click.echo(f"link #{row['id']} queued again: {row['parent']} {row['relationship']} {row['child']}")
 
 
+@events_cli.command("list")
+@click.option("--source", help="Only events from this source.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def events_list(source: str | None, limit: int, as_json: bool) -> None:
+    """List events, newest first; a rejected delivery shows why (its raw body: `GET /api/events/<id>`)."""
+    rows = _service().store.list_events(limit=limit, source=source)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        line = f"#{row['id']:<6} {row['received_at']} {row['source']:<12} {row['kind']}"
+        if row["title"]:
+            line += f"  {row['title']}"
+        if row["problem"]:
+            line += f"\n        problem: {row['problem']}"
+        click.echo(line)
+    if not rows:
+        click.echo("no events" + (f" from {source}" if source else ""))
+
+
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema up to this release."""
@@ -340,5 +362,5 @@ def db_current() -> None:
 
 
 def register(app: Flask) -> None:
-    for command in (rules_cli, links_cli, db_cli, replay, worker):
+    for command in (rules_cli, links_cli, events_cli, db_cli, replay, worker):
         app.cli.add_command(command)

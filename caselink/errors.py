@@ -65,6 +65,12 @@ class BadRequestError(CaselinkError):
     code = "bad_request"
 
 
+class BrokenBodyError(BadRequestError):
+    """The request's framing is broken (bad chunk size, body cut short): the connection is closed."""
+
+    code = "bad_request"
+
+
 class AuthenticationError(CaselinkError):
     """Missing or wrong credentials, or no secret configured in live mode."""
 

@@ -32,6 +32,12 @@ WEBHOOKS = Counter(
 EVENTS = Counter(
     "caselink_events_total", "Events received, by source and whether they were new.", ["source", "outcome"]
 )
+REJECTED = Counter(
+    "caselink_rejected_deliveries_total",
+    "Authenticated webhooks refused because their body could not be read (kept as events of kind rejected), "
+    "by source and reason.",
+    ["source", "reason"],
+)
 RULE_MATCHES = Counter("caselink_rule_matches_total", "Events a rule matched.", ["rule"])
 LINKS_PLANNED = Counter("caselink_links_planned_total", "Links planned by rules.", ["rule"])
 WEBHOOK_SECONDS = Histogram(

@@ -25,6 +25,7 @@ from caselink import metrics
 from caselink.bodies import read_body
 from caselink.errors import AuthenticationError
 from caselink.errors import BadRequestError
+from caselink.errors import BrokenBodyError
 from caselink.errors import CaselinkError
 from caselink.events import Headers
 from caselink.events import WebhookRequest
@@ -146,12 +147,19 @@ def _admin_only() -> None:
 @api.get("/events")
 def list_events() -> dict[str, Any]:
     limit = _int_arg("limit", 50, maximum=500)
-    before = _int_arg("before", None)
-    events = service().store.list_events(limit=limit, before=before, source=request.args.get("source"))
+    before = _int_arg("before", None, maximum=MAX_ID)
+    source = request.args.get("source")
+    if source is not None and "\x00" in source:
+        raise BadRequestError("source must not hold a NUL character")
+    events = service().store.list_events(limit=limit, before=before, source=source)
     return {"events": events}
 
 
-@api.get("/events/<int:event_id>")
+# Ids are 64-bit; a larger one names nothing (and would overflow the database's integer).
+MAX_ID = 2**63 - 1
+
+
+@api.get(f"/events/<int(max={MAX_ID}):event_id>")
 def get_event(event_id: int) -> dict[str, Any]:
     return service().store.get_event(event_id)
 
@@ -162,11 +170,11 @@ def list_links() -> dict[str, Any]:
     if state is not None and state not in LINK_STATES:
         raise BadRequestError(f"state must be one of {', '.join(LINK_STATES)}")
     limit = _int_arg("limit", 100, maximum=1000)
-    before = _int_arg("before", None)
+    before = _int_arg("before", None, maximum=MAX_ID)
     return {"links": service().store.list_links(state=state, limit=limit, before=before)}
 
 
-@api.post("/links/<int:link_id>/retry")
+@api.post(f"/links/<int(max={MAX_ID}):link_id>/retry")
 def retry_link(link_id: int) -> dict[str, Any]:
     # The store wakes the delivery worker, wherever it runs.
     return service().store.retry(link_id)
@@ -181,7 +189,7 @@ def _int_arg(name: str, default: int | None, *, maximum: int | None = None) -> i
     except ValueError:
         raise BadRequestError(f"{name} must be a whole number") from None
     if value < 1 or (maximum is not None and value > maximum):
-        raise BadRequestError(f"{name} must be between 1 and {maximum}")
+        raise BadRequestError(f"{name} must be between 1 and {maximum}" if maximum else f"{name} must be 1 or more")
     return value
 
 
@@ -195,6 +203,9 @@ def error_headers(exc: CaselinkError) -> list[tuple[str, str]]:
         headers.append(("WWW-Authenticate", 'Bearer realm="caselink"'))
     if exc.retryable and exc.status_code == 503:
         headers.append(("Retry-After", "5"))
+    if isinstance(exc, BrokenBodyError):
+        # What follows on the connection cannot be told apart from the broken body.
+        headers.append(("Connection", "close"))
     return headers
 
 
