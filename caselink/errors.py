@@ -68,8 +68,6 @@ class BadRequestError(CaselinkError):
 class BrokenBodyError(BadRequestError):
     """The request's framing is broken (bad chunk size, body cut short): the connection is closed."""
 
-    code = "bad_request"
-
 
 class AuthenticationError(CaselinkError):
     """Missing or wrong credentials, or no secret configured in live mode."""
