@@ -66,7 +66,7 @@ class BadRequestError(CaselinkError):
 
 
 class BrokenBodyError(BadRequestError):
-    """The request's framing is broken (bad chunk size, body cut short): the connection is closed."""
+    """The request's framing is broken (a chunk size that is not hex, a body cut short)."""
 
 
 class AuthenticationError(CaselinkError):

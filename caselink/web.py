@@ -18,6 +18,7 @@ from flask import jsonify
 from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_input_stream
 
 from caselink import jsontext
 from caselink import logs
@@ -25,7 +26,6 @@ from caselink import metrics
 from caselink.bodies import read_body
 from caselink.errors import AuthenticationError
 from caselink.errors import BadRequestError
-from caselink.errors import BrokenBodyError
 from caselink.errors import CaselinkError
 from caselink.events import Headers
 from caselink.events import WebhookRequest
@@ -61,11 +61,17 @@ class WebhookEndpoint:
         path: str = environ.get("PATH_INFO", "")
         source = path[len(self.prefix) :]
         if not path.startswith(self.prefix) or not source or "/" in source:
-            return self.flask_wsgi_app(environ, start_response)
+            answer = self.flask_wsgi_app(environ, start_response)
+            if environ.get("wsgi.input_terminated"):
+                # Where reading past the body's end is safe (gunicorn): caselink's pages read no bodies.
+                discard_body(environ, self.config["MAX_CONTENT_LENGTH"])
+            return answer
         if environ.get("REQUEST_METHOD") == "POST":
             status, body, headers = self.receive(source, environ)
         else:
             status, body, headers = 405, _METHOD_NOT_ALLOWED, [("Allow", "POST")]
+        if "caselink.body_read" not in environ:
+            discard_body(environ, self.config["MAX_CONTENT_LENGTH"])
         data = jsontext.dumps_bytes(body)
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         start_response(_STATUS_LINES[status], headers)
@@ -78,6 +84,8 @@ class WebhookEndpoint:
         headers: list[tuple[str, str]] = []
         try:
             svc.handler(source)
+            # Read, or tried: a body cut short or over the limit is not read again.
+            environ["caselink.body_read"] = True
             webhook = WebhookRequest(
                 source=source,
                 body=read_body(environ, self.config["MAX_CONTENT_LENGTH"]),
@@ -104,6 +112,27 @@ class WebhookEndpoint:
         metrics.TALLY.observe(metrics.WEBHOOK_SECONDS, duration)
         logs.emit(log, logging.INFO if status < 400 else logging.WARNING, "webhook", fields)
         return status, body, headers
+
+
+def discard_body(environ: dict[str, Any], limit: int | None) -> None:
+    """Read and drop a body the answer did not need (404, 405), up to `limit` bytes.
+
+    Otherwise the server must skip it to reach the next request on the
+    connection, and gunicorn gives up past 64 KiB and drops the connection
+    after answering keep-alive: the client's next request on it would fail.
+    """
+    if environ.get("CONTENT_LENGTH", "") in ("", "0") and not environ.get("HTTP_TRANSFER_ENCODING"):
+        return
+    try:
+        stream = get_input_stream(environ, max_content_length=limit)
+        left = (limit or 1 << 62) + 1
+        while left > 0:
+            chunk = stream.read(min(65536, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except Exception:  # noqa: BLE001, S110 - a body too large or broken: the server closes the connection
+        pass
 
 
 _STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
@@ -203,9 +232,6 @@ def error_headers(exc: CaselinkError) -> list[tuple[str, str]]:
         headers.append(("WWW-Authenticate", 'Bearer realm="caselink"'))
     if exc.retryable and exc.status_code == 503:
         headers.append(("Retry-After", "5"))
-    if isinstance(exc, BrokenBodyError):
-        # What follows on the connection cannot be told apart from the broken body.
-        headers.append(("Connection", "close"))
     return headers
 
 

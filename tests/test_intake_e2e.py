@@ -228,3 +228,20 @@ def test_unstorable_webhooks_among_good_ones_fail_only_themselves(request, stack
 
     assert statuses["good"] == [202] * 200
     assert statuses["bad"] == [400] * 50
+
+
+def test_a_body_left_unread_by_a_refusal_does_not_drop_the_kept_alive_connection(stack):
+    web = stack.service(DRY_RUN="true")
+    good = (FIXTURES / "datadog" / "incident-created.json").read_bytes()
+    large = b'{"text": "' + b"x" * 100_000 + b'"}'
+    headers = {"Authorization": f"Bearer {WEBHOOK_SECRET}", "Content-Type": "application/json"}
+
+    for method, path, status in (
+        ("PUT", "/webhooks/datadog", 405),
+        ("POST", "/webhooks/nagios", 404),
+        ("POST", "/webhooks/datadog/extra", 404),
+    ):
+        refused = web.http.request(method, web.url + path, data=large, headers=headers, timeout=10)
+        assert refused.status_code == status
+        # The same kept-alive connection carries the next webhook.
+        assert web.http.post(web.url + "/webhooks/datadog", data=good, headers=headers, timeout=10).ok
