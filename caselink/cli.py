@@ -56,8 +56,11 @@ def _load(path: str | None) -> RuleSet:
 def rules_check(file: str | None) -> None:
     """Validate a rules file (default: RULES_FILE); exit 1 with file:line errors."""
     ruleset = _load(file)
+    for warning in ruleset.warnings:
+        click.echo(warning, err=True)
     enabled = sum(1 for rule in ruleset.rules if rule.enabled)
-    click.echo(f"{ruleset.path}: ok, {len(ruleset.rules)} rules ({enabled} enabled)")
+    warned = f", {len(ruleset.warnings)} warning(s)" if ruleset.warnings else ""
+    click.echo(f"{ruleset.path}: ok, {len(ruleset.rules)} rules ({enabled} enabled){warned}")
 
 
 @rules_cli.command("test")

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from functools import lru_cache
 from typing import Any
 
 ENTITY_TYPES = ("CASE", "INCIDENT", "PAGE", "AGENT_CONVERSATION")
@@ -23,6 +24,59 @@ TEXT_FIELDS = ("title", "message", "severity", "priority", "status", "url")
 
 # A Datadog case key: a project key, a dash, a number (OPS-42, DDFC-98813).
 CASE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
+
+
+# Everything that is not a letter or a digit separates words of a kind's segment.
+_WORD_SEPARATORS = re.compile(r"[\W_]+")
+# fnmatch's wildcards: `*`, `?` and a closed `[…]` set (a `]` right after `[` or `[!` is part of the set).
+_GLOB_TOKEN = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+@lru_cache(maxsize=4096)
+def canonical_kind(kind: str) -> str:
+    """A kind in canonical form: lower case (case-folded), words joined by `_`, segments by `.`.
+
+    Whatever separates words in a sender's name (spaces, `-`, `_`, other
+    punctuation) becomes one `_`; empty segments and separators at a segment's
+    ends go. `alert.No Data`, `alert.no-data` and `ALERT..no_data` are all
+    `alert.no_data`; a canonical kind is its own canonical form. Words run
+    together stay together (`AddNote` is `addnote`). Cached: kinds are few.
+    """
+    segments = (_WORD_SEPARATORS.sub("_", segment.casefold()).strip("_") for segment in kind.split("."))
+    return ".".join(segment for segment in segments if segment)
+
+
+def canonical_kind_pattern(pattern: str) -> str:
+    """A kind or a glob of kinds (`on.kind`) in canonical form, its wildcards kept.
+
+    The text between wildcards is canonicalised as in `canonical_kind`, so
+    `alert.No *` is `alert.no_*` and still matches `alert.no_data`; `*`, `?` and
+    `[…]` sets are kept as written (their letters case-folded), and a name
+    without wildcards is exactly `canonical_kind(pattern)`.
+    """
+    if _GLOB_CHARACTERS.isdisjoint(pattern):
+        return canonical_kind(pattern)
+    segments: list[list[tuple[bool, str]]] = [[]]
+    position = 0
+    for token in (*_GLOB_TOKEN.finditer(pattern), None):
+        literal = pattern[position : token.start() if token else len(pattern)]
+        first, *rest = literal.split(".")
+        segments[-1].append((False, first))
+        segments.extend([(False, piece)] for piece in rest)
+        if token is not None:
+            segments[-1].append((True, token.group().casefold()))
+            position = token.end()
+    canonical = []
+    for pieces in segments:
+        words = [text if wildcard else _WORD_SEPARATORS.sub("_", text.casefold()) for wildcard, text in pieces]
+        # Separators at a segment's ends go, as in canonical_kind; next to a wildcard they stay.
+        words[0] = words[0].lstrip("_") if not pieces[0][0] else words[0]
+        words[-1] = words[-1].rstrip("_") if not pieces[-1][0] else words[-1]
+        segment = "".join(words)
+        if segment:
+            canonical.append(segment)
+    return ".".join(canonical)
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -145,7 +199,10 @@ class WebhookRequest:
 
 @dataclass(frozen=True)
 class Event:
-    """The normal form of one thing a sender told us (product brief §2)."""
+    """The normal form of one thing a sender told us (product brief §2).
+
+    `kind` is kept in canonical form (`canonical_kind`), whatever form it is given in.
+    """
 
     source: str
     kind: str
@@ -162,6 +219,15 @@ class Event:
     payload: Any = None
     # Set when the handler could not make sense of an authenticated payload.
     problem: str | None = None
+    # Hex SHA-256 of what the event was built from, when the handler leaves out of it parts
+    # of the payload that say who delivered it rather than what; empty: the store hashes
+    # the payload as it stores it. A dedup key repeated with another digest is a new event.
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        # Every sender's kind, and every stored one read back, in one form, so a rule
+        # written `alert.no_data` or `alert.No Data` sees the same events.
+        object.__setattr__(self, "kind", canonical_kind(self.kind))
 
     def fields(self) -> dict[str, Any]:
         """The names rules and templates see."""

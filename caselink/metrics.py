@@ -38,6 +38,11 @@ REJECTED = Counter(
     "by source and reason.",
     ["source", "reason"],
 )
+DEDUP_CONFLICTS = Counter(
+    "caselink_dedup_conflicts_total",
+    "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
+    ["source"],
+)
 RULE_MATCHES = Counter("caselink_rule_matches_total", "Events a rule matched.", ["rule"])
 LINKS_PLANNED = Counter("caselink_links_planned_total", "Links planned by rules.", ["rule"])
 WEBHOOK_SECONDS = Histogram(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from datetime import UTC
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from caselink.events import Event
 from caselink.events import WebhookRequest
@@ -20,6 +23,16 @@ _EPOCH_DIVISORS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 def body_digest(body: bytes) -> str:
     """A dedup key for a delivery that carries no id: identical bodies are the same delivery."""
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def content_digest(value: Any) -> str:
+    """Hex SHA-256 of a JSON value in canonical form (keys sorted), for `Event.digest`."""
+    try:
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # Integers beyond 64 bits, which JSON allows and orjson refuses.
+        encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def unrecognised(source: str, payload: Any, request: WebhookRequest, problem: str, *, part: str = "") -> Event:

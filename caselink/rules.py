@@ -37,6 +37,7 @@ from caselink.events import FIELD_NAMES
 from caselink.events import RELATIONSHIPS
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import canonical_kind_pattern
 from caselink.events import text
 
 STRING_OPERATORS = (
@@ -510,6 +511,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     path: str = "<rules>"
     digest: str = ""
+    # What `rules check` points out but the rules work despite, with file:line like problems.
+    warnings: tuple[str, ...] = ()
 
     def evaluate(self, event: Event) -> Evaluation:
         names = event.fields()
@@ -564,7 +567,7 @@ def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequenc
     if validator.problems:
         raise RulesError(validator.problems)
     digest = hashlib.sha256(source_text.encode("utf-8")).hexdigest()
-    return RuleSet(tuple(rules), filename, digest)
+    return RuleSet(tuple(rules), filename, digest, tuple(validator.warnings))
 
 
 def _read_yaml(source_text: str, filename: str) -> Any:
@@ -748,12 +751,17 @@ class _Validator:
         self.filename = filename
         self.sources = tuple(sources) if sources is not None else None
         self.problems: list[str] = []
+        self.warnings: list[str] = []
         # Who the next problems are about: "rule 'NAME'", or "rules[3]" for a rule without a usable name.
         self.subject: str | None = None
 
     def problem(self, line: int, message: str) -> None:
         where = f" {self.subject}:" if self.subject else ""
         self.problems.append(f"{self.filename}:{line}:{where} {message}")
+
+    def warning(self, line: int, message: str) -> None:
+        where = f" {self.subject}:" if self.subject else ""
+        self.warnings.append(f"{self.filename}:{line}:{where} warning: {message}")
 
     def duplicates(self, node: Any) -> None:
         for line, key in sorted(_duplicate_keys(node), key=lambda item: item[0]):
@@ -882,7 +890,19 @@ class _Validator:
                         f" (sources: {', '.join(self.sources)})",
                     )
         kinds = self.names(on, "kind", "on.kind")
+        if kinds is not None:
+            kinds = self.canonical_kinds(kinds, _line(on, "kind"))
         return sources, kinds
+
+    def canonical_kinds(self, kinds: tuple[str, ...], line: int) -> tuple[str, ...]:
+        """on.kind as events carry kinds, canonical, so a rule written either way matches."""
+        canonical = tuple(canonical_kind_pattern(kind) for kind in kinds)
+        for written, kind in zip(kinds, canonical, strict=True):
+            if not kind:
+                self.problem(line, f"on.kind {written!r} names no kind (kinds have letters or digits)")
+            elif kind != written:
+                self.warning(line, f"on.kind {written!r} is not in canonical form; it matches as {kind!r}")
+        return canonical
 
     def names(self, on: Mapping[str, Any], key: str, what: str) -> tuple[str, ...] | None:
         if key not in on:

@@ -1,7 +1,9 @@
 """The database schema: what caselink stores, and the uniqueness that makes it exactly-once.
 
-An event is unique per (source, dedup key); a link per (parent, relationship,
-child), both as planned and as resolved to UUIDs. Alembic's migrations build
+An event is unique per (source, dedup key, digest): a delivery repeated with
+the same content is stored once, and a key repeated with other content is a
+new event. A link is unique per (parent, relationship, child), both as planned
+and as resolved to UUIDs. Alembic's migrations build
 exactly these tables (tests/test_migrations.py checks that they agree).
 """
 
@@ -24,6 +26,11 @@ events = sa.Table(
     sa.Column("id", _id, primary_key=True, autoincrement=True),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("dedup_key", sa.String(MAX_KEY), nullable=False),
+    # Hex SHA-256 of what the event was built from (the store always sets it); empty for
+    # events stored before migration 0003.
+    sa.Column("digest", sa.String(64), nullable=False, default=""),
+    # True when an earlier event had this dedup key with other content.
+    sa.Column("dedup_conflict", sa.Boolean, nullable=False, default=False),
     sa.Column("kind", sa.String(255), nullable=False),
     sa.Column("entity_type", sa.String(32)),
     sa.Column("entity_id", sa.String(255)),
@@ -41,7 +48,7 @@ events = sa.Table(
     sa.Column("ruleset", sa.String(64), nullable=False),
     sa.Column("trace", _json, nullable=False),
     sa.Column("links_planned", sa.Integer, nullable=False, default=0),
-    sa.UniqueConstraint("source", "dedup_key", name="uq_events_delivery"),
+    sa.UniqueConstraint("source", "dedup_key", "digest", name="uq_events_delivery"),
 )
 # No secondary index on events beyond the dedup key: each one is pages more to
 # write on every webhook, and the admin API and replay read events rarely.

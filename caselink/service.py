@@ -31,6 +31,7 @@ from caselink.rules import LiveRules
 from caselink.rules import RuleSet
 from caselink.rules import did_you_mean
 from caselink.rules import load_rules
+from caselink.store import RecordedEvent
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
@@ -131,6 +132,8 @@ class Service:
             metrics.TALLY.count(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new")
             if stored.duplicate:
                 continue
+            if stored.dedup_conflict:
+                metrics.TALLY.count(metrics.DEDUP_CONFLICTS, event.source)
             for outcome in evaluation.matched:
                 metrics.TALLY.count(metrics.RULE_MATCHES, outcome.rule)
                 if outcome.links:
@@ -138,15 +141,7 @@ class Service:
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,
-            [
-                {
-                    "id": stored.id,
-                    "kind": stored.kind,
-                    "duplicate": stored.duplicate,
-                    "links_planned": stored.links_planned,
-                }
-                for stored in recorded
-            ],
+            [_answer(stored) for stored in recorded],
             sum(stored.links_planned for stored in recorded if not stored.duplicate),
         )
 
@@ -216,6 +211,19 @@ class Service:
             self.worker.stop(grace)
 
 
+def _answer(stored: RecordedEvent) -> dict[str, Any]:
+    """One event of a webhook's answer; `dedup_conflict` only where it is true, so the usual answer stays short."""
+    answer: dict[str, Any] = {
+        "id": stored.id,
+        "kind": stored.kind,
+        "duplicate": stored.duplicate,
+        "links_planned": stored.links_planned,
+    }
+    if stored.dedup_conflict:
+        answer["dedup_conflict"] = True
+    return answer
+
+
 def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     """Checks before serving: schema known, rules valid. Returns what to tell the operator."""
     store = Store(settings.database_url)
@@ -224,7 +232,7 @@ def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     finally:
         store.dispose()
     ruleset = load_rules(settings.rules_file, sources=tuple(sources))
-    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}"]
+    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}", *ruleset.warnings]
     if settings.dry_run:
         notes.append(f"dry-run: {settings.dry_run_reason}; links are planned and recorded, never sent to Datadog")
     else:

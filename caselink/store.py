@@ -2,7 +2,8 @@
 
 SQLAlchemy Core over SQLite (WAL) by default or PostgreSQL. The uniqueness
 that makes caselink exactly-once lives in the schema, not in process memory:
-an event is unique per (source, dedup key), and a link per (parent,
+an event is unique per (source, dedup key, digest of its content), so only a
+repeat with the same content is a duplicate, and a link per (parent,
 relationship, child) both as planned and as resolved to UUIDs.
 """
 
@@ -20,7 +21,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Container
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -49,6 +49,7 @@ from caselink.errors import SchemaError
 from caselink.errors import StoreUnavailableError
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import canonical_kind
 from caselink.rules import Evaluation
 from caselink.schema import LINK_STATES
 from caselink.schema import MAX_KEY
@@ -68,6 +69,8 @@ class RecordedEvent:
     kind: str
     duplicate: bool
     links_planned: int
+    # A new event whose dedup key an earlier event had with other content.
+    dedup_conflict: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,14 +290,14 @@ class Store:
     ) -> tuple[list[list[RecordedEvent]], list[dict[str, Any]], bool]:
         """Insert a batch's events and, of the links the new ones plan, those in `unknown`;
         return what was recorded, the links planned and whether any delivery became due."""
-        stored = iter(self._insert_events(cursor, [row for work in batch for row in work.events]))
+        stored = iter(self._insert_events(cursor, _mark_conflicts([row for work in batch for row in work.events])))
         results: list[list[RecordedEvent]] = []
         new_links: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
         for work, unknown_of_work in zip(batch, unknown, strict=True):
             recorded = []
             for row, link_rows in zip(work.events, unknown_of_work, strict=True):
-                event_id, duplicate, planned = next(stored)
-                recorded.append(RecordedEvent(event_id, row["kind"], duplicate, planned))
+                event_id, duplicate, planned, conflict = next(stored)
+                recorded.append(RecordedEvent(event_id, row["kind"], duplicate, planned, conflict and not duplicate))
                 if duplicate:
                     continue
                 for link in link_rows:
@@ -306,14 +309,17 @@ class Store:
         due = self._plan_links(cursor, planned, batch[0].now) if planned else False
         return results, planned, due
 
-    def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int]]:
+    def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """Insert the events that are new; for each row, in order, return its event id,
-        whether it was stored already and how many links it planned.
+        whether it was stored already, how many links it planned and whether its dedup
+        key was stored before with other content.
 
         One statement inserts a whole batch: a statement per event would be a
         step of the database, and under load a turn at the GIL, for each webhook.
+        A row is a repeat only when its key and its digest were both stored; the
+        statement itself marks a row whose key was stored with another digest.
         """
-        stored: list[tuple[int, bool, int]] = []
+        stored: list[tuple[int, bool, int, bool]] = []
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             statement = self._statements.insert_events(len(chunk))
@@ -321,32 +327,31 @@ class Store:
             stored += self._outcomes(cursor, chunk)
         return stored
 
-    def _outcomes(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int]]:
+    def _outcomes(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """What one INSERT … ON CONFLICT DO NOTHING of several rows did with each of them."""
-        new_ids: Container[int]
-        if self.dialect == "sqlite":
-            # SQLite answers without RETURNING, sparing a step per row: the rows
-            # one statement adds get consecutive ids, up to the last one it added.
-            added, newest = cursor.rowcount, cursor.lastrowid
-            if added == len(rows):
-                first = newest - added + 1
-                return [(first + index, False, row["links_planned"]) for index, row in enumerate(rows)]
-            new_ids = range(newest - added + 1, newest + 1) if added > 0 else range(0)
-        else:
-            returned = {(source, key): event_id for event_id, source, key in cursor.fetchall()}
-            if len(returned) == len(rows):
-                return [(returned[row["source"], row["dedup_key"]], False, row["links_planned"]) for row in rows]
-            new_ids = set(returned.values())
+        # RETURNING names the rows added, and whether each repeats a stored key with other
+        # content; on SQLite that costs a step per row added, less than a second statement.
+        returned = {
+            (source, key, digest): (event_id, bool(conflict))
+            for event_id, source, key, digest, conflict in cursor.fetchall()
+        }
+        if len(returned) == len(rows):
+            outcomes = []
+            for row in rows:
+                event_id, conflict = returned[row["source"], row["dedup_key"], row["digest"]]
+                outcomes.append((event_id, False, row["links_planned"], conflict))
+            return outcomes
+        new_ids = {event_id for event_id, _ in returned.values()}
         # Some rows were stored already, or came twice in this batch.
         sql = self._statements
         outcomes = []
         seen: set[int] = set()
         for row in rows:
             cursor.execute(sql.find_event.sql, sql.find_event.params(row))
-            event_id, planned = cursor.fetchone()
+            event_id, planned, conflict = cursor.fetchone()
             new = event_id in new_ids and event_id not in seen
             seen.add(event_id)
-            outcomes.append((event_id, not new, planned))
+            outcomes.append((event_id, not new, planned, bool(conflict)))
         return outcomes
 
     def _plan_links(self, cursor: Any, rows: list[dict[str, Any]], now: float) -> bool:
@@ -691,9 +696,19 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no event {event_id}")
             planned = self._planned_links(connection, row.trace)
+            same_key = connection.execute(
+                sa.select(events.c.id)
+                .where(events.c.source == row.source, events.c.dedup_key == row.dedup_key, events.c.id != row.id)
+                .order_by(events.c.id)
+            ).scalars()
+            same_key_events = list(same_key)
         record = _event_summary(row._mapping)
         record.update(
             dedup_key=row.dedup_key,
+            digest=row.digest,
+            dedup_conflict=bool(row.dedup_conflict),
+            same_key_events=same_key_events,
+            dedup=_dedup_note(row.dedup_key, bool(row.dedup_conflict), same_key_events, row.id),
             message=row.message,
             severity=row.severity,
             priority=row.priority,
@@ -1094,7 +1109,10 @@ _ROWS_PER_INSERT = 500
 _EVENT_COLUMNS = (
     "source", "dedup_key", "kind", "entity_type", "entity_id", "title", "message", "severity", "priority",
     "status", "url", "tags", "occurred_at", "payload", "problem", "received_at", "ruleset", "trace", "links_planned",
+    "digest", "dedup_conflict",
 )  # fmt: skip
+# What each row of the INSERT binds, in order: its columns, then the key that dedup_conflict looks up.
+_EVENT_BINDS = (*((column, column) for column in _EVENT_COLUMNS), ("same_source", "source"), ("same_key", "dedup_key"))
 _LINK_COLUMNS = (
     "parent_type", "parent_ref", "relationship", "child_type", "child_ref", "parent_id", "child_id", "state",
     "attempts", "next_attempt_at", "created_at", "updated_at",
@@ -1135,18 +1153,22 @@ class _Statement:
 
 
 class _RowsStatement(_Statement):
-    """A statement with the same columns bound for each of several rows (`:name_0`, `:name_1`, …)."""
+    """A statement with the same names bound for each of several rows (`:name_0`, `:name_1`, …).
 
-    def __init__(self, sql: str, dialect: sa.engine.Dialect, columns: tuple[str, ...]) -> None:
+    `binds` are (name, column) pairs in the order the statement binds them in a
+    row; a column may be bound under two names (PostgreSQL types each name once).
+    """
+
+    def __init__(self, sql: str, dialect: sa.engine.Dialect, binds: tuple[tuple[str, str], ...]) -> None:
         super().__init__(sql, dialect)
-        self._columns = columns
-        self._row = itemgetter(*columns)
+        self._binds = binds
+        self._row = itemgetter(*(column for _, column in binds))
 
     def params_of_rows(self, rows: list[dict[str, Any]]) -> Any:
         if self.positional:
             # Positional drivers (sqlite3) bind the rows' columns in order, row after row.
             return [value for row in rows for value in self._row(row)]
-        return {f"{column}_{index}": row[column] for index, row in enumerate(rows) for column in self._columns}
+        return {f"{name}_{index}": row[column] for index, row in enumerate(rows) for name, column in self._binds}
 
 
 class _Statements:
@@ -1157,7 +1179,8 @@ class _Statements:
         self._dialect = dialect
         self._insert_events: dict[int, _RowsStatement] = {}
         self.find_event = statement(
-            "SELECT id, links_planned FROM events WHERE source = :source AND dedup_key = :dedup_key"
+            "SELECT id, links_planned, dedup_conflict FROM events"
+            " WHERE source = :source AND dedup_key = :dedup_key AND digest = :digest"
         )
         # No conflict target: a link already planned, or already resolved to these UUIDs, is left alone.
         self.insert_link = statement(
@@ -1179,22 +1202,33 @@ class _Statements:
         )
 
     def insert_events(self, count: int) -> _RowsStatement:
-        """INSERT of `count` events, leaving alone those stored already."""
+        """INSERT of `count` events, leaving alone those stored already with the same content.
+
+        A row's dedup_conflict is true when the batch marked it so (its key came
+        earlier in the batch with other content) or an event with its key is stored.
+        """
         statement = self._insert_events.get(count)
         if statement is None:
-            values = ", ".join(
-                "(" + ", ".join(f":{column}_{index}" for column in _EVENT_COLUMNS) + ")" for index in range(count)
-            )
+            rows = []
+            for index in range(count):
+                columns = ", ".join(f":{column}_{index}" for column in _EVENT_COLUMNS[:-1])
+                conflict = (
+                    f":dedup_conflict_{index} OR EXISTS (SELECT 1 FROM events"  # noqa: S608 - only bind names
+                    f" WHERE source = :same_source_{index} AND dedup_key = :same_key_{index})"
+                )
+                rows.append(f"({columns}, {conflict})")
+            values = ", ".join(rows)
             sql = (
                 f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {values}"  # noqa: S608 - constant column names; values are bound
-                " ON CONFLICT (source, dedup_key) DO NOTHING"
-                + ("" if self._dialect.name == "sqlite" else " RETURNING id, source, dedup_key")
+                " ON CONFLICT (source, dedup_key, digest) DO NOTHING"
+                " RETURNING id, source, dedup_key, digest, dedup_conflict"
             )
-            statement = self._insert_events[count] = _RowsStatement(sql, self._dialect, _EVENT_COLUMNS)
+            statement = self._insert_events[count] = _RowsStatement(sql, self._dialect, _EVENT_BINDS)
         return statement
 
 
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:
+    payload = jsontext.dumps(event.payload)
     return {
         "source": event.source,
         "dedup_key": _bounded_key(event.dedup_key),
@@ -1209,13 +1243,29 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "url": event.url,
         "tags": jsontext.dumps({name: list(values) for name, values in event.tags.items()}),
         "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
-        "payload": jsontext.dumps(event.payload),
+        "payload": payload,
         "problem": event.problem,
         "received_at": now,
         "ruleset": ruleset,
         "trace": jsontext.dumps(evaluation.trace()),
         "links_planned": len(evaluation.planned),
+        # What the event was built from: the payload as stored, unless the handler says otherwise.
+        "digest": event.digest or hashlib.sha256(payload.encode()).hexdigest(),
+        "dedup_conflict": False,
     }
+
+
+def _mark_conflicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the rows whose key came earlier in the same batch with other content.
+
+    The INSERT marks the rows whose key is stored already; a row cannot count
+    on seeing one that the same statement adds.
+    """
+    digests: dict[tuple[str, str], str] = {}
+    for row in rows:
+        first = digests.setdefault((row["source"], row["dedup_key"]), row["digest"])
+        row["dedup_conflict"] = first != row["digest"]
+    return rows
 
 
 def _link_row(link: Any, dry_run: bool, now: float) -> dict[str, Any]:
@@ -1239,11 +1289,26 @@ def _natural_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
     return (row["parent_type"], row["parent_ref"], row["relationship"], row["child_type"], row["child_ref"])
 
 
+def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int) -> str:
+    """What deduplication did with an event, for its explain record."""
+    earlier = [other for other in same_key if other < event_id]
+    if conflict:
+        shown = ", ".join(f"#{other}" for other in earlier) or "an earlier event"
+        return f"dedup key {key!r} repeated {shown} with different content: stored and evaluated as a new event"
+    later = [other for other in same_key if other > event_id]
+    if later:
+        return f"the first event with dedup key {key!r}; later events with other content: " + ", ".join(
+            f"#{other}" for other in later
+        )
+    return f"the only event with dedup key {key!r}; a delivery with this key and the same content is a duplicate"
+
+
 def _event_summary(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
         "source": row["source"],
-        "kind": row["kind"],
+        # Rows stored before kinds were canonical read as new ones are written.
+        "kind": canonical_kind(row["kind"]),
         "entity": f"{row['entity_type']}:{row['entity_id']}" if row["entity_type"] else None,
         "title": row["title"],
         "received_at": _iso(row["received_at"]),

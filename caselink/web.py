@@ -98,6 +98,10 @@ class WebhookEndpoint:
             status, body = result.status, result.body()
             fields["events"] = len(result.events)
             fields["new"] = sum(1 for event in result.events if not event["duplicate"])
+            conflicts = [event["id"] for event in result.events if event.get("dedup_conflict")]
+            if conflicts:
+                # New events whose dedup key came before with other content (see their explain record).
+                fields["dedup_conflict"] = conflicts
             fields["links_planned"] = result.links_planned
         except CaselinkError as exc:
             status, body, headers = exc.status_code, exc.to_dict(), error_headers(exc)

@@ -6,6 +6,13 @@ A notification is a group of alerts that may mix firing and resolved ones, so
 each alert is its own event, `alert.firing` or `alert.resolved` by the alert's
 own status, with its labels as tags. Grafana's webhook contact point sends the
 same shape and reuses `group_events`.
+
+An alert's dedup key is its fingerprint (a hash of its labels) + status + start
+time; its digest covers the alert and the group as it was sent, except the
+fields that name the delivering Alertmanager (`receiver`, `groupKey`,
+`externalURL`), so the two members of an HA pair send one event, while a
+still-firing alert re-sent at `repeat_interval` with changed annotations is a
+new one.
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
+from caselink.normalise import content_digest
 from caselink.normalise import first_text
 from caselink.normalise import label_tags
 from caselink.normalise import mapping
 from caselink.normalise import unrecognised
 
 SOURCE = "alertmanager"
+# Fields of a notification that say which Alertmanager (or which of its receivers)
+# delivered it, not what it says: two HA peers send the same alert with different ones.
+_DELIVERER_FIELDS = frozenset(("receiver", "groupKey", "externalURL"))
 
 
 def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
@@ -60,16 +72,18 @@ def group_events(source: str, payload: Any, request: WebhookRequest) -> list[Eve
             )
             continue
         status = first_text(alert.get("status"), group.get("status")).lower()
-        if not status:
+        if not canonical_kind(status):
             events.append(
                 unrecognised(source, narrowed, request, f"alerts[{index}].status is missing", part=f"alerts[{index}]")
             )
             continue
-        events.append(_alert_event(source, status, alert, narrowed))
+        events.append(_alert_event(source, status, alert, narrowed, group))
     return events
 
 
-def _alert_event(source: str, status: str, alert: Mapping[str, Any], payload: Mapping[str, Any]) -> Event:
+def _alert_event(
+    source: str, status: str, alert: Mapping[str, Any], payload: Mapping[str, Any], group: Mapping[str, Any]
+) -> Event:
     labels = mapping(alert.get("labels"))
     annotations = mapping(alert.get("annotations"))
     starts_at = _time(alert.get("startsAt"))
@@ -78,8 +92,11 @@ def _alert_event(source: str, status: str, alert: Mapping[str, Any], payload: Ma
         source=source,
         kind=f"alert.{status}",
         dedup_key=f"{_fingerprint(alert, labels)}:{status}:{starts_at or ''}",
-        title=first_text(annotations.get("summary"), annotations.get("title"), labels.get("alertname")),
-        message=first_text(annotations.get("description"), annotations.get("message")),
+        # Grafana's group title and message, for an alert that names itself nowhere else.
+        title=first_text(
+            annotations.get("summary"), annotations.get("title"), labels.get("alertname"), group.get("title")
+        ),
+        message=first_text(annotations.get("description"), annotations.get("message"), group.get("message")),
         severity=first_text(labels.get("severity")),
         priority=first_text(labels.get("priority")),
         status=status,
@@ -87,6 +104,7 @@ def _alert_event(source: str, status: str, alert: Mapping[str, Any], payload: Ma
         tags=label_tags(labels),
         occurred_at=(ends_at if status == "resolved" else None) or starts_at,
         payload=payload,
+        digest=content_digest({name: value for name, value in payload.items() if name not in _DELIVERER_FIELDS}),
     )
 
 

@@ -18,6 +18,7 @@ from caselink.bodies import json_body
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
 from caselink.events import is_uuid
 from caselink.events import parse_tags
 from caselink.events import text
@@ -49,7 +50,9 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(payload, Mapping):
         return [unrecognised(SOURCE, payload, request, "the body is JSON but not an object")]
     name, entity_type, obj = _main_object(payload)
-    kind = text(payload.get("event")).strip() or _kind_without_event(name, obj, payload)
+    kind = text(payload.get("event")).strip()
+    if not canonical_kind(kind):
+        kind = _kind_without_event(name, obj, payload)
     entity = _entity(entity_type, obj)
     fields = _text_fields(name, obj, payload)
     return [
@@ -80,7 +83,8 @@ def _kind_without_event(name: str | None, obj: Mapping[str, Any], payload: Mappi
     if name is not None:
         return f"{name}.notification"
     # Datadog's default payload names the event type in event_type.
-    return text(payload.get("event_type")).strip() or "notification"
+    event_type = text(payload.get("event_type")).strip()
+    return event_type if canonical_kind(event_type) else "notification"
 
 
 def _entity(entity_type: str | None, obj: Mapping[str, Any]) -> EntityRef | None:

@@ -26,6 +26,7 @@ from caselink.events import ENTITY_TYPES
 from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
 from caselink.events import parse_tags
 from caselink.normalise import body_digest
 from caselink.normalise import first_text
@@ -117,8 +118,8 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(payload, Mapping):
         return [unrecognised(SOURCE, payload, request, "the body is JSON but not an object")]
     kind = first_text(payload.get("type"))
-    if not kind:
-        return [unrecognised(SOURCE, payload, request, "type is missing; it names the event")]
+    if not canonical_kind(kind):
+        return [unrecognised(SOURCE, payload, request, "type is missing or names no kind; it names the event")]
     data = mapping(payload.get("data"))
     entity, problem = _entity(data.get("entity"))
     return [

@@ -2,10 +2,11 @@
 
 Opsgenie does not sign webhooks. Its Webhook integration sends custom headers,
 so it presents OPSGENIE_WEBHOOK_SECRET as a Bearer token, a basic-auth password
-or an X-Webhook-Token header. The kind is `alert.<action>` lowercased
-(alert.create, alert.acknowledge, alert.close, …; a custom action's name with
-spaces as underscores). Alert tags like `case:OPS-42` become tags
-`{case: [OPS-42]}`, next to the alert's details and its team.
+or an X-Webhook-Token header. The kind is `alert.<action>` in canonical form
+(alert.create, alert.acknowledge, alert.close, alert.addnote, …; a custom
+action's name with its spaces and dashes as underscores). Alert tags like
+`case:OPS-42` become tags `{case: [OPS-42]}`, next to the alert's details and
+its team.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
 from caselink.events import parse_tags
 from caselink.events import text
 from caselink.normalise import body_digest
@@ -53,16 +55,14 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(alert, Mapping):
         return [unrecognised(SOURCE, payload, request, "the body has no alert object; is this an alert webhook?")]
     action = re.sub(r"\s+", "_", text(mapping(payload).get("action")).strip().lower())
-    if not action:
-        return [unrecognised(SOURCE, payload, request, "action is missing")]
-    alert_id = first_text(alert.get("alertId"))
-    updated = first_text(alert.get("updatedAt"), alert.get("createdAt"))
+    if not canonical_kind(action):
+        return [unrecognised(SOURCE, payload, request, "action is missing or names no action")]
     team = first_text(alert.get("team"))
     return [
         Event(
             source=SOURCE,
             kind=f"alert.{action}",
-            dedup_key=f"{alert_id}:{action}:{updated}" if alert_id else body_digest(request.body),
+            dedup_key=_dedup_key(mapping(payload), alert, action) or body_digest(request.body),
             # Opsgenie's message is the alert's one-line title; the description is the long text.
             title=first_text(alert.get("message")),
             message=first_text(alert.get("description")),
@@ -76,3 +76,20 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
             payload=payload,
         )
     ]
+
+
+def _dedup_key(payload: Mapping[str, Any], alert: Mapping[str, Any], action: str) -> str:
+    """Alert id + action + update time, and for an escalation whom it notified and which repeat.
+
+    An Escalate delivery may carry nothing of the alert but its id, and one
+    escalation notifies a user, then a team: without `escalationNotify` and
+    `repeatCount` every step of it would share one key.
+    """
+    alert_id = first_text(alert.get("alertId"))
+    if not alert_id:
+        return ""
+    parts = [alert_id, action, first_text(alert.get("updatedAt"), alert.get("createdAt"))]
+    notified = first_text(mapping(payload.get("escalationNotify")).get("id"))
+    if notified or payload.get("escalationId") is not None:
+        parts += [first_text(payload.get("escalationId")), notified, first_text(payload.get("repeatCount"))]
+    return ":".join(parts)

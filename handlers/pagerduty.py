@@ -3,12 +3,20 @@
 PagerDuty signs the raw body with every active secret of the subscription and
 sends `X-PagerDuty-Signature: v1=<hex>[,v1=<hex>…]`; one of them matching one
 secret of PAGERDUTY_WEBHOOK_SECRET (comma-separated while rotating) is enough.
-The kind is `event.event_type` as PagerDuty names it (incident.triggered, …),
-new types included. The `pagey.ping` test event is answered 200 and not stored.
+The kind is `event.event_type` (incident.triggered, …, new types included),
+in canonical form. Tags are the names of the services, escalation policies,
+teams, priorities and incident types the event's data refers to, wherever
+they sit: on the incident, beside it (a responder request's escalation
+policy, a workflow's service) or as the data itself (service.updated).
+The `pagey.ping` test event is answered 200 and not stored.
+The dedup key is the signed body's `event.id`, never the unsigned X-Webhook-Id
+header: anyone who captured one signed delivery could vary that header to have
+it stored again as new events.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +25,7 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.events import canonical_kind
 from caselink.events import text
 from caselink.normalise import body_digest
 from caselink.normalise import first_text
@@ -25,8 +34,32 @@ from caselink.normalise import unrecognised
 
 SOURCE = "pagerduty"
 SIGNATURE_HEADER = "X-PagerDuty-Signature"
-DELIVERY_HEADER = "X-Webhook-Id"
 PING = "pagey.ping"
+# The tag an object stands for: by its `type` (PagerDuty objects and their
+# references), else by the key it sits under (payloads written by hand, incident_type).
+_TAG_OF_TYPE = {
+    "service": "service",
+    "service_reference": "service",
+    "escalation_policy": "escalation_policy",
+    "escalation_policy_reference": "escalation_policy",
+    "team": "team",
+    "team_reference": "team",
+    "priority": "priority",
+    "priority_reference": "priority",
+    "incident_type": "incident_type",
+    "incident_type_reference": "incident_type",
+}
+_TAG_OF_KEY = {
+    "service": "service",
+    "escalation_policy": "escalation_policy",
+    "team": "team",
+    "teams": "team",
+    "priority": "priority",
+    "incident_type": "incident_type",
+}
+TAGS = ("service", "team", "escalation_policy", "priority", "incident_type")
+# References sit at most a few objects deep; a deeper payload is not PagerDuty's.
+_MAX_DEPTH = 8
 
 
 def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
@@ -61,25 +94,26 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(event, Mapping):
         return [unrecognised(SOURCE, payload, request, "the body has no event object; is this a v3 webhook?")]
     kind = text(event.get("event_type")).strip()
-    if not kind:
-        return [unrecognised(SOURCE, payload, request, "event.event_type is missing")]
-    if kind == PING:
+    if not canonical_kind(kind):
+        return [unrecognised(SOURCE, payload, request, "event.event_type is missing or names no kind")]
+    if canonical_kind(kind) == PING:
         return []
     data = mapping(event.get("data"))
     incident = _incident(data)
+    tags = _tags(data)
     return [
         Event(
             source=SOURCE,
             kind=kind,
-            dedup_key=first_text(request.headers.get(DELIVERY_HEADER), event.get("id")) or body_digest(request.body),
+            dedup_key=first_text(event.get("id")) or body_digest(request.body),
             title=first_text(incident.get("title"), incident.get("summary"), data.get("summary"), data.get("name")),
             # A note's content, a status update's message, a service's description.
             message=first_text(data.get("content"), data.get("message"), data.get("description")),
             severity=first_text(incident.get("urgency")),
-            priority=first_text(mapping(incident.get("priority")).get("summary")),
+            priority=first_text(mapping(incident.get("priority")).get("summary"), *tags.get("priority", ())),
             status=first_text(incident.get("status"), data.get("status")),
             url=first_text(data.get("html_url"), incident.get("html_url")),
-            tags=_tags(data, incident),
+            tags=tags,
             occurred_at=first_text(event.get("occurred_at")) or None,
             payload=payload,
         )
@@ -93,26 +127,32 @@ def _incident(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return mapping(data.get("incident"))
 
 
-def _tags(data: Mapping[str, Any], incident: Mapping[str, Any]) -> dict[str, list[str]]:
-    """service, team, escalation_policy and incident_type, by name, as a rule author writes them."""
-    service = incident.get("service") if incident else None
-    if service is None and data.get("type") == "service":
-        service = data
+def _tags(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """service, team, escalation_policy, priority and incident_type names, wherever they sit in `data`.
+
+    Each name once, nearest to `data` first: the incident's own service comes
+    before one a nested object mentions.
+    """
     found: dict[str, list[str]] = {}
-    for name, refs in (
-        ("service", [service]),
-        ("team", incident.get("teams") or data.get("teams")),
-        ("escalation_policy", [incident.get("escalation_policy")]),
-        ("incident_type", [incident.get("incident_type")]),
-    ):
-        values: list[str] = []
-        for ref in refs if isinstance(refs, list) else []:
-            value = _name(ref)
-            if value and value not in values:
-                values.append(value)
-        if values:
-            found[name] = values
-    return found
+    pending: deque[tuple[Any, str | None, int]] = deque([(data, None, 0)])
+    while pending:
+        value, key, depth = pending.popleft()
+        if depth > _MAX_DEPTH:
+            continue
+        if isinstance(value, list):
+            # A list's elements are what its key names (`teams`), one level down.
+            pending.extend((item, key, depth + 1) for item in value)
+            continue
+        if not isinstance(value, Mapping):
+            continue
+        kind = value.get("type")
+        tag = _TAG_OF_TYPE.get(kind) if isinstance(kind, str) else None
+        tag = tag or _TAG_OF_KEY.get(key or "")
+        name = _name(value) if tag else ""
+        if tag and name and name not in found.setdefault(tag, []):
+            found[tag].append(name)
+        pending.extend((item, str(child), depth + 1) for child, item in value.items())
+    return {tag: found[tag] for tag in TAGS if found.get(tag)}
 
 
 def _name(ref: Any) -> str:

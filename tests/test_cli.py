@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import sqlalchemy as sa
 
 from caselink import migrations
 from caselink.config import Secret
@@ -159,3 +160,36 @@ def test_db_upgrade_and_current(settings, tmp_path):
     assert f"empty -> {migrations.head_revision()}" in upgraded.output
     assert f"database: {migrations.head_revision()}" in after.output
     application.extensions["caselink"].store.dispose()
+
+
+def test_replay_reads_events_stored_with_old_kinds_in_canonical_form(app, runner, tmp_path):
+    store = app.extensions["caselink"].store
+    answer = app.test_client().post(
+        "/webhooks/datadog",
+        data=fixture_bytes("intake", "dd-monitor-nodata.json"),
+        headers=AUTH,
+        content_type="application/json",
+    )
+    assert answer.status_code == 202, answer.get_json()
+    # As a release before canonical kinds stored it.
+    with store.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE events SET kind = 'alert.No Data'"))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """
+version: 1
+rules:
+  - name: no-data-relates-runbook-case
+    on: {source: datadog, kind: alert.no_data}
+    link:
+      relationship: RELATES_TO
+      parent: {type: CASE, id: OPS-42}
+      child: {type: CASE, find: {in: [message], pattern: '\\b[A-Z]+-\\d+\\b'}}
+"""
+    )
+
+    preview = runner.invoke(args=["replay", "--since", "1h", "--rules", str(rules)])
+
+    assert "+ event 1: CASE:OPS-42 RELATES_TO CASE:SEC-7  (rule no-data-relates-runbook-case)" in preview.output
+    [event] = store.list_events()
+    assert event["kind"] == store.get_event(1)["kind"] == "alert.no_data"

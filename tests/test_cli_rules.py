@@ -138,6 +138,82 @@ def test_rules_check_rejects_an_on_source_no_handler_serves(runner, tmp_path):
     assert f"{path}:4: rule 'causes': on.source: no source named 'datadgo' (did you mean 'datadog'?)" in result.stderr
 
 
+# One rule per sender, each `on.kind` written as the sender spells the kind rather than canonically.
+SENDER_FORM_RULES = textwrap.dedent(
+    """\
+    version: 1
+    rules:
+      - name: no-data
+        on: {source: datadog, kind: alert.No Data}
+        link:
+          relationship: RELATES_TO
+          parent: {type: CASE, id: OPS-1}
+          child: {type: CASE, find: {in: [message], pattern: '\\b[A-Z]+-\\d+\\b'}}
+        examples:
+          - payload: {event: alert.No Data, id: "1", alert: {message: "runbook SEC-7", transition: No Data}}
+            links: [{parent: "CASE:OPS-1", relationship: RELATES_TO, child: "CASE:SEC-7"}]
+          - payload: {id: "2", alert: {message: "runbook SEC-7", transition: No Data}}
+            links: [{parent: "CASE:OPS-1", relationship: RELATES_TO, child: "CASE:SEC-7"}]
+      - name: opsgenie-custom-action
+        on: {source: opsgenie, kind: [alert.Page Payments On-Call]}
+        link:
+          relationship: RELATES_TO
+          parent: {type: CASE, id: OPS-1}
+          child: {type: CASE, find: {in: [tags.case], pattern: '.+'}}
+        examples:
+          - payload: {action: page payments on-call, alert: {alertId: a-1, tags: ["case:OPS-9"]}}
+            links: [{parent: "CASE:OPS-1", relationship: RELATES_TO, child: "CASE:OPS-9"}]
+      - name: generic-glob
+        on: {source: generic, kind: Deploy.Rolled *}
+        link: {relationship: RELATES_TO, parent: {type: CASE, id: OPS-1}, child: {type: CASE, id: OPS-2}}
+        examples:
+          - payload: {type: deploy.rolled-back, data: {}}
+            links: [{parent: "CASE:OPS-1", relationship: RELATES_TO, child: "CASE:OPS-2"}]
+    """
+)
+
+
+@pytest.fixture
+def sender_form_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(SENDER_FORM_RULES, encoding="utf-8")
+    return path
+
+
+def test_rules_check_warns_of_each_on_kind_not_in_canonical_form_and_passes(runner, sender_form_file):
+    result = runner.invoke(args=["rules", "check", str(sender_form_file)])
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"{sender_form_file}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
+        " it matches as 'alert.no_data'",
+        f"{sender_form_file}:15: rule 'opsgenie-custom-action': warning: on.kind 'alert.Page Payments On-Call'"
+        " is not in canonical form; it matches as 'alert.page_payments_on_call'",
+        f"{sender_form_file}:24: rule 'generic-glob': warning: on.kind 'Deploy.Rolled *' is not in canonical form;"
+        " it matches as 'deploy.rolled_*'",
+    ]
+    assert result.stdout == f"{sender_form_file}: ok, 3 rules (3 enabled), 3 warning(s)\n"
+
+
+def test_rules_test_runs_examples_whose_kinds_the_rules_spell_as_the_senders_do(runner, sender_form_file):
+    result = runner.invoke(args=["rules", "test", str(sender_form_file)])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "4 of 4 examples passed"
+
+
+def test_rules_explain_shows_the_canonical_kind_of_either_form_of_a_monitor_alert(runner, sender_form_file):
+    for name in ("dd-monitor-nodata.json", "dd-monitor-noevent.json"):
+        result = runner.invoke(
+            args=["rules", "explain", "datadog", str(FIXTURES / "intake" / name), "--rules", str(sender_form_file)]
+        )
+
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert lines[0] == "event alert.no_data from datadog"
+        assert "  no-data: matched" in lines
+
+
 # -- rules test -----------------------------------------------------------------------------
 
 

@@ -103,4 +103,44 @@ def test_gunicorn_refuses_to_start_on_an_old_schema_and_says_what_to_run(stack):
     assert "flask --app app db upgrade" in web.logs()
     result = flask(env, "db", "upgrade")
     assert result.returncode == 0, result.stderr
-    assert "0001 -> 0002" in result.stdout
+    assert f"0001 -> {migrations.head_revision()}" in result.stdout
+
+
+def test_events_stored_before_digests_keep_an_empty_digest_and_a_downgrade_keeps_every_event(url):
+    from alembic import command
+
+    from caselink.events import Event
+    from caselink.rules import Evaluation
+
+    engine = sa.create_engine(url)
+    migrations.upgrade(engine, "0002")
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO events (source, dedup_key, kind, title, message, severity, priority, status, url, tags,"
+                " received_at, ruleset, trace, links_planned) VALUES ('datadog', 'k1', 'incident.created', 't', '', '',"
+                " '', '', '', '{}', 1.0, 'abc', '[]', 0)"
+            )
+        )
+    migrations.upgrade(engine, "0003")
+    store = Store(url)
+    [old] = store.list_events()
+    assert (store.get_event(old["id"])["digest"], store.get_event(old["id"])["dedup_conflict"]) == ("", False)
+
+    recorded = store.record(
+        [(Event("datadog", "incident.created", "k1", payload={"v": version}), Evaluation([])) for version in (1, 2)],
+        ruleset="abc",
+        dry_run=True,
+    )
+    assert [(event.duplicate, event.dedup_conflict) for event in recorded] == [(False, True), (False, True)]
+    store.dispose()
+
+    command.downgrade(migrations.alembic_config(engine), "0002")
+
+    with engine.connect() as connection:
+        keys = connection.execute(sa.text("SELECT id, dedup_key FROM events ORDER BY id")).all()
+    assert [key for _, key in keys][0] == "k1"
+    assert len(keys) == 3
+    assert len({key for _, key in keys}) == 3
+    assert all(key.startswith("k1#") and len(key) == len("k1#") + 64 for _, key in keys[1:])
+    engine.dispose()

@@ -516,6 +516,58 @@ def test_on_kind_takes_names_and_globs():
     assert outcome.reason == "on.kind: 'page.escalated' is not one of 'incident.created', 'incident.updated'"
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "alert.No Data",
+        "alert.no_data",
+        ["alert.Triggered", "alert.No Data"],
+        "alert.No *",
+        "ALERT.NO*",
+        "alert.[Nn]o?Data",
+    ],
+)
+def test_on_kind_written_in_any_form_selects_the_canonical_kind(written):
+    rules = ruleset(a_rule(on={"kind": written}))
+
+    assert outcome_of(rules, an_event(kind="alert.No Data", title="OPS-1")).outcome == "matched"
+    assert outcome_of(rules, an_event(kind="alert.no_data", title="OPS-1")).outcome == "matched"
+    assert outcome_of(rules, an_event(kind="alert.recovered", title="OPS-1")).outcome == "not_applicable"
+
+
+def test_on_kind_not_in_canonical_form_is_a_warning_with_file_line_and_rule():
+    rules = parse_rules(
+        textwrap.dedent(
+            """\
+            version: 1
+            rules:
+              - name: no-data
+                on:
+                  kind: [alert.No Data, alert.no_data, Alert.Re-Triggered]
+                link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}
+            """
+        ),
+        "rules.yaml",
+    )
+
+    assert rules.warnings == (
+        "rules.yaml:5: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
+        " it matches as 'alert.no_data'",
+        "rules.yaml:5: rule 'no-data': warning: on.kind 'Alert.Re-Triggered' is not in canonical form;"
+        " it matches as 'alert.re_triggered'",
+    )
+    assert rules.rules[0].kinds == ("alert.no_data", "alert.no_data", "alert.re_triggered")
+
+
+def test_canonical_on_kinds_and_globs_give_no_warning():
+    assert ruleset(a_rule(on={"kind": ["alert.no_data", "incident.*", "alert.[nr]*"]})).warnings == ()
+
+
+def test_an_on_kind_with_no_letters_or_digits_is_rejected():
+    with pytest.raises(RulesError, match="on.kind '---' names no kind"):
+        ruleset(a_rule(on={"kind": "---"}))
+
+
 def test_a_rule_without_on_applies_to_every_event():
     rules = ruleset(a_rule(), sources=("datadog", "pagerduty"))
 

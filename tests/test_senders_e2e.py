@@ -250,9 +250,11 @@ def test_a_sender_without_a_secret_is_refused_in_live_mode(stack):
     assert web.api("/api/events").json()["events"] == []
 
 
-def pagerduty_body_of(size: int) -> bytes:
+def pagerduty_body_of(size: int, event_id: str | None = None) -> bytes:
     """The PagerDuty fixture grown to `size` bytes, as a verbose incident would be."""
     payload = json.loads(fixture_bytes("pagerduty", "incident-triggered.json"))
+    if event_id is not None:
+        payload["event"]["id"] = event_id
     payload["event"]["data"]["description"] = ""
     padding = size - len(json.dumps(payload).encode())
     payload["event"]["data"]["description"] = "x" * padding
@@ -264,8 +266,10 @@ def pagerduty_body_of(size: int) -> bytes:
 def test_a_256_kb_pagerduty_payload_is_accepted_with_the_default_limit(stack):
     web = stack.service(**ENV)
     body = pagerduty_body_of(256 * 1024)
-    chunked_headers = {"Content-Type": "application/json", **signed("pagerduty", body, delivery="d-2")["headers"]}
-    chunks = (body[start : start + 8192] for start in range(0, len(body), 8192))
+    # Another event: PagerDuty's dedup key is the signed event.id, not the delivery header.
+    other = pagerduty_body_of(256 * 1024, event_id="01DEDUPCHUNKED0000000000000")
+    chunked_headers = {"Content-Type": "application/json", **signed("pagerduty", other, delivery="d-2")["headers"]}
+    chunks = (other[start : start + 8192] for start in range(0, len(other), 8192))
 
     declared = web.post("pagerduty", body, **signed("pagerduty", body, delivery="d-1"))
     chunked = web.http.post(f"{web.url}/webhooks/pagerduty", data=chunks, headers=chunked_headers, timeout=10)

@@ -34,15 +34,13 @@ def store(request, tmp_path: Path):
     built.dispose()
 
 
-def event(dedup_key: str = "d1", incident: str = INCIDENT, title: str = "see OPS-42", **fields) -> Event:
+def event(dedup_key: str = "d1", incident: str = INCIDENT, **fields) -> Event:
     return Event(
         source="datadog",
         kind="incident.created",
         dedup_key=dedup_key,
         entity=EntityRef("INCIDENT", incident),
-        title=title,
-        payload={"id": dedup_key},
-        **fields,
+        **{"title": "see OPS-42", "payload": {"id": dedup_key}, **fields},
     )
 
 
@@ -497,3 +495,74 @@ def test_a_webhook_the_database_cannot_store_fails_alone_and_as_the_senders_faul
     assert len(failures["bad"]) == 50
     assert {(type(error), error.detail["reason"]) for error in failures["bad"]} == {(BadRequestError, "unstorable")}
     assert len(set(stored)) == 200 == len(event_ids(store))
+
+
+def test_a_dedup_key_repeated_with_other_content_is_a_new_event_and_a_retry_of_either_changes_nothing(store):
+    [first] = store.record([(event("k"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    [other] = store.record(
+        [(event("k", title="see OPS-42, now worse", payload={"id": "k", "v": 2}), planning(("r1", causes())))],
+        ruleset="x",
+        dry_run=False,
+    )
+    retries = store.record(
+        [
+            (event("k"), planning(("r1", causes()))),
+            (event("k", title="see OPS-42, now worse", payload={"id": "k", "v": 2}), planning(("r1", causes()))),
+        ],
+        ruleset="x",
+        dry_run=False,
+    )
+
+    assert (first.duplicate, first.dedup_conflict) == (False, False)
+    assert (other.duplicate, other.dedup_conflict) == (False, True)
+    assert other.id != first.id
+    assert [(e.id, e.duplicate, e.dedup_conflict) for e in retries] == [
+        (first.id, True, False),
+        (other.id, True, False),
+    ]
+    assert len(store.list_events()) == 2
+    assert len(store.list_links()) == 1  # the link both plan is one link
+
+
+def test_one_batch_holding_a_key_twice_with_other_content_stores_both_and_marks_the_second(store):
+    items = [
+        (event("k", payload={"id": "k", "v": 1}), planning(("r1", causes()))),
+        (event("k", payload={"id": "k", "v": 2}), planning(("r1", causes()))),
+        (event("k", payload={"id": "k", "v": 1}), planning(("r1", causes()))),
+    ]
+
+    recorded = store.record(items, ruleset="x", dry_run=False)
+
+    assert [(e.duplicate, e.dedup_conflict) for e in recorded] == [(False, False), (False, True), (True, False)]
+    assert recorded[2].id == recorded[0].id
+    assert len(store.list_events()) == 2
+    assert len(store.list_links()) == 1
+
+
+def test_the_explain_record_says_a_repeated_key_with_other_content_was_stored_as_a_new_event(store):
+    [first] = store.record([(event("k"), planning())], ruleset="x", dry_run=False)
+    [other] = store.record([(event("k", payload={"id": "k", "v": 2}), planning())], ruleset="x", dry_run=False)
+
+    record = store.get_event(other.id)
+    original = store.get_event(first.id)
+
+    assert record["dedup_conflict"] is True
+    assert record["same_key_events"] == [first.id]
+    assert record["dedup"] == (
+        f"dedup key 'k' repeated #{first.id} with different content: stored and evaluated as a new event"
+    )
+    assert record["digest"] != original["digest"]
+    assert original["dedup_conflict"] is False
+    assert f"#{other.id}" in original["dedup"]
+
+
+def test_a_handler_digest_decides_what_counts_as_the_same_content(store):
+    [first] = store.record([(event("k", digest="a" * 64), planning())], ruleset="x", dry_run=False)
+    [same] = store.record(
+        [(event("k", digest="a" * 64, payload={"id": "k", "deliverer": "peer-2"}), planning())],
+        ruleset="x",
+        dry_run=False,
+    )
+
+    assert (same.id, same.duplicate) == (first.id, True)
+    assert store.get_event(first.id)["digest"] == "a" * 64

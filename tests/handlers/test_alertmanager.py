@@ -7,6 +7,7 @@ import json
 import pytest
 
 from caselink.errors import AuthenticationError
+from caselink.events import Event
 from handlers import alertmanager
 from tests.conftest import fixture_bytes
 from tests.conftest import fixture_json
@@ -208,3 +209,42 @@ def test_odd_json_never_raises(body):
     for event in events(alertmanager, webhook("alertmanager", body)):
         assert event.source == "alertmanager"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize(("status", "kind"), [("FIRING", "alert.firing"), ("Resolved", "alert.resolved")])
+def test_the_status_in_canonical_form_is_the_kind(status, kind):
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", status))))
+
+    assert event.kind == kind
+
+
+def test_a_status_with_no_letter_or_digit_is_kept_as_unrecognised():
+    [event] = events(alertmanager, webhook("alertmanager", group(alert("db-1", "--"), status="--")))
+
+    assert (event.kind, event.problem) == ("unrecognised", "alerts[0].status is missing")
+
+
+def test_two_alertmanagers_of_an_ha_pair_send_the_same_content_and_a_changed_annotation_is_other_content():
+    def sent(receiver: str, external_url: str, summary: str) -> Event:
+        payload = json.loads(group(alert("db-3", "firing", annotations={"summary": summary})))
+        payload.update(receiver=receiver, externalURL=external_url, groupKey=f"{{}}/{receiver}:{{}}")
+        [event] = events(alertmanager, webhook("alertmanager", json.dumps(payload)))
+        return event
+
+    peer_one = sent("caselink", "http://alertmanager-0:9093", "Disk full on db-3")
+    peer_two = sent("caselink-ha", "http://alertmanager-1:9093", "Disk full on db-3")
+    annotated = sent("caselink", "http://alertmanager-0:9093", "Disk full on db-3, see OPS-42")
+
+    assert peer_one.dedup_key == peer_two.dedup_key == annotated.dedup_key
+    assert peer_one.digest == peer_two.digest
+    assert annotated.digest != peer_one.digest
+    assert len(peer_one.digest) == 64
+
+
+def test_an_alert_that_names_itself_nowhere_is_titled_by_the_group_title_grafana_sends():
+    titles = [
+        events(alertmanager, webhook("alertmanager", fixture_bytes("intake", f"grafana-bare-{number}.json")))[0].title
+        for number in (1, 2)
+    ]
+
+    assert titles == ["[FIRING:1] Disk full db-3 (OPS-42)", "[FIRING:1] Checkout latency (OPS-77)"]

@@ -297,3 +297,27 @@ def test_odd_json_never_raises(body):
     for event in events(generic, webhook("generic", body)):
         assert event.source == "generic"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize(
+    ("type_", "kind"),
+    [
+        ("incident.created", "incident.created"),
+        ("Incident.Created", "incident.created"),
+        ("deploy.rolled-back", "deploy.rolled_back"),
+        ("invoice.payment failed", "invoice.payment_failed"),
+        ("Incident Created", "incident_created"),
+    ],
+)
+def test_the_type_in_canonical_form_is_the_kind(type_, kind):
+    [event] = events(generic, webhook("generic", json.dumps({"type": type_, "data": {}})))
+
+    assert event.kind == kind
+
+
+@pytest.mark.parametrize("type_", ["...", " - "])
+def test_a_type_with_no_letter_or_digit_is_kept_as_unrecognised(type_):
+    [event] = events(generic, webhook("generic", json.dumps({"type": type_, "data": {}})))
+
+    assert event.kind == "unrecognised"
+    assert "names no kind" in event.problem

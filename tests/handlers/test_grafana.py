@@ -186,3 +186,13 @@ def test_odd_json_never_raises(body):
     for event in events(grafana, webhook("grafana", body)):
         assert event.source == "grafana"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize(("status", "kind"), [("Firing", "alert.firing"), ("RESOLVED", "alert.resolved")])
+def test_the_alert_status_in_canonical_form_is_the_kind(status, kind):
+    payload = json.loads(BODY)
+    payload["alerts"][0]["status"] = status
+
+    [event] = events(grafana, webhook("grafana", json.dumps(payload)))
+
+    assert event.kind == kind

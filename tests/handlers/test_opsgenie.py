@@ -113,9 +113,13 @@ def test_the_fixture_becomes_one_alert_create_event():
         ("Escalate", "alert.escalate", ""),
         ("AddNote", "alert.addnote", ""),
         ("Page the DBA", "alert.page_the_dba", ""),
+        ("Page Payments On-Call", "alert.page_payments_on_call", ""),
+        ("  Update  Priority ", "alert.update_priority", ""),
+        ("UpdatePriority", "alert.updatepriority", ""),
+        ("Run runbook: restart", "alert.run_runbook_restart", ""),
     ],
 )
-def test_the_action_lowercased_is_the_kind(action, kind, status):
+def test_the_action_in_canonical_form_is_the_kind(action, kind, status):
     [event] = events(opsgenie, webhook("opsgenie", with_action(action)))
 
     assert (event.kind, event.status) == (kind, status)
@@ -174,3 +178,23 @@ def test_odd_json_never_raises(body):
     for event in events(opsgenie, webhook("opsgenie", body)):
         assert event.source == "opsgenie"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize("action", ["", "  ", "???", " - "])
+def test_an_action_with_no_letter_or_digit_is_kept_as_unrecognised(action):
+    [event] = events(opsgenie, webhook("opsgenie", with_action(action)))
+
+    assert (event.kind, event.problem) == ("unrecognised", "action is missing or names no action")
+
+
+def test_each_step_of_an_escalation_that_carries_only_the_alert_id_has_its_own_dedup_key():
+    first, second = (fixture_bytes("intake", f"og-escalate-{number}.json") for number in (1, 2))
+
+    [to_user] = events(opsgenie, webhook("opsgenie", first))
+    [to_team] = events(opsgenie, webhook("opsgenie", second))
+    [again] = events(opsgenie, webhook("opsgenie", first))
+
+    assert (to_user.kind, to_team.kind) == ("alert.escalate", "alert.escalate")
+    assert to_user.dedup_key != to_team.dedup_key
+    assert again.dedup_key == to_user.dedup_key
+    assert to_user.dedup_key.startswith("7ba97e3a-0000-4000-8000-000000000001:escalate:")

@@ -146,23 +146,21 @@ def test_the_fixture_becomes_one_incident_triggered_event():
         "priority": "P1",
         "status": "triggered",
         "url": "https://acme.pagerduty.com/incidents/PGR0VU2",
-        "tags": {"service": ["payments-api"], "team": ["checkout"]},
+        "tags": {"service": ["payments-api"], "team": ["checkout"], "priority": ["P1"]},
         "occurred_at": "2026-11-26T09:14:22.169Z",
     }
     assert event.payload == json.loads(BODY)
     assert event.problem is None
 
 
-def test_the_delivery_id_header_is_the_dedup_key():
-    [event] = events(pagerduty, webhook("pagerduty", BODY, {"X-Webhook-Id": "delivery-1"}))
+def test_the_signed_event_id_is_the_dedup_key_whatever_the_unsigned_delivery_header_says():
+    keys = {
+        event.dedup_key
+        for delivery in (None, "delivery-1", "delivery-2", "")
+        for event in events(pagerduty, webhook("pagerduty", BODY, {"X-Webhook-Id": delivery} if delivery else {}))
+    }
 
-    assert event.dedup_key == "delivery-1"
-
-
-def test_without_the_delivery_header_the_event_id_is_the_dedup_key():
-    [event] = events(pagerduty, webhook("pagerduty", BODY))
-
-    assert event.dedup_key == "5ac64822-4adc-4fda-ade0-410becf0de4f"
+    assert keys == {"5ac64822-4adc-4fda-ade0-410becf0de4f"}
 
 
 def test_without_any_id_identical_bodies_share_a_dedup_key():
@@ -242,9 +240,175 @@ def test_a_service_event_tags_the_service_by_name():
     assert (event.title, event.message, event.tags) == ("payments-api", "Takes money", {"service": ["payments-api"]})
 
 
+def ref(type_: str, summary: str | None, id_: str = "PX") -> dict:
+    """A PagerDuty reference as webhooks carry them: `{id, type: <object>_reference, summary, …}`."""
+    return {
+        "id": id_,
+        "type": f"{type_}_reference",
+        "summary": summary,
+        "html_url": f"https://acme.pagerduty.com/{id_}",
+    }
+
+
+INCIDENT_REF = ref("incident", "A little bump in the road", "PGR0VU2")
+
+# Every `event.data` type of PagerDuty's v3 docs (developer-docs 01-Overview.md,
+# "Event Data Types"), with the tags each must give. References sit on the
+# incident, beside it, in a list, or are the data itself.
+SHAPES = {
+    "incident (incident.triggered, .acknowledged, .delegated, .priority_updated, …)": (
+        "incident.priority_updated",
+        {
+            "id": "PGR0VU2",
+            "type": "incident",
+            "title": "A little bump in the road",
+            "incident_type": {"name": "major"},
+            "service": ref("service", "API Service"),
+            "assignees": [ref("user", "User 123")],
+            "escalation_policy": ref("escalation_policy", "Default"),
+            "teams": [ref("team", "Engineering")],
+            "priority": ref("priority", "P1"),
+            "urgency": "high",
+            "conference_bridge": {"conference_number": "+1 1234123412,,987654321#"},
+            "resolve_reason": None,
+        },
+        {
+            "service": ["API Service"],
+            "team": ["Engineering"],
+            "escalation_policy": ["Default"],
+            "priority": ["P1"],
+            "incident_type": ["major"],
+        },
+    ),
+    "incident_note (incident.annotated)": (
+        "incident.annotated",
+        {"incident": INCIDENT_REF, "id": "P2LA89X", "content": "Glad", "trimmed": False, "type": "incident_note"},
+        {},
+    ),
+    "incident_note whose incident reference names its service and policy": (
+        "incident.annotated",
+        {
+            "incident": {**INCIDENT_REF, "service": ref("service", "APIs"), "priority": ref("priority", "P2")},
+            "escalation_policy": ref("escalation_policy", "APIs-ep"),
+            "content": "Rolled back",
+            "type": "incident_note",
+        },
+        {"service": ["APIs"], "escalation_policy": ["APIs-ep"], "priority": ["P2"]},
+    ),
+    "incident_status_update (incident.status_update_published)": (
+        "incident.status_update_published",
+        {
+            "incident": INCIDENT_REF,
+            "id": "P2LA89X",
+            "message": "A fix is being developed",
+            "type": "incident_status_update",
+            "service": ref("service", "Checkout"),
+            "escalation_policy": ref("escalation_policy", "Checkout-ep"),
+        },
+        {"service": ["Checkout"], "escalation_policy": ["Checkout-ep"]},
+    ),
+    "incident_responder (incident.responder.added, .replied)": (
+        "incident.responder.added",
+        {
+            "incident": INCIDENT_REF,
+            "user": ref("user", "Maeve"),
+            "escalation_policy": ref("escalation_policy", "The Policy"),
+            "message": "Please help",
+            "state": "pending",
+            "type": "incident_responder",
+        },
+        {"escalation_policy": ["The Policy"]},
+    ),
+    "incident_workflow_instance (incident.workflow.started, .completed)": (
+        "incident.workflow.completed",
+        {
+            "id": "P3SNKQS",
+            "type": "incident_workflow_instance",
+            "summary": "A Workflow Instance Name",
+            "incident_workflow": ref("incident_workflow", "A Workflow Name"),
+            "workflow_trigger": ref("workflow_trigger", "Trigger Name"),
+            "incident": INCIDENT_REF,
+            "service": ref("service", "A service"),
+        },
+        {"service": ["A service"]},
+    ),
+    "incident_role_assignment (incident.role.assigned)": (
+        "incident.role.assigned",
+        {
+            "type": "incident_role_assignment",
+            "incident_role_assignments": [
+                {"assignee": ref("user", "User 1"), "incident": ref("incident", None), "role": ref("role", "Lead")}
+            ],
+        },
+        {},
+    ),
+    "incident_field_values (incident.custom_field_values.updated)": (
+        "incident.custom_field_values.updated",
+        {
+            "incident": INCIDENT_REF,
+            "custom_fields": [{"name": "service", "type": "field_value", "value": "production"}],
+            "type": "incident_field_values",
+        },
+        {},
+    ),
+    "incident_task (incident.task.created)": (
+        "incident.task.created",
+        {"name": "Do it", "type": "incident_task", "assignees": [ref("user", "U")], "incident": INCIDENT_REF},
+        {},
+    ),
+    "service (service.created, .updated, .deleted)": (
+        "service.updated",
+        {
+            "id": "PF9KMXH",
+            "type": "service",
+            "summary": "testing service updates",
+            "teams": [ref("team", "Engineering"), ref("team", "SRE")],
+            "escalation_policy": ref("escalation_policy", "Default"),
+        },
+        {"service": ["testing service updates"], "team": ["Engineering", "SRE"], "escalation_policy": ["Default"]},
+    ),
+}
+
+
+@pytest.mark.parametrize(("kind", "data", "tags"), list(SHAPES.values()), ids=list(SHAPES))
+def test_every_event_shape_tags_the_names_its_data_refers_to(kind, data, tags):
+    [event] = events(pagerduty, webhook("pagerduty", body_of(kind, data)))
+
+    assert (event.kind, event.tags) == (kind, tags)
+
+
+def test_the_priority_beside_the_incident_is_the_events_priority():
+    data = {"incident": INCIDENT_REF, "priority": ref("priority", "P2"), "type": "incident_note"}
+
+    [event] = events(pagerduty, webhook("pagerduty", body_of("incident.annotated", data)))
+
+    assert event.priority == "P2"
+
+
+def test_a_name_is_tagged_once_and_the_incidents_own_comes_first():
+    data = {
+        "type": "incident",
+        "service": ref("service", "payments-api"),
+        "escalation_policy": {**ref("escalation_policy", "Default"), "services": [ref("service", "ledger")]},
+        "assignments": [{"service": ref("service", "payments-api")}],
+    }
+
+    [event] = events(pagerduty, webhook("pagerduty", body_of("incident.triggered", data)))
+
+    assert event.tags["service"] == ["payments-api", "ledger"]
+
+
+@pytest.mark.parametrize("event_type", ["Incident.Triggered", "incident.Triggered ", "INCIDENT.TRIGGERED"])
+def test_an_event_type_in_another_case_is_the_canonical_kind(event_type):
+    [event] = events(pagerduty, webhook("pagerduty", body_of(event_type, {"type": "incident"})))
+
+    assert event.kind == "incident.triggered"
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
+        (b'{"event": {"event_type": "...", "data": {}}}', "names no kind"),
         (b'{"messages": []}', "no event object"),
         (b"[1, 2]", "no event object"),
         (b'{"event": {"data": {}}}', "event_type is missing"),
