@@ -23,6 +23,8 @@ from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import Headers
 from caselink.events import WebhookRequest
+from caselink.lint import WARNING
+from caselink.lint import lint
 from caselink.rules import PlannedLink
 from caselink.rules import RuleSet
 from caselink.rules import load_rules
@@ -53,14 +55,21 @@ def _load(path: str | None) -> RuleSet:
 
 @rules_cli.command("check")
 @click.argument("file", required=False)
-def rules_check(file: str | None) -> None:
-    """Validate a rules file (default: RULES_FILE); exit 1 with file:line errors."""
+@click.option("--strict", is_flag=True, help="Exit 1 on any warning too (for CI); notes never fail.")
+def rules_check(file: str | None, strict: bool) -> None:
+    """Validate and lint a rules file (default: RULES_FILE); exit 1 with file:line errors."""
     ruleset = _load(file)
-    for warning in ruleset.warnings:
-        click.echo(warning, err=True)
+    findings = lint(ruleset, {name: handler.KINDS for name, handler in _service().handlers.items()})
+    warnings = [*ruleset.warnings, *(str(found) for found in findings if found.level == WARNING)]
+    notes = [str(found) for found in findings if found.level != WARNING]
+    for line in (*warnings, *notes):
+        click.echo(line, err=True)
     enabled = sum(1 for rule in ruleset.rules if rule.enabled)
-    warned = f", {len(ruleset.warnings)} warning(s)" if ruleset.warnings else ""
-    click.echo(f"{ruleset.path}: ok, {len(ruleset.rules)} rules ({enabled} enabled){warned}")
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
+    noted = f", {len(notes)} note(s)" if notes else ""
+    click.echo(f"{ruleset.path}: ok, {len(ruleset.rules)} rules ({enabled} enabled){warned}{noted}")
+    if strict and warnings:
+        sys.exit(1)
 
 
 @rules_cli.command("test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -77,6 +78,49 @@ def canonical_kind_pattern(pattern: str) -> str:
         if segment:
             canonical.append(segment)
     return ".".join(canonical)
+
+
+# The kind of an authenticated delivery a handler cannot read; every sender can produce it.
+UNRECOGNISED = "unrecognised"
+
+
+@dataclass(frozen=True)
+class SenderKinds:
+    """The kinds one sender's events can have (canonical), as the README's "Event kinds" table lists them.
+
+    `documented`: the kinds the sender documents (or the README's templates use).
+    `possible`: globs of the other kinds it can still produce: names its users
+    choose (a Datadog template's `event`, a Standard Webhooks `type`, an Opsgenie
+    custom action) or types the sender adds later. Every sender also produces
+    `unrecognised`. Each handler module has one as `KINDS`; the rules lint reads them.
+    """
+
+    documented: tuple[str, ...]
+    possible: tuple[str, ...] = ()
+
+    def documents(self, pattern: str) -> bool:
+        """Whether a documented kind (or `unrecognised`) is one the kind glob `pattern` selects."""
+        return any(fnmatch.fnmatchcase(kind, pattern) for kind in (*self.documented, UNRECOGNISED))
+
+    def may_produce(self, pattern: str) -> bool:
+        """Whether some kind this sender can produce is selected by the kind glob `pattern`.
+
+        Errs towards yes: a glob is taken to meet a `possible` glob unless their
+        literal beginnings (the text before the first wildcard) differ.
+        """
+        return self.documents(pattern) or any(globs_may_meet(pattern, other) for other in self.possible)
+
+
+def globs_may_meet(first: str, second: str) -> bool:
+    """False only when no name can match both globs: their literal beginnings disagree."""
+    start, other = glob_prefix(first), glob_prefix(second)
+    return start.startswith(other) or other.startswith(start)
+
+
+def glob_prefix(pattern: str) -> str:
+    """The text of a glob before its first wildcard (all of a plain name): every name it matches begins with it."""
+    cut = min((pattern.index(char) for char in _GLOB_CHARACTERS if char in pattern), default=len(pattern))
+    return pattern[:cut]
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -26,6 +26,7 @@ from caselink import auth
 from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.normalise import content_digest
@@ -35,6 +36,8 @@ from caselink.normalise import mapping
 from caselink.normalise import unrecognised
 
 SOURCE = "alertmanager"
+# `alert.` + each alert's status, which Alertmanager (and Grafana) set to one of two.
+KINDS = SenderKinds(documented=("alert.firing", "alert.resolved"))
 # Fields of a notification that say which Alertmanager (or which of its receivers)
 # delivered it, not what it says: two HA peers send the same alert with different ones.
 _DELIVERER_FIELDS = frozenset(("receiver", "groupKey", "externalURL"))

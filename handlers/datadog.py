@@ -17,6 +17,7 @@ from caselink.bodies import form_body
 from caselink.bodies import json_body
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.events import is_uuid
@@ -27,6 +28,28 @@ from caselink.normalise import iso_from_epoch
 from caselink.normalise import unrecognised
 
 SOURCE = "datadog"
+# The kinds of the README's templates and of bodies without `event`; a template of
+# your own may send any `event`, and Datadog's default payload its `$EVENT_TYPE`.
+KINDS = SenderKinds(
+    documented=(
+        "incident.created",
+        "incident.updated",
+        "case.created",
+        "page.escalated",
+        "alert.triggered",
+        "alert.re_triggered",
+        "alert.recovered",
+        "alert.warn",
+        "alert.no_data",
+        "alert.renotify",
+        "incident.notification",
+        "case.notification",
+        "page.notification",
+        "alert.notification",
+        "notification",
+    ),
+    possible=("*",),
+)
 # The object in the payload, the entity type it stands for, and the kind used when `event` is absent.
 _OBJECTS = (
     ("incident", "INCIDENT"),

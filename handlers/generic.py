@@ -25,6 +25,7 @@ from caselink.errors import AuthenticationError
 from caselink.events import ENTITY_TYPES
 from caselink.events import EntityRef
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.events import parse_tags
@@ -34,6 +35,8 @@ from caselink.normalise import mapping
 from caselink.normalise import unrecognised
 
 SOURCE = "generic"
+# The sender's own `type`s: any kind.
+KINDS = SenderKinds(documented=(), possible=("*",))
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of a secret's text form, not a secret
 _PREFIXES = ("webhook", "svix")
 

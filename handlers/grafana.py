@@ -19,9 +19,11 @@ from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from handlers import alertmanager
 from handlers.alertmanager import group_events
 
 SOURCE = "grafana"
+KINDS = alertmanager.KINDS
 
 
 def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:

@@ -19,6 +19,7 @@ from caselink import auth
 from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.events import parse_tags
@@ -32,6 +33,25 @@ from caselink.normalise import merge_tags
 from caselink.normalise import unrecognised
 
 SOURCE = "opsgenie"
+# `alert.` + Opsgenie's documented actions; a custom action is `alert.<its name>`.
+KINDS = SenderKinds(
+    documented=(
+        "alert.create",
+        "alert.acknowledge",
+        "alert.unacknowledge",
+        "alert.close",
+        "alert.delete",
+        "alert.escalate",
+        "alert.addnote",
+        "alert.addtags",
+        "alert.removetags",
+        "alert.addteam",
+        "alert.addrecipient",
+        "alert.assignownership",
+        "alert.takeownership",
+    ),
+    possible=("alert.*",),
+)
 # Where an action leaves the alert, for payloads that carry no status of their own.
 _STATUS_AFTER = {
     "create": "open",

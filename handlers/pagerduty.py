@@ -24,6 +24,7 @@ from caselink import auth
 from caselink.auth import AuthPolicy
 from caselink.bodies import json_body
 from caselink.events import Event
+from caselink.events import SenderKinds
 from caselink.events import WebhookRequest
 from caselink.events import canonical_kind
 from caselink.events import text
@@ -33,6 +34,43 @@ from caselink.normalise import mapping
 from caselink.normalise import unrecognised
 
 SOURCE = "pagerduty"
+# PagerDuty's documented event types (its webhooks v3 docs); types it adds later
+# pass through, and every type so far is about an incident or a service.
+KINDS = SenderKinds(
+    documented=(
+        "incident.triggered",
+        "incident.acknowledged",
+        "incident.unacknowledged",
+        "incident.escalated",
+        "incident.delegated",
+        "incident.reassigned",
+        "incident.reopened",
+        "incident.resolved",
+        "incident.priority_updated",
+        "incident.service_updated",
+        "incident.incident_type.changed",
+        "incident.annotated",
+        "incident.responder.added",
+        "incident.responder.replied",
+        "incident.status_update_published",
+        "incident.conference_bridge.updated",
+        "incident.custom_field_values.updated",
+        "incident.role.assigned",
+        "incident.task.created",
+        "incident.task.updated",
+        "incident.task.completed",
+        "incident.action_invocation.created",
+        "incident.action_invocation.updated",
+        "incident.action_invocation.terminated",
+        "incident.workflow.started",
+        "incident.workflow.completed",
+        "service.created",
+        "service.updated",
+        "service.deleted",
+        "service.custom_field_values.updated",
+    ),
+    possible=("incident.*", "service.*"),
+)
 SIGNATURE_HEADER = "X-PagerDuty-Signature"
 PING = "pagey.ping"
 # The tag an object stands for: by its `type` (PagerDuty objects and their
