@@ -23,7 +23,10 @@ def _whole_number(name, default):
 
 bind = f"0.0.0.0:{_whole_number('PORT', '8000')}"
 workers = _whole_number("WEB_CONCURRENCY", "2")
-worker_class = "gthread"
+# gthread, with each request read whole in the worker's event loop before a thread
+# takes it (slow clients tie no thread) and connections shared out evenly between
+# the workers: caselink/serving.py says how and why.
+worker_class = "caselink.serving.BufferingWorker"
 # Webhooks wait on the database (a write lock shared by the processes, or
 # PostgreSQL's round trips), and concurrent ones share a transaction: eight
 # threads keep the CPUs busy and the transactions full (bench/ack_throughput.py).
@@ -73,6 +76,11 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
+    from caselink import logs
+
+    # Request threads queue their log line; a thread of its own writes the lines,
+    # so none of them waits on stdout (a pipe a log router may drain slowly).
+    logs.write_in_background()
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()
@@ -82,7 +90,7 @@ def post_worker_init(worker):
     # batch the size of the thread count would never fill).
     threads = worker.cfg.threads
     worker.wsgi.extensions["caselink"].store.expect_concurrent_writers(
-        lambda: min(threads, getattr(worker, "nr_conns", threads))
+        lambda: min(threads, getattr(worker, "conns_in_use", threads))
     )
     # One delivery worker per gunicorn instance, in whichever process holds this
     # lock: its rate-limit budget is then the instance's, and when that process
@@ -98,9 +106,12 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    from caselink import logs
+
     service = getattr(worker, "wsgi", None)
     if service is not None and "caselink" in getattr(service, "extensions", {}):
         service.extensions["caselink"].stop_worker(grace=graceful_timeout - 5)
+    logs.flush()  # every line logged, the delivery worker's last ones included, before the process ends
 
 
 def child_exit(server, worker):

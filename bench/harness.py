@@ -223,11 +223,16 @@ def migrate(env: dict[str, str]) -> None:
         raise RuntimeError(f"flask db upgrade failed:\n{result.stdout}\n{result.stderr}")
 
 
-def web(name: str, env: dict[str, str], workdir: Path) -> tuple[Process, int]:
-    """caselink under gunicorn with the repo's gunicorn.conf.py, bound to loopback; started and up."""
+def web(name: str, env: dict[str, str], workdir: Path, *, deployed: bool = False) -> tuple[Process, int]:
+    """caselink under gunicorn with the repo's gunicorn.conf.py, bound to loopback; started and up.
+
+    `deployed`: as a PaaS runs it, with PYTHONUNBUFFERED=1 and its output read through a pipe
+    by another process (ack_throughput.ENVIRONMENTS).
+    """
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}"]
-    process = Process(name, command, dict(env, PORT=str(port)), workdir)
+    env = dict(env, PORT=str(port), **({"PYTHONUNBUFFERED": "1"} if deployed else {}))
+    process = Process(name, command, env, workdir, drained=deployed)
     process.start()
     process.wait_until_up(f"http://127.0.0.1:{port}/healthz")
     return process, port

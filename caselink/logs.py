@@ -8,12 +8,16 @@ a caller puts them in, and no caller does.
 from __future__ import annotations
 
 import abc
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from caselink import jsontext
@@ -65,8 +69,9 @@ def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -
     """Log as `logger.log(level, msg, extra={"fields": fields})` does, for lines logged on every request.
 
     When caselink's stdout handler is the only one the record would reach (as
-    configured), the line is formatted and written here: building a LogRecord
-    and passing it through the logging machinery cost more than the line.
+    configured), the line is formatted here and handed to the output: building
+    a LogRecord and passing it through the logging machinery cost more than
+    the line.
     """
     if not logger.isEnabledFor(level):
         return
@@ -76,9 +81,24 @@ def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -
         return
     line = handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)  # type: ignore[union-attr]
     try:
-        _STDOUT.write(line)
+        _OUTPUT.put(line)
     except Exception:  # noqa: BLE001 - logging again reports the failure the way logging does
         logger.log(level, msg, extra={"fields": fields})
+
+
+def write_in_background() -> None:
+    """From now on this process's lines are written by a thread of their own; call `flush` before it exits.
+
+    gunicorn's workers call this (gunicorn.conf.py): a request thread then only
+    queues its line, and never waits on stdout, which a log router reading
+    through a pipe can stall. Lines keep the order they were logged in.
+    """
+    _OUTPUT.start()
+
+
+def flush() -> None:
+    """Write every line logged so far, and write later ones at once; safe to call more than once."""
+    _OUTPUT.stop()
 
 
 def _sole_stdout_handler(logger: logging.Logger, level: int) -> _StdoutHandler | None:
@@ -112,75 +132,96 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     _configured = True
 
 
-class _Lines:
-    """Writes lines to stdout, and a line that comes while another thread is writing with it.
+def _write(lines: list[str]) -> None:
+    stream = sys.stdout
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
 
-    Under load every webhook logs a line, and each write is a system call
-    during which another thread takes the GIL. A thread that finds a write
-    under way leaves its line to the writer, which writes every line that came
-    meanwhile as soon as its own write returns: lines keep their order, and
-    none waits for a timer or is kept back once its writer is done.
-    """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+class _Listener(logging.handlers.QueueListener):
+    """The standard QueueListener, with lines for records: it writes what has queued up in one write."""
+
+    batch = 512
+    # After each write the thread lets lines gather this long: woken for every line, it
+    # would take the GIL from the request threads once per webhook.
+    gather = 0.005
+
+    def __init__(self, lines: queue.SimpleQueue[Any]) -> None:
+        super().__init__(lines)  # type: ignore[arg-type]
         self._pending: list[str] = []
-        self._writing = False
-        os.register_at_fork(after_in_child=self._forget_writer)
 
-    def write(self, line: str) -> None:
-        with self._lock:
-            self._pending.append(line)
-            if self._writing:
-                return
-            self._writing = True
+    def handle(self, record: Any) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= self.batch or self.queue.empty():  # type: ignore[attr-defined]
+            self._write_pending()
+            time.sleep(self.gather)
+
+    def stop(self) -> None:
+        super().stop()
+        self._write_pending()  # what came just before the stop, which no empty queue flushed
+
+    def _write_pending(self) -> None:
+        lines, self._pending = self._pending, []
+        if not lines:
+            return
         try:
-            while True:
-                with self._lock:
-                    lines, self._pending = self._pending, []
-                    if not lines:
-                        self._writing = False
-                        return
-                stream = sys.stdout
-                stream.write("\n".join(lines) + "\n")
-                stream.flush()
-        except BaseException:
-            with self._lock:
-                self._writing = False
-            raise
-
-    def _forget_writer(self) -> None:
-        # The writing thread, if there was one, did not come along into the child; the
-        # lines it was to write are the parent's to write, not the child's as well.
-        self._lock = threading.Lock()
-        self._pending = []
-        self._writing = False
+            _write(lines)
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            if logging.raiseExceptions:
+                sys.stderr.write("--- Logging error ---\n")
+                traceback.print_exc(file=sys.stderr)
 
 
-_STDOUT = _Lines()
-
-
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stdout is now, so test capture and reopened streams work."""
+class _Output:
+    """Where caselink's lines go: written by the logging thread itself, or queued for a `_Listener`."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        self._forget_parent()
+        os.register_at_fork(after_in_child=self._forget_parent)
+        atexit.register(self.stop)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _STDOUT.write(self.format(record))
-        except RecursionError:
-            raise
-        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
-            self.handleError(record)
+    def _forget_parent(self) -> None:
+        # In a forked child the listener thread did not come along, and the lines still
+        # queued are the parent's to write, not the child's as well.
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._listener: _Listener | None = None
 
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stdout
+    def put(self, line: str) -> None:
+        with self._lock:
+            if self._listener is not None:
+                self._queue.put(line)
+                return
+            _write([line])
 
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
+    def start(self) -> None:
+        with self._lock:
+            if self._listener is None:
+                self._listener = _Listener(self._queue)
+                self._listener.start()
+
+    def stop(self) -> None:
+        # Under the lock, so that a line logged meanwhile is written after the queued ones.
+        with self._lock:
+            if self._listener is not None:
+                listener, self._listener = self._listener, None
+                listener.stop()
+
+
+_OUTPUT = _Output()
+
+
+class _StdoutHandler(logging.handlers.QueueHandler):
+    """caselink's handler: each record becomes one formatted line for `_OUTPUT`, on whatever sys.stdout is now."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type] - lines go to _OUTPUT, see enqueue
+
+    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
+        return self.format(record)
+
+    def enqueue(self, record: Any) -> None:
+        _OUTPUT.put(record)
 
 
 def get(name: str) -> logging.Logger:

@@ -1,14 +1,16 @@
-"""Log lines on stdout: one per record, JSON or key=value, written the same way on the fast path."""
+"""Log lines on stdout: one per record, JSON or key=value, the same on the fast path; at once or from a thread."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 
 import pytest
 
 from caselink import logs
+from tests.conftest import fixture_bytes
 
 FIELDS = {"source": "datadog", "status": 202, "links_planned": 1, "reason": 'quoted "text"'}
 
@@ -116,25 +118,61 @@ def test_lines_logged_by_many_threads_at_once_are_each_written_whole_and_once(co
         assert [entry["n"] for entry in written if entry["thread"] == t] == list(range(300))
 
 
-def test_a_line_logged_during_another_threads_write_is_written_by_that_thread_right_after(configured, monkeypatch):
+@pytest.fixture
+def background():
+    """Lines written by their own thread, as in a gunicorn worker; flushed at the end whatever happens."""
+    logs.write_in_background()
+    yield
+    logs.flush()
+
+
+def test_in_the_background_lines_from_many_threads_are_written_whole_once_and_in_order(
+    configured, monkeypatch, background
+):
+    configured()
+    logs.configure("INFO", "json")
+    stream = _Stream()
+    monkeypatch.setattr("sys.stdout", stream)
+
+    def log_many(thread: int) -> None:
+        for n in range(300):
+            logs.emit(logs.get("web"), logging.INFO, "webhook", {"thread": thread, "n": n})
+
+    threads = [threading.Thread(target=log_many, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    logs.flush()
+
+    written = [json.loads(line) for line in stream.lines()]
+    assert sorted((entry["thread"], entry["n"]) for entry in written) == [(t, n) for t in range(8) for n in range(300)]
+    for t in range(8):
+        assert [entry["n"] for entry in written if entry["thread"] == t] == list(range(300))
+
+
+def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none_is_lost_at_flush(
+    configured, monkeypatch, background
+):
     configured()
     logs.configure("INFO", "json")
     release = threading.Event()
     stream = _Stream(hold=release)
     monkeypatch.setattr("sys.stdout", stream)
-    first = threading.Thread(target=logs.emit, args=(logs.get("web"), logging.INFO, "first", {}))
-    first.start()
-    assert stream.writing.wait(5)
 
+    logs.emit(logs.get("web"), logging.INFO, "first", {})
+    assert stream.writing.wait(5)  # the writer is stuck in its first write
+    started = time.monotonic()
     logs.get("web").warning("second")  # through logging: the same queue, the same order
-    logs.emit(logs.get("web"), logging.INFO, "third", {})
-    assert stream.writes == []  # nobody waited for the write under way
+    for n in range(100):
+        logs.emit(logs.get("web"), logging.INFO, "more", {"n": n})
+    assert time.monotonic() - started < 0.5
     release.set()
-    first.join(5)
+    logs.flush()
+    logs.emit(logs.get("web"), logging.INFO, "after", {})  # written at once, after every queued line
 
-    assert [json.loads(line)["msg"] for line in stream.lines()] == ["first", "second", "third"]
-    assert {ident for ident, _ in stream.writes} == {first.ident}
-    assert len(stream.writes) == 2
+    msgs = [json.loads(line)["msg"] for line in stream.lines()]
+    assert msgs == ["first", "second", *["more"] * 100, "after"]
 
 
 def test_a_failed_write_is_reported_and_the_next_line_is_written(configured, monkeypatch, capsys):
@@ -155,14 +193,41 @@ def test_a_failed_write_is_reported_and_the_next_line_is_written(configured, mon
     assert [json.loads(line)["msg"] for line in stream.lines()] == ["written"]
 
 
-def test_a_forked_child_writes_even_if_the_parent_was_writing_when_it_forked(configured, monkeypatch):
+def test_a_forked_child_writes_its_own_lines_and_not_those_its_parent_had_queued(configured, monkeypatch, background):
     configured()
     logs.configure("INFO", "json")
-    stream = _Stream()
+    release = threading.Event()
+    stream = _Stream(hold=release)
     monkeypatch.setattr("sys.stdout", stream)
-    monkeypatch.setattr(logs._STDOUT, "_writing", True)  # noqa: SLF001 - a write under way in another thread
+    logs.emit(logs.get("web"), logging.INFO, "parent", {})
+    assert stream.writing.wait(5)
+    logs.emit(logs.get("web"), logging.INFO, "parent queued", {})
+    parent = logs._OUTPUT._listener  # noqa: SLF001 - the parent's writer, held up
 
-    logs._STDOUT._forget_writer()  # noqa: SLF001 - what os.fork runs in the child
+    logs._OUTPUT._forget_parent()  # noqa: SLF001 - what os.fork runs in the child
+    child = _Stream()
+    monkeypatch.setattr("sys.stdout", child)
     logs.emit(logs.get("web"), logging.INFO, "child", {})
+    monkeypatch.setattr("sys.stdout", stream)  # the parent's stdout, for the parent's writer
+    release.set()
+    parent.stop()
 
-    assert [json.loads(line)["msg"] for line in stream.lines()] == ["child"]
+    assert [json.loads(line)["msg"] for line in child.lines()] == ["child"]
+    assert [json.loads(line)["msg"] for line in stream.lines()] == ["parent", "parent queued"]
+
+
+@pytest.mark.slow
+def test_a_stopped_service_has_written_every_webhook_line_in_the_order_answered(stack):
+    web = stack.service(WEB_CONCURRENCY="2")
+    payload = json.loads(fixture_bytes("datadog", "incident-created.json"))
+    sizes = []
+    for n in range(60):
+        payload["id"] = f"log-order-{n:03d}"
+        body = json.dumps(payload) + " " * n  # each webhook's line says how many bytes it had
+        sizes.append(len(body))
+        assert web.post("datadog", body).status_code == 202
+
+    web.stop(timeout=15)
+
+    lines = [json.loads(line) for line in web.logs().splitlines() if line.startswith("{")]
+    assert [line["bytes"] for line in lines if line["msg"] == "webhook"] == sizes

@@ -1,0 +1,473 @@
+"""caselink's gunicorn worker: gthread, with requests read in full before a thread takes them.
+
+gunicorn.conf.py names it (`worker_class = "caselink.serving.BufferingWorker"`).
+It changes two things about gunicorn's threaded worker, and nothing else:
+
+- **Slow clients tie no thread.** gthread hands a connection to a thread as soon
+  as its first bytes arrive, and the thread then waits for the rest of the head
+  and body: a dozen clients sending a byte a second took every thread. Here the
+  worker's event loop reads each request (head and body, as declared by
+  Content-Length or chunked) into memory, without blocking, and only a complete
+  request goes to a thread, as a buffering proxy would do. A head must arrive
+  within `HEAD_TIMEOUT` seconds and a body within `BODY_TIMEOUT` seconds after
+  it; otherwise the answer is 408 and the connection is closed. A head over
+  `HEAD_LIMIT` bytes gets 431. Bodies are buffered up to the app's
+  `MAX_CONTENT_LENGTH` (Flask's, which caselink sets from MAX_BODY_BYTES); a
+  larger declared body goes straight to the app, which refuses it (413) without
+  reading it, and the connection is closed after the answer.
+- **Every worker takes its share of connections.** gunicorn's workers accept
+  from one shared socket, and whichever wakes first takes a connection; a
+  kept-alive connection stays with its worker for life. When a load balancer
+  opens its pool at once, the worker that is running drains the accept queue
+  before the other gets a CPU (measured on two CPUs with wrk: 32/0 and 29/3
+  splits in most runs), and one process serves every connection for the life
+  of the service. Here each worker publishes the connections it holds in memory shared
+  with its siblings and accepts only while it holds no more than the least
+  loaded of them; otherwise it leaves the socket alone for `ACCEPT_DEFER`
+  seconds, then takes one connection anyway (so a sibling that is stuck or
+  gone never stops the service).
+
+TLS and HTTP/2 prior knowledge are gunicorn's business: with either configured,
+requests are read by threads as in gthread.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import socket
+import struct
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn
+from gunicorn.workers.gthread import ThreadWorker
+
+# A request's head (request line and headers) must arrive within this many seconds
+# of the connection opening or, on a kept-alive connection, of its first byte.
+HEAD_TIMEOUT = 10.0
+# The body must arrive within this many seconds after the head.
+BODY_TIMEOUT = 30.0
+# Larger heads are refused with 431 (gunicorn's own limits are far higher).
+HEAD_LIMIT = 64 * 1024
+# Bodies are buffered up to the app's MAX_CONTENT_LENGTH, or this when it has none.
+DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
+# How long a stopping worker still waits for the rest of a request under way.
+STOP_LINGER = 2.0
+# How long a worker holding more connections than a sibling leaves a waiting connection to it.
+ACCEPT_DEFER = 0.01
+# Sibling workers whose loads are shared (gunicorn workers of one master).
+MAX_WORKERS = 64
+
+_RECV = 64 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class BufferingWorker(ThreadWorker):
+    """gunicorn's gthread worker that reads whole requests in its event loop (see the module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Runs in the master, before the fork: the slot is the master's to hand out.
+        self._slot = _LOADS.reserve(self)
+        self._reading: dict[BufferedConn, None] = {}
+        self._next_sweep = 0.0
+        self._accept_paused_until = 0.0
+        self._deferred_since: float | None = None
+        self._stopping_since: float | None = None
+        self.body_limit = DEFAULT_BODY_LIMIT
+        self.buffering = False
+
+    # -- the shared load --------------------------------------------------------
+
+    @property
+    def nr_conns(self) -> int:
+        return self.__dict__.get("_nr_conns", 0)
+
+    @nr_conns.setter
+    def nr_conns(self, value: int) -> None:
+        self.__dict__["_nr_conns"] = value
+        slot = self.__dict__.get("_slot")
+        if slot is not None:
+            _LOADS.publish(slot, value)
+
+    @property
+    def conns_in_use(self) -> int:
+        """Connections with a request being served or kept alive for the next; not those still sending one."""
+        return self.nr_conns - len(self._reading)
+
+    def init_process(self) -> None:
+        _LOADS.claim(self._slot, os.getpid())
+        self.buffering = not self.cfg.is_ssl and self.cfg.http2_cleartext not in ("prior-knowledge", "both")
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH")
+        self.body_limit = limit if isinstance(limit, int) and limit > 0 else DEFAULT_BODY_LIMIT
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            _LOADS.release(self._slot)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and time.monotonic() < self._accept_paused_until:
+            enabled = False
+        super().set_accept_enabled(enabled)
+
+    def accept(self, listener: socket.socket) -> None:
+        now = time.monotonic()
+        if self._deferred_since is not None and now - self._deferred_since > 5 * ACCEPT_DEFER:
+            self._deferred_since = None  # the connection it waited for went to a sibling
+        if not _LOADS.least_loaded(self._slot, self.nr_conns):
+            if self._deferred_since is None or now - self._deferred_since < ACCEPT_DEFER:
+                # A sibling holds fewer connections: leave this one to it for a moment.
+                self._deferred_since = self._deferred_since or now
+                self._accept_paused_until = self._deferred_since + ACCEPT_DEFER
+                super().set_accept_enabled(False)
+                return
+        self._deferred_since = None
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        # A thread's read never waits longer than a body may take, whatever reaches it.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(BODY_TIMEOUT), 0))
+        conn = BufferedConn(self.cfg, client, address, listener.getsockname())
+        conn.deadline = now + HEAD_TIMEOUT
+        self.enqueue_req(conn)
+
+    # -- reading requests in the event loop ----------------------------------------
+
+    def enqueue_req(self, conn: TConn) -> None:
+        if not self.buffering or not isinstance(conn, BufferedConn):
+            super().enqueue_req(conn)
+            return
+        if conn.parser is not None:
+            # Bytes read ahead of the last request (a pipelined one) start the next.
+            conn.buffer += conn.parser.unreader.take_buffered()
+        if conn.deadline is None:
+            conn.deadline = time.monotonic() + HEAD_TIMEOUT
+        if self._advance(conn, registered=False):
+            return
+        conn.sock.setblocking(False)
+        self._reading[conn] = None
+        self.poller.register(conn.sock, _READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: BufferedConn, _sock: socket.socket) -> None:
+        try:
+            data = conn.sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._unregister(conn)
+            self._drop(conn)
+            return
+        conn.buffer += data
+        self._advance(conn, registered=True)
+
+    def _advance(self, conn: BufferedConn, *, registered: bool) -> bool:
+        """Hand the request to a thread once complete, or refuse it; True when the connection left the loop."""
+        try:
+            complete = conn.read_enough(self.body_limit)
+        except _RefusedError as refusal:
+            if registered:
+                self._unregister(conn)
+            self._answer_and_close(conn, refusal.status, refusal.code, refusal.message)
+            return True
+        if not complete:
+            return False
+        if registered:
+            self._unregister(conn)
+        conn.next_request()
+        super().enqueue_req(conn)
+        return True
+
+    def handle(self, conn: TConn) -> Any:
+        if isinstance(conn, BufferedConn) and conn.buffer:
+            data, conn.buffer = bytes(conn.buffer), bytearray()
+            conn.init()
+            conn.parser.unreader.unread(data)
+            conn.data_ready = True
+        return super().handle(conn)
+
+    def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
+        if isinstance(conn, BufferedConn) and conn.body_unread:
+            # The app refused a body too large to buffer; reading it here would hold the thread.
+            conn.body_unread = False
+            return False
+        return super()._keepalive_after(conn, keepalive)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        if isinstance(conn, BufferedConn):
+            conn.deadline = None
+        super().finish_request(conn, fs)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        now = time.monotonic()
+        if not self._accepting and self._accept_paused_until:
+            timeout = min(timeout, max(self._accept_paused_until - now, 0.0))
+        if self._reading:
+            timeout = min(timeout, 0.25)
+        super().wait_for_and_dispatch_events(timeout)
+        now = time.monotonic()
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            if self.alive and self.nr_conns < self.worker_connections:
+                super().set_accept_enabled(True)
+        if now >= self._next_sweep:
+            self._next_sweep = now + 0.25
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        if not self.alive and self._stopping_since is None:
+            self._stopping_since = now
+        for conn in list(self._reading):
+            if self._stopping_since is not None and conn.deadline is not None:
+                # Stopping: a request under way gets STOP_LINGER more seconds at most, not its whole timeout.
+                conn.deadline = min(conn.deadline, self._stopping_since + STOP_LINGER)
+            if self._stopping_since is not None and not conn.buffer:
+                # A connection that sent nothing yet is closed, not waited for.
+                self._unregister(conn)
+                self._drop(conn)
+            elif conn.deadline is not None and now >= conn.deadline:
+                self._unregister(conn)
+                part = "body" if conn.head_end else "request head"
+                limit = BODY_TIMEOUT if conn.head_end else HEAD_TIMEOUT
+                if self._stopping_since is not None:
+                    # Senders retry a 503, which this is: nothing of the request was kept.
+                    message = f"the {part} did not arrive before this server stopped; send it again"
+                    self._answer_and_close(conn, 503, "server_stopping", message)
+                else:
+                    message = f"the {part} did not arrive within {limit:g} s"
+                    self._answer_and_close(conn, 408, "request_timeout", message)
+
+    def _unregister(self, conn: BufferedConn) -> None:
+        self._reading.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _answer_and_close(self, conn: BufferedConn, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.send(head + body)
+        except OSError:
+            pass  # a client that stopped reading gets nothing more
+        self._drop(conn)
+
+    def _drop(self, conn: BufferedConn) -> None:
+        self._reading.pop(conn, None)
+        self.nr_conns -= 1
+        conn.close()
+
+
+_READ = 1  # selectors.EVENT_READ
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+class _RefusedError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class BufferedConn(TConn):
+    """A connection and the request read so far; how much is enough is decided here.
+
+    Only the framing is read (where the head ends, Content-Length,
+    Transfer-Encoding: chunked, Expect); anything it cannot make sense of is
+    handed to gunicorn's parser as it stands, which refuses it.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.buffer = bytearray()
+        self.deadline: float | None = None
+        self.head_end = 0
+        self.body_end: int | None = None  # for a body of declared length
+        self.chunk_at: int | None = None  # for a chunked body: where the next chunk starts
+        self.body_unread = False
+
+    def next_request(self) -> None:
+        """The request in the buffer is complete: a thread takes it, and the next starts afresh."""
+        self.deadline = None
+        self.head_end = 0
+        self.body_end = None
+        self.chunk_at = None
+
+    def read_enough(self, body_limit: int) -> bool:
+        """Whether the buffer holds the whole request; raises _RefusedError for a head too large."""
+        if not self.head_end:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > HEAD_LIMIT:
+                    raise _RefusedError(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
+                return False
+            if end + 4 > HEAD_LIMIT:
+                raise _RefusedError(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
+            if self._read_head(end, body_limit):
+                return True
+        if self.body_end is not None:
+            return len(self.buffer) >= self.body_end
+        return self._chunks_complete(body_limit)
+
+    def _read_head(self, end: int, body_limit: int) -> bool:
+        """Note where the body ends; True when the request needs nothing more (no body, or not ours to read)."""
+        self.head_end = end + 4
+        self.deadline = time.monotonic() + BODY_TIMEOUT
+        request_line, *lines = bytes(self.buffer[:end]).split(b"\r\n")
+        lengths, codings, expect = set(), [], False
+        for line in lines:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                lengths.add(value.strip())
+            elif name == b"transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(b",")]
+            elif name == b"expect" and value.strip().lower() == b"100-continue":
+                expect = True
+        if codings:
+            if codings[-1] != b"chunked" or lengths:
+                return True  # gunicorn's parser refuses these
+            self.chunk_at = self.head_end
+        elif lengths:
+            [length] = lengths if len(lengths) == 1 else [b"x"]
+            if not length.isdigit():
+                return True  # refused by gunicorn's parser
+            if int(length) > body_limit:
+                self.body_unread = True
+                return True
+            self.body_end = self.head_end + int(length)
+            if len(self.buffer) >= self.body_end:
+                return True
+        else:
+            return True
+        if expect and request_line.endswith(b"HTTP/1.1"):
+            # The client waits for this before sending the body; gunicorn would send it
+            # once the thread starts, too late. It is sent here, and the header dropped.
+            self._drop_expect(lines, request_line)
+            try:
+                self.sock.send(_CONTINUE)
+            except OSError:
+                pass
+        return False
+
+    def _drop_expect(self, lines: list[bytes], request_line: bytes) -> None:
+        kept = [line for line in lines if line.partition(b":")[0].strip().lower() != b"expect"]
+        head = b"\r\n".join([request_line, *kept]) + b"\r\n\r\n"
+        shift = self.head_end - len(head)
+        self.buffer[: self.head_end] = head
+        self.head_end -= shift
+        if self.body_end is not None:
+            self.body_end -= shift
+        if self.chunk_at is not None:
+            self.chunk_at -= shift
+
+    def _chunks_complete(self, body_limit: int) -> bool:
+        buffer, at = self.buffer, self.chunk_at
+        assert at is not None
+        while True:
+            if at - self.head_end > body_limit:
+                self.body_unread = True
+                return True  # the app reads at most its limit and refuses the rest
+            line_end = buffer.find(b"\r\n", at)
+            if line_end < 0:
+                return len(buffer) - at > 1024  # a chunk-size line that long is gunicorn's to refuse
+            try:
+                size = int(bytes(buffer[at:line_end]).split(b";")[0].strip(), 16)
+            except ValueError:
+                return True  # refused by gunicorn's parser
+            if size == 0:
+                trailers = line_end + 2
+                if buffer[trailers : trailers + 2] == b"\r\n":
+                    return True
+                return buffer.find(b"\r\n\r\n", trailers) >= 0
+            following = line_end + 2 + size + 2
+            if len(buffer) < following:
+                self.chunk_at = at
+                return False
+            at = following
+            self.chunk_at = at
+
+
+class _Loads:
+    """Connections held by each worker of this master, in memory shared across the fork.
+
+    The master hands each new worker a slot (in the worker's __init__, before
+    the fork); the worker writes its pid and its connection count there.
+    Slot i holds (pid, connections) as two signed 64-bit numbers.
+    """
+
+    def __init__(self) -> None:
+        self._memory: mmap.mmap | None = None
+        self._cells: Any = None
+        self._holders: dict[int, Any] = {}
+
+    def reserve(self, worker: Any) -> int:
+        if self._memory is None:
+            self._memory = mmap.mmap(-1, MAX_WORKERS * 16)
+            self._cells = memoryview(self._memory).cast("q")
+        for slot in range(MAX_WORKERS):
+            holder = self._holders.get(slot)
+            if holder is None or not _alive(getattr(holder, "pid", None)):
+                self._holders[slot] = worker
+                self._cells[2 * slot] = 0
+                self._cells[2 * slot + 1] = 0
+                return slot
+        raise RuntimeError(f"more than {MAX_WORKERS} gunicorn workers")
+
+    def claim(self, slot: int, pid: int) -> None:
+        self._holders = {}  # the master's bookkeeping; a worker has no use for it
+        self._cells[2 * slot + 1] = 0
+        self._cells[2 * slot] = pid
+
+    def release(self, slot: int) -> None:
+        self._cells[2 * slot] = 0
+        self._cells[2 * slot + 1] = 0
+
+    def publish(self, slot: int, connections: int) -> None:
+        self._cells[2 * slot + 1] = connections
+
+    def least_loaded(self, slot: int, connections: int) -> bool:
+        """Whether no live sibling holds fewer connections than `connections`."""
+        cells = self._cells
+        for other in range(MAX_WORKERS):
+            pid = cells[2 * other]
+            if other == slot or pid == 0 or cells[2 * other + 1] >= connections:
+                continue
+            if _alive(pid):
+                return False
+            self.release(other)  # killed without a word; the master gives the slot out again
+        return True
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return isinstance(pid, str)  # gunicorn's "[booting]" before the fork
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_LOADS = _Loads()
