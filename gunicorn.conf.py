@@ -67,6 +67,10 @@ def on_starting(server):
     except CaselinkError as exc:
         print(f"caselink cannot start: {exc.message}", file=sys.stderr, flush=True)
         sys.exit(1)
+    from caselink import metrics
+
+    # This process's sample of a gauge every process reports; the rules just loaded.
+    metrics.RULES_LOADED.set(1)
     log = logs.get("start")
     for note in notes:
         if note.startswith("warning: "):

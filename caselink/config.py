@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -36,6 +37,20 @@ DATADOG_SITES = (
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _SECRET_SUFFIX = "_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration written as a number and a unit: `90s`, `30m`, `24h`, `30d`.
+
+    Raises ValueError with what to write instead. One parser for every duration
+    caselink reads (EVENT_RETENTION, `--since`), so they all take the same forms.
+    """
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use a number and a unit: 90s, 30m, 24h, 7d")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 class Secret:
@@ -125,6 +140,7 @@ class Settings:
     prometheus_multiproc_dir: str | None = None
     port: int = 8000
     web_concurrency: int = 2
+    event_retention: float = 30 * 86400.0
 
     @property
     def dry_run(self) -> bool:
@@ -187,6 +203,7 @@ class Settings:
             # gunicorn.conf.py reads these two itself; checked here so a typo is reported, not a traceback.
             port=reader.integer("PORT", 8000, minimum=1, maximum=65535),
             web_concurrency=reader.integer("WEB_CONCURRENCY", 2, minimum=1),
+            event_retention=reader.duration("EVENT_RETENTION", "30d", minimum=3600),
         )
         reader.check_pairs(settings)
         if reader.problems:
@@ -267,6 +284,18 @@ class _Reader:
             self.problems.append(f"{name}={value!r} must be {bounds}")
             return default
         return number
+
+    def duration(self, name: str, default: str, *, minimum: float) -> float:
+        value = self._get(name) or default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.problems.append(f"{name}: {exc}")
+            return parse_duration(default)
+        if seconds < minimum:
+            self.problems.append(f"{name}={value!r} must be at least {minimum:g} seconds")
+            return parse_duration(default)
+        return seconds
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._get(name)

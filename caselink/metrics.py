@@ -22,6 +22,7 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY
 from prometheus_client.registry import Collector
@@ -43,8 +44,6 @@ DEDUP_CONFLICTS = Counter(
     "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
     ["source"],
 )
-RULE_MATCHES = Counter("caselink_rule_matches_total", "Events a rule matched.", ["rule"])
-LINKS_PLANNED = Counter("caselink_links_planned_total", "Links planned by rules.", ["rule"])
 WEBHOOK_SECONDS = Histogram(
     "caselink_webhook_seconds",
     "Time to answer a webhook.",
@@ -57,10 +56,14 @@ DELIVERIES = Counter(
 )
 DELIVERY_SECONDS = Histogram("caselink_delivery_seconds", "Time for one delivery attempt.")
 PAUSED = Gauge("caselink_delivery_paused", "1 while Datadog rejects the credentials.", multiprocess_mode="max")
+# The lowest value among live processes: 0 if any serving process failed its
+# last load. gunicorn's master imports this module too, so it sets its own
+# sample once its preflight has loaded the rules (gunicorn.conf.py); a dead
+# process's sample is dropped with it.
 RULES_LOADED = Gauge(
     "caselink_rules_last_reload_successful",
     "1 when the last load of the rules file succeeded.",
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
 )
 
 
@@ -153,8 +156,38 @@ class QueueCollector(Collector):
         yield family
 
 
-def render(count_links: Callable[[], dict[str, int]], multiproc_dir: str | None) -> bytes:
-    """The text exposition of every metric, including the queue read from the store."""
+class RuleCollector(Collector):
+    """caselink_rule_matches_total{rule} and caselink_rule_links_planned_total{rule}, for the rules in force.
+
+    Read from the per-rule statistics in the store at scrape time: the same in
+    every process, kept across restarts and pruning, nothing counted on the
+    webhook path, and one series per rule in force (a removed rule's series
+    goes with it). They trail the webhooks by the housekeeping interval.
+    """
+
+    def __init__(self, rule_totals: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.rule_totals = rule_totals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        matches = CounterMetricFamily("caselink_rule_matches", "Events a rule matched.", labels=["rule"])
+        planned = CounterMetricFamily("caselink_rule_links_planned", "Links a rule planned.", labels=["rule"])
+        try:
+            totals = self.rule_totals()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+            totals = {}
+        for rule, (matched, links) in totals.items():
+            matches.add_metric([rule], matched)
+            planned.add_metric([rule], links)
+        yield matches
+        yield planned
+
+
+def render(
+    count_links: Callable[[], dict[str, int]],
+    multiproc_dir: str | None,
+    rule_totals: Callable[[], dict[str, tuple[int, int]]] | None = None,
+) -> bytes:
+    """The text exposition of every metric, including the queue and per-rule counts read from the store."""
     TALLY.flush()
     if multiproc_dir:
         counters = CollectorRegistry()
@@ -163,4 +196,6 @@ def render(count_links: Callable[[], dict[str, int]], multiproc_dir: str | None)
         counters = REGISTRY
     queue = CollectorRegistry()
     queue.register(QueueCollector(count_links))
+    if rule_totals is not None:
+        queue.register(RuleCollector(rule_totals))
     return generate_latest(counters) + generate_latest(queue)

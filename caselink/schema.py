@@ -116,3 +116,25 @@ rate_periods = sa.Table(
     sa.Column("period_number", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("used", sa.Integer, nullable=False),
 )
+
+# Per-rule statistics, counted by the housekeeping step from events' traces
+# (off the webhook path) and kept when the events are pruned: one row per rule
+# per hour, so a window such as `--since 24h` is exact to the hour.
+rule_stats = sa.Table(
+    "rule_stats",
+    metadata,
+    sa.Column("rule", sa.String(255), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("matched", sa.BigInteger, nullable=False),
+    sa.Column("links_planned", sa.BigInteger, nullable=False),
+    sa.Column("last_matched_at", _time, nullable=False),
+)
+
+# Which rules planned which links, so a rule's delivered links are counted
+# from the links themselves (links are never deleted).
+rule_links = sa.Table(
+    "rule_links",
+    metadata,
+    sa.Column("rule", sa.String(255), primary_key=True),
+    sa.Column("link_id", _id, primary_key=True, autoincrement=False),
+)

@@ -19,11 +19,13 @@ from caselink.config import Settings
 from caselink.datadog import DatadogClient
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
+from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
 from caselink.errors import NotReadyError
 from caselink.errors import UnsupportedMediaTypeError
 from caselink.events import Event
 from caselink.events import WebhookRequest
+from caselink.housekeeping import Housekeeper
 from caselink.normalise import rejected
 from caselink.normalise import unrecognised
 from caselink.rules import Evaluation
@@ -59,6 +61,7 @@ class Service:
     handlers: Mapping[str, Any]
     client: DatadogClient | None = None
     worker: DeliveryWorker | None = None
+    housekeeper: Housekeeper | None = None
 
     # -- webhooks -------------------------------------------------------------
 
@@ -128,16 +131,11 @@ class Service:
         recorded = self.store.record(
             evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
         )
-        for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
+        for (event, _), stored in zip(evaluated, recorded, strict=True):
+            # Per-rule counts are not taken here: housekeeping counts them from the stored traces.
             metrics.TALLY.count(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new")
-            if stored.duplicate:
-                continue
-            if stored.dedup_conflict:
+            if stored.dedup_conflict and not stored.duplicate:
                 metrics.TALLY.count(metrics.DEDUP_CONFLICTS, event.source)
-            for outcome in evaluation.matched:
-                metrics.TALLY.count(metrics.RULE_MATCHES, outcome.rule)
-                if outcome.links:
-                    metrics.TALLY.count(metrics.LINKS_PLANNED, outcome.rule, amount=len(outcome.links))
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,
@@ -193,6 +191,34 @@ class Service:
                 checks["datadog"] = "credentials not known to be rejected"
         return ready, checks
 
+    # -- operators ----------------------------------------------------------------
+
+    def retry_link(self, link_id: int) -> dict[str, Any]:
+        """Send a dead or dry-run link again; a dry-run link cannot be sent while caselink runs in dry-run.
+
+        Raises NotFoundError, or ConflictError (and changes nothing) for a link
+        that cannot be retried now.
+        """
+        if self.settings.dry_run and self.store.get_link(link_id)["state"] == "dry_run":
+            until = "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
+            raise ConflictError(
+                f"link {link_id} was planned in dry-run and cannot be sent until {until} "
+                f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
+            )
+        return self.store.retry(link_id)
+
+    def rule_totals(self) -> dict[str, tuple[int, int]]:
+        """Events matched and links planned, all time, by each rule in force (for /metrics)."""
+        ruleset = self.rules.current()
+        if ruleset is None:
+            return {}
+        stats = self.store.rule_stats(None)
+        totals = {}
+        for rule in ruleset.rules:
+            counted = stats.get(rule.name)
+            totals[rule.name] = (counted.matched, counted.links_planned) if counted else (0, 0)
+        return totals
+
     # -- background work ------------------------------------------------------
 
     def new_worker(self) -> DeliveryWorker:
@@ -201,12 +227,20 @@ class Service:
         return DeliveryWorker(self.store, self.client, self.settings)
 
     def start_worker(self) -> None:
-        """Start the in-process delivery worker of a web process, unless told not to."""
-        if self.worker is None and self.client is not None and self.settings.in_process_worker:
+        """Start the in-process delivery worker of a web process and its housekeeping (per-rule
+        statistics, retention; in dry-run too), unless told not to."""
+        if not self.settings.in_process_worker:
+            return
+        if self.housekeeper is None:
+            self.housekeeper = Housekeeper(self.store, self.settings.event_retention)
+            self.housekeeper.start()
+        if self.worker is None and self.client is not None:
             self.worker = self.new_worker()
             self.worker.start()
 
     def stop_worker(self, grace: float = 20.0) -> None:
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
         if self.worker is not None:
             self.worker.stop(grace)
 

@@ -160,7 +160,7 @@ def readyz() -> tuple[dict[str, Any], int]:
 @bp.get("/metrics")
 def metrics_view() -> Response:
     svc = service()
-    body = metrics.render(svc.store.count_links, svc.settings.prometheus_multiproc_dir)
+    body = metrics.render(svc.store.count_links, svc.settings.prometheus_multiproc_dir, svc.rule_totals)
     return Response(body, mimetype="text/plain; version=0.0.4")
 
 
@@ -210,7 +210,7 @@ def list_links() -> dict[str, Any]:
 @api.post(f"/links/<int(max={MAX_ID}):link_id>/retry")
 def retry_link(link_id: int) -> dict[str, Any]:
     # The store wakes the delivery worker, wherever it runs.
-    return service().store.retry(link_id)
+    return service().retry_link(link_id)
 
 
 def _int_arg(name: str, default: int | None, *, maximum: int | None = None) -> int | None:

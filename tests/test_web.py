@@ -235,15 +235,16 @@ def test_the_explain_record_of_an_event(client):
     assert client.get("/api/events/999", headers=ADMIN).status_code == 404
 
 
-def test_links_can_be_listed_by_state_and_retried(client):
+def test_links_can_be_listed_by_state_and_a_dry_run_link_is_not_retried_while_in_dry_run(client):
     post(client)
     [link] = client.get("/api/links?state=dry_run", headers=ADMIN).json["links"]
 
     retried = client.post(f"/api/links/{link['id']}/retry", headers=ADMIN)
 
-    assert retried.status_code == 200
-    assert retried.json["state"] == "pending"
-    assert client.post(f"/api/links/{link['id']}/retry", headers=ADMIN).status_code == 409
+    assert retried.status_code == 409
+    assert "cannot be sent until DD_API_KEY and DD_APP_KEY are set" in retried.json["error"]["message"]
+    assert client.get("/api/links?state=dry_run", headers=ADMIN).json["links"] == [link]
+    assert client.post("/api/links/999/retry", headers=ADMIN).status_code == 404
     assert client.get("/api/links?state=nonsense", headers=ADMIN).status_code == 400
 
 
