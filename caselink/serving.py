@@ -171,7 +171,13 @@ class BufferingWorker(ThreadWorker):
             data = b""
         if not data:
             self._unregister(conn)
-            self._drop(conn)
+            if conn.head_end:
+                # The client stopped sending in the middle of a body (a half-close): the
+                # app reads what came, finds it cut short and answers 400 before closing.
+                conn.next_request()
+                super().enqueue_req(conn)
+            else:
+                self._drop(conn)
             return
         conn.buffer += data
         self._advance(conn, registered=True)
