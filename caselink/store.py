@@ -1973,6 +1973,11 @@ def _is_transient(exc: BaseException | None) -> bool:
     return code in ("40P01", "40001")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error about a value (never about the connection), for the sender."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 def _reason(exc: BaseException) -> str:
     """The driver's own words, first line: for the operator (it may name host, port and database)."""
     original = getattr(exc, "orig", None) or exc
