@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import overload
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
@@ -108,6 +110,41 @@ def display_url(url: str) -> str:
     if port:
         host = f"{host}:{port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# Query parameters that carry credentials (libpq's `password`, `sslpassword`, tokens, keys).
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def masked_url(url: str) -> str:
+    """`url` with the userinfo password and every secret-named query value shown as `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = urlencode(
+        [
+            (name, "***" if _SECRET_PARAMETER.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _database_url_problem(url: str) -> str | None:
+    """Why a postgres DATABASE_URL cannot be used (never quoting it), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "DATABASE_URL has a port that is not a number from 0 to 65535"
+    if not parts.hostname and "host=" not in parts.query:
+        return "DATABASE_URL names no host (postgres://user:password@host:5432/name)"
+    if port == 0:
+        return "DATABASE_URL has a port that is not a number from 1 to 65535"
+    return None
 
 
 @dataclass(frozen=True)
@@ -366,6 +403,10 @@ class _Reader:
         scheme = scheme.lower()
         if scheme in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
             # psycopg (3) is the driver caselink ships; PaaS add-ons say postgres://.
+            problem = _database_url_problem(url)
+            if problem:
+                self.problems.append(problem)
+                return f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
             return f"postgresql+psycopg://{rest}"
         if scheme == "sqlite":
             return url

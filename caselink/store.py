@@ -47,6 +47,7 @@ from sqlalchemy.pool import QueuePool
 
 from caselink import jsontext
 from caselink import logs
+from caselink.config import masked_url
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
@@ -1136,7 +1137,7 @@ class Store:
 
     def describe(self) -> str:
         """The database this store reads, as a URL without its password."""
-        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        return masked_url(sa.engine.make_url(self.url).render_as_string(hide_password=True))
 
     def count_events(self) -> int:
         with self.transaction(write=False) as connection:
@@ -2032,7 +2033,7 @@ def describe_url(url: str) -> str:
     except sa.exc.ArgumentError:
         return "DATABASE_URL (not a URL)"
     shown = parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
-    return f"DATABASE_URL ({shown})"
+    return f"DATABASE_URL ({masked_url(shown)})"
 
 
 def database_error(url: str, exc: BaseException) -> StoreUnavailableError | None:

@@ -2,8 +2,11 @@
 
 import json
 import os
+import string
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from caselink import config
 from caselink.config import DATADOG_SITES
@@ -388,3 +391,35 @@ def test_secrets_compare_by_value_without_failing_on_non_ascii():
     assert Secret("clé") != Secret("cle")
     assert Secret("a") != "a"
     assert hash(Secret("clé")) == hash(Secret("clé"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://postgres:pw@127.0.0.1:abc/test", "postgres://u:pw@127.0.0.1:99999/test", "postgres://u:pw@/test"],
+)
+def test_postgres_urls_with_a_bad_port_or_no_host_are_refused_in_one_line(url):
+    error = problems({"DATABASE_URL": url})
+    assert "DATABASE_URL" in error.message
+    assert "pw@" not in json.dumps(error.to_dict())
+
+
+_PASSWORDS = st.text(alphabet=string.ascii_letters + string.digits, min_size=8, max_size=20).map(lambda p: f"Pw{p}")
+
+
+@given(
+    password=_PASSWORDS,
+    where=st.sampled_from(["userinfo", "password", "sslpassword", "api_token", "Secret", "KEY"]),
+)
+def test_no_rendering_of_a_database_url_shows_its_password(password, where):
+    from caselink.store import Store
+    from caselink.store import describe_url
+
+    if where == "userinfo":
+        url = f"postgresql://postgres:{password}@127.0.0.1:5999/test?sslmode=disable"
+    else:
+        url = f"postgresql://postgres@127.0.0.1:5999/test?{where}={password}&sslmode=disable"
+    settings = Settings.from_env({"DATABASE_URL": url})
+    store = Store(settings.database_url)
+    renderings = [describe_url(settings.database_url), store.describe(), config.display_url(settings.database_url)]
+    assert all(password not in shown for shown in renderings), renderings
+    assert all("127.0.0.1:5999/test" in shown for shown in renderings)
