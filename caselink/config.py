@@ -130,7 +130,8 @@ def masked_url(url: str) -> str:
         ],
         safe="*",
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    # Built by hand: urlunsplit would turn sqlite:///path into sqlite:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _database_url_problem(url: str) -> str | None:
@@ -139,7 +140,7 @@ def _database_url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return "DATABASE_URL has a port that is not a number from 0 to 65535"
+        return "DATABASE_URL has a port that is not a number from 1 to 65535"
     if not parts.hostname and "host=" not in parts.query:
         return "DATABASE_URL names no host (postgres://user:password@host:5432/name)"
     if port == 0:

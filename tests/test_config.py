@@ -423,3 +423,10 @@ def test_no_rendering_of_a_database_url_shows_its_password(password, where):
     renderings = [describe_url(settings.database_url), store.describe(), config.display_url(settings.database_url)]
     assert all(password not in shown for shown in renderings), renderings
     assert all("127.0.0.1:5999/test" in shown for shown in renderings)
+
+
+@pytest.mark.parametrize("url", ["sqlite:////var/lib/caselink.db", "sqlite:///caselink.db"])
+def test_a_sqlite_url_is_described_as_it_was_given(url):
+    from caselink.store import describe_url
+
+    assert describe_url(url) == f"DATABASE_URL ({url})"
