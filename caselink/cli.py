@@ -469,14 +469,14 @@ def links_list(state: str | None, limit: int, as_json: bool, verbose: bool) -> N
 def links_retry(link_id: int | None, dead: bool, verbose: bool) -> None:
     """Send a dead link (or every dead link) again."""
     svc = _service()
-    store = _reading(verbose)
+    _reading(verbose)
     if dead == (link_id is not None):
         raise click.UsageError("give a link ID or --dead, not both or neither")
-    if dead:
-        click.echo(f"{store.retry_dead()} dead link(s) queued again")
-        return
-    assert link_id is not None  # without --dead, the check above demands a link ID
     try:
+        if dead:
+            click.echo(f"{svc.retry_dead()} dead link(s) queued again")
+            return
+        assert link_id is not None  # without --dead, the check above demands a link ID
         row = svc.retry_link(link_id)
     except CaselinkError as exc:
         click.echo(exc.message, err=True)

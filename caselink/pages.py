@@ -35,9 +35,9 @@ from werkzeug.wrappers import Response
 from caselink import logs
 from caselink.config import Secret
 from caselink.config import Settings
-from caselink.config import display_url
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
+from caselink.errors import ConflictError
 from caselink.rules import RefSpec
 from caselink.rules import Rule
 from caselink.schema import LINK_STATES
@@ -54,6 +54,8 @@ csrf = CSRFProtect()
 log = logs.get("pages")
 
 SESSION_LIFETIME = timedelta(hours=12)
+# service_state row: when the status page was last signed out of (Unix seconds).
+SIGNED_OUT_STATE = "pages_signed_out_at"
 PAGE_SIZE = 50
 OUTCOME_LABELS = {
     "linked": "linked",
@@ -69,6 +71,8 @@ RULE_OUTCOME_LABELS = {
     "skipped": "skipped",
 }
 NO_FIGURE = "—"
+# Characters of sender text (titles, ids, errors) a list or table shows per cell.
+LIST_TEXT_LIMIT = 200
 # Why the key is derived, not ADMIN_TOKEN itself: the cookie signature must never be the token.
 _KEY_LABEL = b"caselink status page: session signing key"
 _SIGN_IN_LABEL = b"caselink status page: signed in"
@@ -90,6 +94,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     csrf.init_app(app)
     app.register_blueprint(pages)
     app.add_template_filter(_moment, "moment")
+    app.add_template_filter(shorten, "shorten")
 
 
 def session_key(settings: Settings) -> str | None:
@@ -132,9 +137,20 @@ def _signed_in_only() -> Any:
     if request.endpoint == "pages.login":
         return None
     held = str(session.get("signed_in", "")).encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(held, _sign_in_mark(token).encode()):
+    if not hmac.compare_digest(held, _sign_in_mark(token).encode()) or _signed_out_since(session.get("since")):
+        session.clear()
         return redirect(url_for("pages.login", next=_here()))
     return None
+
+
+def _signed_out_since(issued: Any) -> bool:
+    """Whether someone signed out after this session was issued (at `issued`, Unix seconds).
+    The cookie is the whole session, so sign-out is recorded in the store: a copy of the
+    cookie taken before it is refused by every process."""
+    if not isinstance(issued, (int, float)):
+        return True
+    signed_out = service().store.get_state(SIGNED_OUT_STATE)
+    return signed_out is not None and issued <= float(signed_out)
 
 
 @pages.after_request
@@ -163,12 +179,15 @@ def login() -> Any:
     session.clear()
     session.permanent = True
     session["signed_in"] = _sign_in_mark(token)
+    session["since"] = time.time()
     log.info("status page sign-in", extra={"fields": {"remote": request.remote_addr}})
     return redirect(target)
 
 
 @pages.post("/logout")
 def logout() -> Response:
+    # One ADMIN_TOKEN, one operator: signing out ends every session issued until now.
+    service().store.set_state(SIGNED_OUT_STATE, repr(time.time()))
     session.clear()
     return redirect(url_for("pages.login"))
 
@@ -177,11 +196,21 @@ def _here() -> str:
     return request.full_path.rstrip("?")
 
 
+# What browsers drop from a URL before reading it (WHATWG URL parsing): tab, LF and CR anywhere,
+# C0 controls and space at either end. `/\t/evil.com` is `//evil.com` to a browser.
+_URL_DROPPED = str.maketrans("", "", "\t\n\r")
+_URL_TRIMMED = "".join(map(chr, range(0x21)))
+
+
 def _local(target: str | None) -> str | None:
-    """`target` if it is a path on this site, so that sign-in never redirects elsewhere."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """`target` if a browser reads it as a path on this site (one "/" not followed by "/" or
+    "\\", after the browser's own clean-up), so that no redirect ever leaves the site; else None."""
+    if not target:
         return None
-    return target
+    seen = target.translate(_URL_DROPPED).strip(_URL_TRIMMED)
+    if not seen.startswith("/") or seen[1:2] in ("/", "\\") or "\\" in seen:
+        return None
+    return seen
 
 
 # -- overview ---------------------------------------------------------------------
@@ -198,7 +227,7 @@ def overview() -> str:
         "pages/overview.html",
         mode=_mode(settings),
         credentials=_credentials(svc),
-        database=display_url(settings.database_url),
+        database=store.describe(),
         ruleset=ruleset,
         enabled=sum(1 for rule in ruleset.rules if rule.enabled) if ruleset else 0,
         loaded_at=svc.rules.loaded_at,
@@ -300,18 +329,29 @@ def links() -> str:
 
 @pages.post("/links/<int:link_id>/retry")
 def retry_link(link_id: int) -> Response:
-    link = service().store.retry(link_id)
+    # The same rules as the API and `links retry`: a dry-run link is not sent while in dry-run.
+    back = _local(request.form.get("next")) or url_for("pages.links", state="pending")
+    try:
+        link = service().retry_link(link_id)
+    except ConflictError as exc:
+        flash(exc.message, "refused")
+        return redirect(back)
     log.info("dead letter retried from the status page", extra={"fields": {"link": link_id}})
     flash(f"Link #{link_id} ({link['parent']} {link['relationship']} {link['child']}) is pending again.")
-    return redirect(_local(request.form.get("next")) or url_for("pages.links", state="pending"))
+    return redirect(back)
 
 
 @pages.post("/links/retry-dead")
 def retry_dead() -> Response:
-    count = service().store.retry_dead()
+    back = _local(request.form.get("next")) or url_for("pages.links", state="pending")
+    try:
+        count = service().retry_dead()
+    except ConflictError as exc:
+        flash(exc.message, "refused")
+        return redirect(back)
     log.info("every dead letter retried from the status page", extra={"fields": {"links": count}})
     flash(f"{count} dead link(s) are pending again." if count else "There were no dead links to retry.")
-    return redirect(_local(request.form.get("next")) or url_for("pages.links", state="pending"))
+    return redirect(back)
 
 
 # -- rules ------------------------------------------------------------------------
@@ -401,6 +441,14 @@ def _whole_number(name: str) -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise BadRequestError(f"{name} must be a positive whole number")
     return int(raw)
+
+
+def shorten(text: str | None, limit: int = LIST_TEXT_LIMIT) -> str:
+    """`text` cut to `limit` characters with "…" for lists and tables, so that one huge title
+    cannot make a page huge; the event's own page shows it all. None is ""."""
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _moment(value: float | str | None) -> str:

@@ -240,12 +240,24 @@ class Service:
         that cannot be retried now.
         """
         if self.settings.dry_run and self.store.get_link(link_id)["state"] == "dry_run":
-            until = "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
             raise ConflictError(
-                f"link {link_id} was planned in dry-run and cannot be sent until {until} "
+                f"link {link_id} was planned in dry-run and cannot be sent until {self._live_when()} "
                 f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
             )
         return self.store.retry(link_id)
+
+    def retry_dead(self) -> int:
+        """Send every dead link again; how many. In dry-run nothing can be sent, so this
+        raises ConflictError and changes nothing (they would wait as pending for good)."""
+        if self.settings.dry_run:
+            raise ConflictError(
+                f"dead links cannot be sent until {self._live_when()} "
+                f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
+            )
+        return self.store.retry_dead()
+
+    def _live_when(self) -> str:
+        return "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
 
     def rule_totals(self) -> dict[str, tuple[int, int]]:
         """Events matched and links planned, all time, by each rule in force (for /metrics)."""

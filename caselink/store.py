@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -831,6 +832,7 @@ class Store:
         self, *, limit: int = 50, before: int | None = None, source: str | None = None
     ) -> list[dict[str, Any]]:
         query = sa.select(*_EVENT_SUMMARY_COLUMNS).order_by(events.c.id.desc()).limit(limit)
+        before = _cursor(before)
         if before is not None:
             query = query.where(events.c.id < before)
         if source is not None:
@@ -840,6 +842,8 @@ class Store:
 
     def get_event(self, event_id: int) -> dict[str, Any]:
         """The explain record: the event, every rule's outcome, and the planned links' states."""
+        if not storable_id(event_id):
+            raise NotFoundError(f"no event {event_id}")
         with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(events).where(events.c.id == event_id)).first()
             if row is None:
@@ -912,6 +916,7 @@ class Store:
         self, *, state: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[dict[str, Any]]:
         query = sa.select(links).order_by(links.c.id.desc()).limit(limit)
+        before = _cursor(before)
         if state is not None:
             query = query.where(links.c.state == state)
         if before is not None:
@@ -920,6 +925,8 @@ class Store:
             return [_link_record(row._mapping) for row in connection.execute(query)]
 
     def get_link(self, link_id: int) -> dict[str, Any]:
+        if not storable_id(link_id):
+            raise NotFoundError(f"no link {link_id}")
         with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(links).where(links.c.id == link_id)).first()
         if row is None:
@@ -929,6 +936,8 @@ class Store:
     def retry(self, link_id: int, now: float | None = None) -> dict[str, Any]:
         """Send a dead (or dry-run) link again: back to pending, attempts from zero."""
         now = time.time() if now is None else now
+        if not storable_id(link_id):
+            raise NotFoundError(f"no link {link_id}")
         with self.transaction() as connection:
             row = connection.execute(sa.select(links.c.state).where(links.c.id == link_id)).first()
             if row is None:
@@ -981,6 +990,7 @@ class Store:
         """
         if outcome is not None and outcome not in EVENT_PAGE_OUTCOMES:
             raise BadRequestError(f"outcome must be one of {', '.join(EVENT_PAGE_OUTCOMES)}")
+        before = _cursor(before)
         for name, value in (("source", source), ("kind", kind), ("text", text)):
             # PostgreSQL refuses NUL in text, and SQLite a LIKE pattern past 50,000 bytes.
             if value is not None and (len(value) > MAX_KEY or "\x00" in value):
@@ -1868,17 +1878,23 @@ _EVENT_SUMMARY_COLUMNS = (
 
 def _cursor_id(cursor: str) -> int:
     try:
-        return int(cursor)
+        found = int(cursor)
     except ValueError:
-        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
+        found = 0
+    if not storable_id(found):
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page")
+    return found
 
 
 def _cursor_moment(cursor: str) -> tuple[float, int]:
     moment, _, link_id = cursor.partition("_")
     try:
-        return float(moment), int(link_id)
+        found = float(moment), _cursor_id(link_id)
     except ValueError:
-        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
+        found = None
+    if found is None or not math.isfinite(found[0]):
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page")
+    return found
 
 
 def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int) -> str:
@@ -1996,6 +2012,21 @@ def _public_reason(exc: BaseException, dialect: str) -> str:
     if isinstance(state, str):
         return _PG_UNAVAILABLE.get(state) or _PG_UNAVAILABLE.get(state[:2]) or "the database answered with an error"
     return "cannot connect to the database"
+
+
+# The largest id an id column holds on either store (BIGINT on PostgreSQL, INTEGER on SQLite).
+LARGEST_ID = 2**63 - 1
+
+
+def storable_id(value: int) -> bool:
+    """Whether `value` is an id the database can hold (1 ..= LARGEST_ID): a larger one is no
+    row, not an OverflowError or "bigint out of range"."""
+    return 1 <= value <= LARGEST_ID
+
+
+def _cursor(before: int | None) -> int | None:
+    """A `before` cursor past every id means no cursor."""
+    return None if before is None or before > LARGEST_ID else before
 
 
 def describe_url(url: str) -> str:
