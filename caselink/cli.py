@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -78,6 +79,23 @@ def _duration(text: str) -> float:
 def _verbose_option(command: Any) -> Any:
     """--verbose: say which database the command reads (never its password)."""
     return click.option("--verbose", "-v", is_flag=True, help="Say which database is read.")(command)
+
+
+# Characters a terminal acts on instead of showing: C0 (with tab and newline: one record, one
+# line), DEL, C1, and the bidirectional controls that reorder what is shown (Trojan Source).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as its escape (`\\x1b`, `\\r`, `\\u202e`), for
+    a terminal: what senders wrote can neither move the cursor, retitle the window, nor hide
+    what follows it. Backslashes stay as they are."""
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print a human-readable line that holds stored (sender) text."""
+    click.echo(printable(line), err=err)
 
 
 def _reading(verbose: bool, *, check: bool = True) -> Store:
@@ -199,6 +217,13 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     after they arrive (on PostgreSQL, 30 s), and kept when events are pruned.
     """
     window = _duration(since)
+    if window < 3600:
+        # The counts are kept by the hour: a shorter window would silently be a whole hour or two.
+        raise click.BadParameter(
+            f"{since} is shorter than an hour; the per-rule counts are kept by the hour, so the "
+            "window is at least 1h (and starts at the top of an hour)",
+            param_hint="--since",
+        )
     store = _reading(verbose)
     ruleset = _load(rules_file)
     start = datetime.fromtimestamp(time.time() - window, UTC)
@@ -284,23 +309,23 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
         return
     for item in report:
         event = item["event"]
-        click.echo(
+        _say(
             f"event {event['kind']} from {event['source']}" + (f" about {event['entity']}" if event["entity"] else "")
         )
-        click.echo(f"  dedup key: {event['dedup_key']}")
+        _say(f"  dedup key: {event['dedup_key']}")
         if event.get("problem"):
-            click.echo(f"  problem: {event['problem']}")
+            _say(f"  problem: {event['problem']}")
         for outcome in item["rules"]:
             line = f"  {outcome['rule']}: {outcome['outcome']}"
             if outcome.get("reason"):
                 line += f" — {outcome['reason']}"
-            click.echo(line)
+            _say(line)
             for link in outcome.get("links", []):
                 mode = " (dry-run)" if outcome.get("mode") == "dry-run" else ""
-                click.echo(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
+                _say(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
             for problem in outcome.get("problems", []):
-                click.echo(f"      problem: {problem}")
-        click.echo(f"  {len(item['links'])} link(s) planned")
+                _say(f"      problem: {problem}")
+        _say(f"  {len(item['links'])} link(s) planned")
 
 
 def _event_summary(event: Event) -> dict[str, Any]:
@@ -340,9 +365,9 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
         new = [key for key in planned if key not in before]
         gone = sorted(before - set(planned))
         for key in new:
-            click.echo(f"+ event {row['id']}: {key}  (rule {planned[key][0].rule})")
+            _say(f"+ event {row['id']}: {key}  (rule {planned[key][0].rule})")
         for key in gone:
-            click.echo(f"- event {row['id']}: {key}  (no longer planned; a made link is not removed)")
+            _say(f"- event {row['id']}: {key}  (no longer planned; a made link is not removed)")
         added += len(new)
         dropped += len(gone)
         if apply and new:
@@ -454,9 +479,9 @@ def links_list(state: str | None, limit: int, as_json: bool, verbose: bool) -> N
         line = f"#{row['id']:<6} {row['state']:<9} {planned}  attempts={row['attempts']}"
         if row["datadog_link_id"]:
             line += f" datadog_id={row['datadog_link_id']}"
+        _say(line)
         if row["last_error"] and row["state"] != "delivered":
-            line += f"\n        last error: {row['last_error']}"
-        click.echo(line)
+            _say(f"        last error: {row['last_error']}")
     if not rows:
         click.echo("no links" + (f" in state {state}" if state else ""))
         _say_if_empty(store)
@@ -479,9 +504,9 @@ def links_retry(link_id: int | None, dead: bool, verbose: bool) -> None:
         assert link_id is not None  # without --dead, the check above demands a link ID
         row = svc.retry_link(link_id)
     except CaselinkError as exc:
-        click.echo(exc.message, err=True)
+        _say(exc.message, err=True)
         sys.exit(1)
-    click.echo(f"link #{row['id']} queued again: {row['parent']} {row['relationship']} {row['child']}")
+    _say(f"link #{row['id']} queued again: {row['parent']} {row['relationship']} {row['child']}")
 
 
 @db_cli.command("upgrade")
@@ -563,12 +588,12 @@ def events_list(
         click.echo(json.dumps(rows, indent=2))
     for row in [] if as_json else rows:
         about = f" {row['entity']}" if row["entity"] else ""
-        click.echo(
+        _say(
             f"#{row['id']:<7} {row['received_at']}  {row['source']:<12} {row['kind']:<24}"
             f" links={row['links_planned']}{about}  {row['title'][:60]}"
         )
         if row["problem"]:
-            click.echo(f"         problem: {row['problem']}")
+            _say(f"         problem: {row['problem']}")
     if not rows:
         if not as_json:
             click.echo("no events match")
@@ -586,39 +611,39 @@ def events_show(event_id: int, as_json: bool, verbose: bool) -> None:
         record = store.get_event(event_id)
     except CaselinkError as exc:
         retention = _days(_service().settings.event_retention)
-        click.echo(f"{exc.message} (events are kept for EVENT_RETENTION={retention})", err=True)
+        _say(f"{exc.message} (events are kept for EVENT_RETENTION={retention})", err=True)
         _say_if_empty(store)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
     about = f" about {record['entity']}" if record["entity"] else ""
-    click.echo(
+    _say(
         f"event #{record['id']} {record['kind']} from {record['source']}{about}, received {record['received_at']}"
     )
-    click.echo(f"  title: {record['title']}")
-    click.echo(f"  dedup key: {record['dedup_key']}")
+    _say(f"  title: {record['title']}")
+    _say(f"  dedup key: {record['dedup_key']}")
     if record["problem"]:
-        click.echo(f"  problem: {record['problem']}")
-    click.echo(f"  rules: {record['ruleset'][:12]}")
+        _say(f"  problem: {record['problem']}")
+    _say(f"  rules: {record['ruleset'][:12]}")
     for outcome in record["rules"]:
         line = f"  {outcome['rule']}: {outcome['outcome']}"
         if outcome.get("reason"):
             line += f" — {outcome['reason']}"
-        click.echo(line)
+        _say(line)
         for link in outcome.get("links", []):
             mode = " (dry-run)" if outcome.get("mode") == "dry-run" else ""
-            click.echo(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
+            _say(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
         for problem in outcome.get("problems", []):
-            click.echo(f"      problem: {problem}")
+            _say(f"      problem: {problem}")
     for link in record["links"]:
         line = f"  link #{link['id']} {link['parent']} {link['relationship']} {link['child']}: {link['state']}"
         if link["datadog_link_id"]:
             line += f" (datadog id {link['datadog_link_id']})"
         if link["last_error"] and link["state"] != "delivered":
             line += f"; last error: {link['last_error']}"
-        click.echo(line)
-    click.echo(f"  {len(record['links'])} link(s) planned")
+        _say(line)
+    _say(f"  {len(record['links'])} link(s) planned")
 
 
 def register(app: Flask) -> None:
@@ -649,7 +674,7 @@ def _plain_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             if error is None:
                 raise
             message = error.operator
-        click.echo(f"caselink: {message}", err=True)
+        _say(f"caselink: {message}", err=True)
         sys.exit(1)
 
     run.caselink_plain = True  # type: ignore[attr-defined]

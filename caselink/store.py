@@ -317,11 +317,11 @@ class Store:
         if current == head:
             return
         if current is None:
-            raise SchemaError("the database has no caselink schema; run `flask --app app db upgrade`")
+            raise SchemaError("the database has no caselink schema; run `bin/caselink db upgrade`")
         if current in migrations.known_revisions():
             raise SchemaError(
                 f"the database schema is at revision {current}, this release needs {head}; "
-                "run `flask --app app db upgrade`"
+                "run `bin/caselink db upgrade`"
             )
         raise SchemaError(
             f"the database schema is at revision {current}, which this release does not know "
@@ -2105,7 +2105,7 @@ class _DatabaseFile:
             raise StoreUnavailableError(
                 "the database file is gone",
                 operator=f"DATABASE_URL (sqlite:///{self.path}): the file was deleted or moved while caselink ran "
-                f"({exc.strerror}); restore it, or run `flask --app app db upgrade` to start an empty one",
+                f"({exc.strerror}); restore it, or run `bin/caselink db upgrade` to start an empty one",
             ) from None
         for path in (self.path, *self._companions):
             # Writing through files that turned read-only can kill the process (SIGBUS on SQLite's
