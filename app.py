@@ -30,7 +30,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__, instance_path=str(INSTANCE_PATH))
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    rules = LiveRules(settings.rules_file, sources=tuple(REGISTRY), on_reload=_report_reload)
+    rules = LiveRules(
+        settings.rules_file,
+        sources=tuple(REGISTRY),
+        on_reload=_report_reload,
+        on_check=lambda in_force: metrics.RULES_FILE_IN_FORCE.set(1 if in_force else 0),
+        background=True,
+    )
     metrics.RULES_LOADED.set(0 if rules.error else 1)
     store = Store(settings.database_url)
     client = None

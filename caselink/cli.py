@@ -301,7 +301,7 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
             {
                 "event": _event_summary(event),
                 "rules": evaluation.trace(),
-                "links": [link.as_dict() for _, link in evaluation.planned],
+                "links": [link.as_dict() for link in evaluation.links],
             }
         )
     if as_json:

@@ -59,6 +59,12 @@ RULES_LOADED = Gauge(
     "1 when the last load of the rules file succeeded.",
     multiprocess_mode="livemin",
 )
+RULES_FILE_IN_FORCE = Gauge(
+    "caselink_rules_file_in_force",
+    "1 when the rules file on disk is the one the rules in force came from; 0 while it differs"
+    " (being loaded, or refused: see caselink_rules_last_reload_successful and /readyz).",
+    multiprocess_mode="min",
+)
 
 
 class Tally:

@@ -7,8 +7,10 @@ the store writes in the same transaction as the event.
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import fnmatch
+import gc
 import hashlib
 import os
 import re
@@ -30,7 +32,6 @@ from typing import cast
 import jinja2
 import yaml
 from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yaml.reader import ReaderError
 
 from caselink.errors import RulesError
@@ -41,6 +42,11 @@ from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import canonical_kind_pattern
 from caselink.events import text
+from caselink.regex import Regex
+from caselink.regex import compile_rule_regex
+from caselink.templates import TemplateEnvironment
+from caselink.templates import render
+from caselink.templates import unbounded_constants
 
 STRING_OPERATORS = (
     "equals",
@@ -66,6 +72,19 @@ NEGATIONS = {
 }
 MODES = ("live", "dry-run")
 GROUP_KEYS = ("all", "any", "none")
+
+# What one rules file may hold: more is refused with a message saying so, so that a
+# runaway or hostile file cannot stall a reload or hold the memory of every worker.
+MAX_FILE_BYTES = 8 << 20
+MAX_RULES = 10_000
+MAX_YAML_NODES = 1_000_000
+
+# What one event's evaluation may produce, so that its trace (stored with it) stays small.
+MAX_REFS = 100  # distinct refs one side of a link finds
+MAX_REF_CHARACTERS = 256  # a UUID is 36, a case key a few more
+MAX_LINKS_PER_RULE = 100
+MAX_PROBLEMS = 20  # per rule and event
+MAX_TRACE_TEXT = 1000  # characters of one reason or problem
 
 _FILE_KEYS = ("version", "rules")
 _RULE_KEYS = ("name", "description", "on", "when", "link", "stop", "enabled", "mode", "examples")
@@ -108,21 +127,7 @@ _OPERATOR_ALIASES = {
 }
 
 
-class _TemplateEnvironment(ImmutableSandboxedEnvironment):
-    """Jinja for `id:` templates.
-
-    Sandboxed, and immutable because a template must not change the event it
-    reads (the event is stored after evaluation). A mapping's key wins over a
-    dict method of the same name, so `payload.items` is the payload's "items".
-    """
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-_templates = _TemplateEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_templates = TemplateEnvironment()
 _TEMPLATE_NAMES = (*FIELD_NAMES, *sorted(_templates.globals))
 
 
@@ -238,7 +243,7 @@ class Condition:
     value: Any
     ignore_case: bool
     where: str
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
 
     def describe(self) -> str:
         shown = self.value if self.operator != "exists" else str(self.value).lower()
@@ -284,7 +289,7 @@ class Condition:
             return any(_same(value, choice, self.ignore_case) for choice in self.value)
         if operator == "matches":
             assert self.regex is not None
-            return self.regex.search(text(value)) is not None
+            return self.regex.search(text(value))
         subject, wanted = text(value), text(self.value)
         if self.ignore_case:
             subject, wanted = subject.casefold(), wanted.casefold()
@@ -351,7 +356,7 @@ class RefSpec:
     template: jinja2.Template | None = None
     template_text: str | None = None
     fields: tuple[FieldPath, ...] = ()
-    pattern: re.Pattern[str] | None = None
+    pattern: Regex | None = None
 
     @property
     def is_event(self) -> bool:
@@ -365,36 +370,44 @@ class RefSpec:
             return [event.entity]
         if self.template is not None:
             try:
-                rendered = self.template.render(names)
+                rendered = render(self.template, names)
             # Whatever an operator's template raises is a problem of this event, never a failed webhook.
             except Exception as exc:  # noqa: BLE001
-                problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {exc}")
+                problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {_cut(str(exc))}")
                 return []
             return _checked_refs(self.type, [rendered], self.where, problems)
         assert self.pattern is not None
-        tokens: list[str] = []
+        tokens: dict[str, None] = {}
         for path in self.fields:
             for value in path.values(names):
                 if isinstance(value, (dict, list)):
                     continue
-                for match in self.pattern.finditer(text(value)):
-                    token = _token(match)
+                for token in self.pattern.tokens(text(value)):
+                    if isinstance(token, int):
+                        problems.append(
+                            f"{self.where}: a match of {token:,} characters is longer than any id; "
+                            "make the pattern stop at the ref"
+                        )
+                        continue
                     if token and token not in tokens:
-                        tokens.append(token)
+                        if len(tokens) == MAX_REFS:
+                            problems.append(
+                                f"{self.where}: more than {MAX_REFS} refs found; the first {MAX_REFS} are used"
+                            )
+                            return _checked_refs(self.type, tokens, self.where, problems)
+                        tokens[token] = None
         return _checked_refs(self.type, tokens, self.where, problems)
-
-
-def _token(match: re.Match[str]) -> str | None:
-    if "ref" in match.re.groupindex:
-        return match.group("ref")
-    if match.re.groups:
-        return match.group(1)
-    return match.group(0)
 
 
 def _checked_refs(type_: str, tokens: Iterable[str], where: str, problems: list[str]) -> list[EntityRef]:
     refs: list[EntityRef] = []
     for token in tokens:
+        if len(token) > MAX_REF_CHARACTERS:
+            problems.append(
+                f"{where}: {_show(token)} ({len(token):,} characters) is longer than any id"
+                f" ({MAX_REF_CHARACTERS} at most)"
+            )
+            continue
         try:
             ref = EntityRef.checked(type_, token)
         except ValueError as exc:
@@ -472,6 +485,9 @@ class Rule:
                     )
                     continue
                 links.append(PlannedLink(parent, self.link.relationship, child))
+                if len(links) == MAX_LINKS_PER_RULE:
+                    problems.append(f"link: more than {MAX_LINKS_PER_RULE} links for one event; the first are planned")
+                    return links, problems
         return links, problems
 
 
@@ -485,6 +501,15 @@ class RuleOutcome:
     links: list[PlannedLink] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        # Stored with the event: each entry is bounded whatever the payload held.
+        if self.reason is not None:
+            self.reason = _cut(self.reason)
+        if len(self.problems) > MAX_PROBLEMS:
+            more = len(self.problems) - MAX_PROBLEMS
+            self.problems = [*self.problems[:MAX_PROBLEMS], f"… and {more} more problem(s)"]
+        self.problems = [_cut(problem) for problem in self.problems]
 
     def as_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {"rule": self.rule, "outcome": self.outcome}
@@ -510,6 +535,11 @@ class Evaluation:
     @property
     def planned(self) -> list[tuple[RuleOutcome, PlannedLink]]:
         return [(outcome, link) for outcome in self.matched for link in outcome.links]
+
+    @property
+    def links(self) -> list[PlannedLink]:
+        """The distinct links planned, in the order first planned: two rules planning one link plan one."""
+        return list(dict.fromkeys(link for outcome in self.matched for link in outcome.links))
 
     def trace(self) -> list[dict[str, Any]]:
         return [outcome.as_dict() for outcome in self.outcomes]
@@ -560,9 +590,15 @@ def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = 
     """Read and validate a rules file; RulesError lists every problem with file:line."""
     path = Path(path)
     try:
-        source_text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            # Read one byte past the cap, so an oversized file is refused without reading all of it.
+            content = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise RulesError([f"{path}: cannot read the rules file: {exc.strerror}"]) from None
+    if len(content) > MAX_FILE_BYTES:
+        raise RulesError([_too_big(str(path), path.stat().st_size)])
+    try:
+        source_text = content.decode("utf-8")
     except UnicodeDecodeError:
         raise RulesError([f"{path}: the rules file is not UTF-8 text"]) from None
     return parse_rules(source_text, str(path), sources=sources)
@@ -570,37 +606,211 @@ def load_rules(path: str | os.PathLike[str], *, sources: Sequence[str] | None = 
 
 def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequence[str] | None = None) -> RuleSet:
     """Validate rules from text; `sources` (handler names), when given, are the only valid on.source names."""
+    encoded = source_text.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_FILE_BYTES:
+        raise RulesError([_too_big(filename, len(encoded))])
     document = _read_yaml(source_text, filename)
     validator = _Validator(filename, sources)
     rules = validator.document(document)
     if validator.problems:
         raise RulesError(validator.problems)
-    digest = hashlib.sha256(source_text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(encoded).hexdigest()
     return RuleSet(tuple(rules), filename, digest, tuple(validator.warnings))
+
+
+def _too_big(filename: str, size: int) -> str:
+    return (
+        f"{filename}: the rules file is {size:,} bytes; a rules file may hold at most {MAX_FILE_BYTES:,} bytes"
+        f" and {MAX_RULES:,} rules"
+    )
 
 
 def _read_yaml(source_text: str, filename: str) -> Any:
     loader = None
+    # A rules file makes tens of thousands of small objects that live until the load ends:
+    # the cyclic collector would look at them again and again for nothing.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = _Loader(source_text)
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
+        # is what an alias bomb exploits, so its size as a tree is measured first.
+        size, line = _expanded_size(node)
+        if size > MAX_YAML_NODES:
+            raise RulesError(
+                [
+                    f"{filename}:{line}: the YAML expands to more than {MAX_YAML_NODES:,} values"
+                    " through its aliases (*name); a rules file may hold no more (is it an alias bomb?)"
+                ]
+            )
+        rules = _rules_node(node)
+        if rules is not None and len(rules[1].value) > MAX_RULES:
+            # Counted before the rules are built, which is most of the work of a load.
+            raise RulesError([_too_many_rules(filename, rules[0], len(rules[1].value))])
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
+        raise RulesError([_yaml_problem(exc, source_text, filename)]) from None
     except ReaderError as exc:
-        line = str(source_text.count("\n", 0, max(exc.position, 0)) + 1)
-        raise RulesError([f"{filename}:{line}: not a YAML text file: {exc.reason}"]) from None
+        line_number = source_text.count("\n", 0, max(exc.position, 0)) + 1
+        raise RulesError([f"{filename}:{line_number}: not a YAML text file: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}:1: not valid YAML: {exc}"]) from None
     finally:
         if loader is not None:
             loader.dispose()
+        if collecting:
+            gc.enable()
+
+
+def _rules_node(root: yaml.Node) -> tuple[int, yaml.SequenceNode] | None:
+    """The line of `rules:` and the list under it, if the document has one."""
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "rules" and isinstance(value, yaml.SequenceNode):
+            return key.start_mark.line + 1, value
+    return None
+
+
+def _too_many_rules(filename: str, line: int, count: int) -> str:
+    return f"{filename}:{line}: the file holds {count:,} rules; a rules file may hold at most {MAX_RULES:,}"
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """Values in the document once every alias is written out (MAX_YAML_NODES + 1 means more), and
+    the line of the first node found to be over.
+
+    Each node is sized once (aliases share their node), so this takes time in proportion to the file.
+    """
+    cap = MAX_YAML_NODES + 1
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, children_sized = pending.pop()
+        key = id(node)
+        if children_sized:
+            ancestors.discard(key)
+            total = 1
+            for child in _yaml_children(node):
+                total += 1 if isinstance(child, yaml.ScalarNode) else sizes[id(child)]
+            if total >= cap:
+                return cap, node.start_mark.line + 1
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in ancestors:
+            return cap, node.start_mark.line + 1  # an alias inside the node it names: a tree of it is endless
+        ancestors.add(key)
+        pending.append((node, True))
+        pending.extend(
+            (child, False)
+            for child in _yaml_children(node)
+            if not isinstance(child, yaml.ScalarNode) and id(child) not in sizes
+        )
+    return sizes.get(id(root), 1), root.start_mark.line + 1
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        items: list[yaml.Node] = node.value
+        return items
+    return []
+
+
+# PyYAML's findings, as a person would say them. The first entry whose words appear in
+# PyYAML's problem is used; {context_line} is where the construct it was reading began.
+_YAML_PROBLEMS = (
+    (
+        "mapping values are not allowed",
+        "a ':' that cannot be here: put text that contains ': ' in quotes, or check this line's indentation",
+    ),
+    (
+        "expected <block end>, but found",
+        "this line is not indented like the lines of the block it belongs to (started on line {context_line})",
+    ),
+    (
+        "did not find expected key",
+        "this line is not indented like the lines of the block it belongs to (started on line {context_line})",
+    ),
+    (
+        "did not find expected '-' indicator",
+        "a '-' list item where the list that starts on line {context_line} has ended: check the indentation",
+    ),
+    (
+        "could not find expected ':'",
+        "a key without ':' after it (started on line {context_line}); or a quote on that line is never closed",
+    ),
+    ("found unexpected end of stream", "the quoted text that starts on line {context_line} is never closed"),
+    ("expected ',' or ']'", "the [ list ] that starts on line {context_line} is not closed or lacks a comma"),
+    ("expected ',' or '}'", "the { mapping } that starts on line {context_line} is not closed or lacks a comma"),
+    ("found undefined alias", "an alias (*name) that names no anchor (&name) defined before it"),
+    ("second occurrence", "an anchor (&name) defined twice (first on line {context_line})"),
+    ("found duplicate anchor", "an anchor (&name) defined twice"),
+    ("but found another document", "a second document ('---'); a rules file is one YAML document"),
+    ("that cannot start any token", "a character that cannot start unquoted text; put the value in quotes"),
+    ("expected alphabetic or numeric character", "an '&' or '*' not followed by a name; put the value in quotes"),
+)
+_YAML_TOKENS = (
+    ("'<block mapping start>'", "an indented mapping"),
+    ("'<block sequence start>'", "an indented list"),
+    ("<block end>", "the end of the block"),
+    ("'<stream end>'", "the end of the file"),
+    ("'<scalar>'", "a value"),
+    ("'<block entry>'", "a '-' list item"),
+)
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) -> str:
+    """`file:line: not valid YAML at column N: what is wrong`, then the line itself and a caret under the column."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "not YAML"
+    context_line = exc.context_mark.line + 1 if exc.context_mark else "?"
+    lines = source_text.splitlines()
+    shown = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if mark is not None and shown[mark.column : mark.column + 1] == "\t":
+        problem = "a tab"
+    human = next((said for words, said in _YAML_PROBLEMS if words in problem), None)
+    if problem == "a tab":
+        human = "a tab character; YAML indents with spaces only"
+    if human is None:
+        human = problem
+        for token, said in _YAML_TOKENS:
+            human = human.replace(token, said)
+    human = human.replace("{context_line}", str(context_line))
+    if mark is None:
+        return f"{filename}:1: not valid YAML: {human}"
+    caret = " " * min(mark.column, len(shown)) + "^"
+    number = str(mark.line + 1)
+    return (
+        f"{filename}:{number}: not valid YAML at column {mark.column + 1}: {human}\n"
+        f"  {number} | {_show_line(shown)}\n  {' ' * len(number)} | {caret}"
+    )
+
+
+def _show_line(line: str, limit: int = 200) -> str:
+    line = line.replace("\t", " ")
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+LOAD_WAIT = 0.05  # seconds the caller that notices a new rules file waits for its background load
 
 
 class LiveRules:
-    """The rules in force, reloaded when the file changes; a bad file never replaces good rules."""
+    """The rules in force, reloaded when the file changes; a bad file never replaces good rules.
+
+    A new file is loaded beside the rules in force: while one thread loads it
+    (with `background`, a thread of its own) every other caller goes on with the
+    rules in force and never waits. `file_in_force()` says whether the file on
+    disk is the one those rules came from.
+    """
 
     def __init__(
         self,
@@ -609,29 +819,53 @@ class LiveRules:
         sources: Sequence[str] | None = None,
         check_every: float = 2.0,
         on_reload: Callable[[RuleSet | None, RulesError | None], None] | None = None,
+        on_check: Callable[[bool], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.sources = sources
         self.check_every = check_every
         self.on_reload = on_reload
+        self.on_check = on_check
+        self.background = background
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
         # When this process loaded the rules in force (Unix seconds).
         self.loaded_at: float | None = None
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None  # of the file last read, loaded or not
+        self._in_force_stamp: tuple[int, int, int] | None = None  # of the file the rules in force came from
         self._checked_at = 0.0
-        self._lock = threading.Lock()
-        self._load(report=False)
+        self._loading = threading.Lock()
+        with self._loading:
+            self._load(self._file_stamp(), report=False)
 
     def current(self) -> RuleSet | None:
         now = time.monotonic()
         if now - self._checked_at >= self.check_every:
-            with self._lock:
-                if now - self._checked_at >= self.check_every:
-                    self._checked_at = now
-                    if self._file_stamp() != self._stamp:
-                        self._load(report=True)
+            self._checked_at = now
+            stamp = self._file_stamp()
+            if self.on_check:
+                self.on_check(self.ruleset is not None and stamp == self._in_force_stamp)
+            if stamp != self._stamp and self._loading.acquire(blocking=False):
+                # Whoever finds the lock taken goes on with the rules in force.
+                if self.background:
+                    loader = threading.Thread(target=self._load_then_release, args=(stamp,), daemon=True)
+                    loader.start()
+                    # A usual file loads in milliseconds: the caller that noticed it gets it at once.
+                    # A slow one costs that caller this much at most, and nobody else anything.
+                    loader.join(LOAD_WAIT)
+                else:
+                    self._load_then_release(stamp)
         return self.ruleset
+
+    @property
+    def loading(self) -> bool:
+        """True while a new file is being read."""
+        return self._loading.locked()
+
+    def file_in_force(self) -> bool:
+        """Whether the file on disk now is the one the rules in force were loaded from."""
+        return self.ruleset is not None and self._file_stamp() == self._in_force_stamp
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         # The inode changes when an editor or a deploy replaces the file; the
@@ -642,19 +876,45 @@ class LiveRules:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
-    def _load(self, *, report: bool) -> None:
-        self._stamp = self._file_stamp()
+    def _load_then_release(self, stamp: tuple[int, int, int] | None) -> None:
+        try:
+            self._load(stamp, report=True)
+        finally:
+            self._loading.release()
+
+    def _load(self, stamp: tuple[int, int, int] | None, *, report: bool) -> None:
+        # The stamp is taken before reading: a change while reading is seen at the next check.
+        self._stamp = stamp
         self._checked_at = time.monotonic()
+        ruleset: RuleSet | None = None
+        error: RulesError | None = None
         try:
             ruleset = load_rules(self.path, sources=self.sources)
         except RulesError as exc:
-            self.error = exc
-            if report and self.on_reload:
-                self.on_reload(None, exc)
-            return
-        self.ruleset, self.error, self.loaded_at = ruleset, None, time.time()
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - out of memory, too deep: say so and try again at the next check
+            error = RulesError([f"{self.path}: loading the rules failed: {type(exc).__name__}: {exc}"])
+            self._stamp = None
+        if ruleset is not None:
+            self.ruleset, self.error, self._in_force_stamp = ruleset, None, stamp
+            self.loaded_at = time.time()
+        else:
+            self.error = error
         if report and self.on_reload:
-            self.on_reload(ruleset, None)
+            self.on_reload(ruleset, error)
+        if self.on_check:
+            self.on_check(self.ruleset is not None and stamp == self._in_force_stamp)
+        del ruleset, error
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Hand what a replaced (or refused) rule set held back to the system, not only to Python's allocator."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the memory stays with the process for its next use
 
 
 class _Node:
@@ -689,7 +949,11 @@ _TYPED_SCALARS = (
 _RETYPED = {"tag:yaml.org,2002:timestamp", *(tag for tag, _, _ in _TYPED_SCALARS)}
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml parses in C, ten times faster than PyYAML's own parser; the constructors stay Python.
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """SafeLoader that records lines, notes duplicate keys and types only true/false, null and decimal numbers."""
 
     yaml_implicit_resolvers = {
@@ -805,6 +1069,9 @@ class _Validator:
         if not isinstance(raw_rules, list):
             self.problem(_line(document, "rules"), "rules must be a list")
             return []
+        if len(raw_rules) > MAX_RULES:
+            self.problems.append(_too_many_rules(self.filename, _line(document, "rules"), len(raw_rules)))
+            return []
         rules: list[Rule] = []
         names: dict[str, int] = {}
         for index, raw in enumerate(raw_rules):
@@ -859,6 +1126,8 @@ class _Validator:
             self.problem(_line(raw, "description"), "description must be text")
             description = ""
         examples = self.examples(raw.get("examples"), _line(raw, "examples"), sources) if "examples" in raw else ()
+        if link is not None and not self.link_can_have_a_case_side(link, sources, kinds, _line(raw, "link")):
+            return None
         if name is None or link is None:
             return None
         return Rule(
@@ -1027,8 +1296,8 @@ class _Validator:
                 self.problem(value_line, f"{where}: {operator} takes a regular expression as text")
             else:
                 try:
-                    regex = re.compile(value, re.IGNORECASE if ignore_case else 0)
-                except re.error as exc:
+                    regex = compile_rule_regex(value, ignore_case=ignore_case)
+                except ValueError as exc:
                     self.problem(value_line, f"{where}: bad regular expression {value!r}: {exc}")
         elif operator in ORDER_OPERATORS:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -1076,6 +1345,40 @@ class _Validator:
             return None
         assert isinstance(relationship, str)  # one of RELATIONSHIPS, or a problem was recorded
         return LinkSpec(relationship, parent, child)
+
+    def link_can_have_a_case_side(
+        self, link: LinkSpec, sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None, line: int
+    ) -> bool:
+        """Whether `event` sides, read with the events `on` selects, leave the link a chance of a CASE side."""
+        sides = [(side, getattr(link, side)) for side in ("parent", "child")]
+        if not any(spec.is_event for _, spec in sides):
+            return True  # two explicit types were checked with the link
+        event_types = _event_entity_types(sources, kinds, self.sources)
+        if event_types is None:
+            return True
+        selected = f"on {_on_text(sources, kinds)}"
+        if not event_types - {None}:
+            return True  # such events are about no entity: the trace says so for each
+        possible = [
+            {spec.type} if not spec.is_event else {type_ for type_ in event_types if type_ is not None}
+            for _, spec in sides
+        ]
+        if any("CASE" in types for types in possible):
+            return True
+        described = " ".join(
+            [
+                "/".join(sorted(possible[0])) + (" (the event)" if sides[0][1].is_event else ""),
+                link.relationship,
+                "/".join(sorted(possible[1])) + (" (the event)" if sides[1][1].is_event else ""),
+            ]
+        )
+        self.problem(
+            line,
+            f"link can never have a CASE side ({described}): events {selected} are about "
+            f"{' or '.join(sorted(type_ or 'no entity' for type_ in event_types))}; "
+            "Datadog requires at least one side of a link to be a CASE",
+        )
+        return False
 
     def ref(self, link: Mapping[str, Any], side: str, link_line: int) -> RefSpec | None:
         where = f"link.{side}"
@@ -1156,8 +1459,8 @@ class _Validator:
             self.problem(find_line, f"{where}.find.pattern must be a regular expression")
         else:
             try:
-                pattern = re.compile(pattern_text)
-            except re.error as exc:
+                pattern = compile_rule_regex(pattern_text)
+            except ValueError as exc:
                 self.problem(_line(find, "pattern"), f"{where}.find.pattern: bad regular expression: {exc}")
         if pattern is None or type_ not in ENTITY_TYPES:
             return None
@@ -1171,6 +1474,9 @@ class _Validator:
         except jinja2.TemplateSyntaxError as exc:
             self.problem(line, f"{where}: template does not parse: {exc.message}")
             return None
+        unbounded = unbounded_constants(parsed)
+        if unbounded:
+            self.problem(line, f"{where}: template would be refused at every event: {'; '.join(unbounded)}")
         undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
         for name in undefined:
             self.problem(
@@ -1178,7 +1484,7 @@ class _Validator:
                 f"{where}: template uses undefined name {name!r}{did_you_mean(name, FIELD_NAMES)}"
                 f" (names: {', '.join(FIELD_NAMES)})",
             )
-        return None if undefined else template
+        return None if undefined or unbounded else template
 
     def examples(self, raw: Any, line: int, rule_sources: tuple[str, ...] | None) -> tuple[Example, ...]:
         if not isinstance(raw, list):
@@ -1249,6 +1555,45 @@ class _Validator:
         parent, child = refs
         assert isinstance(relationship, str)  # one of RELATIONSHIPS, or a problem was recorded
         return PlannedLink(parent, relationship, child)
+
+
+# Which entity a source's events are about. Datadog's own webhooks name it by the object
+# they carry, which follows the kind's first segment (incident.created carries an incident);
+# Standard Webhooks senders may name any entity; the other senders know none.
+_ENTITIES_BY_KIND = {"datadog": {"incident": "INCIDENT", "case": "CASE", "page": "PAGE", "alert": None}}
+_SOURCES_WITH_ANY_ENTITY = ("generic",)
+
+
+def _event_entity_types(
+    sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None, known: tuple[str, ...] | None
+) -> set[str | None] | None:
+    """The entity types (None: no entity) an event selected by `on` may be about; None when any may be."""
+    if sources is None or known is None:
+        return None
+    named = {source for pattern in sources for source in known if fnmatch.fnmatchcase(source, pattern)}
+    types: set[str | None] = set()
+    for source in named:
+        if source in _SOURCES_WITH_ANY_ENTITY:
+            return None
+        by_kind = _ENTITIES_BY_KIND.get(source)
+        if by_kind is None:
+            types.add(None)
+            continue
+        if kinds is None:
+            return None
+        for kind in kinds:
+            segment, dot, _ = kind.partition(".")
+            if not dot or _is_glob(segment) or segment.lower() not in by_kind:
+                return None  # the kind says nothing of the object the payload carries
+            types.add(by_kind[segment.lower()])
+    return types or None
+
+
+def _on_text(sources: tuple[str, ...] | None, kinds: tuple[str, ...] | None) -> str:
+    parts = [f"source {', '.join(sources)}"] if sources else []
+    if kinds:
+        parts.append(f"kind {', '.join(kinds)}")
+    return " and ".join(parts)
 
 
 def _example_ref(ref: EntityRef) -> EntityRef:
@@ -1354,6 +1699,10 @@ def _compare(operator: str, value: Any, wanted: Any) -> bool:
 def _show(value: Any, limit: int = 80) -> str:
     shown = repr(value) if not isinstance(value, str) else '"' + value.replace('"', '\\"') + '"'
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _cut(text: str, limit: int = MAX_TRACE_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _one_of(names: Sequence[str]) -> str:

@@ -154,7 +154,15 @@ class Service:
         return IngestResult(
             200 if duplicate else 202,
             [_answer(stored) for stored in recorded],
-            sum(stored.links_planned for stored in recorded if not stored.duplicate),
+            # Distinct over the request: events of one delivery planning the same link plan one.
+            len(
+                {
+                    link
+                    for (_, evaluation), stored in zip(evaluated, recorded, strict=True)
+                    if not stored.duplicate
+                    for link in evaluation.links
+                }
+            ),
         )
 
     def test_examples(self, ruleset: RuleSet) -> list[ExampleResult]:
@@ -217,6 +225,10 @@ class Service:
             checks["rules"] = (
                 f"{len(ruleset.rules)} rules in force; the file on disk has errors and was not loaded: "
                 + self.rules.error.problems[0]
+            )
+        elif not self.rules.file_in_force():
+            checks["rules"] = f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: " + (
+                "it is being loaded" if self.rules.loading else "it changed and is read at the next check"
             )
         else:
             checks["rules"] = f"{len(ruleset.rules)} rules loaded"

@@ -1829,7 +1829,7 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "received_at": now,
         "ruleset": ruleset,
         "trace": jsontext.dumps(evaluation.trace()),
-        "links_planned": len(evaluation.planned),
+        "links_planned": len(evaluation.links),
         # What the event was built from: the payload as stored, unless the handler says otherwise.
         "digest": event.digest or hashlib.sha256(payload.encode()).hexdigest(),
         "dedup_conflict": False,

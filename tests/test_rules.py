@@ -1850,3 +1850,98 @@ def test_live_rules_look_at_the_file_no_more_often_than_asked(tmp_path):
     write_rules(path, "second")
 
     assert [rule.name for rule in live.current().rules] == ["first"]
+
+
+# -- counts and checks that tell the truth (issue 12 §6) -----------------------------------------
+
+
+def test_two_rules_planning_the_same_link_plan_one_link():
+    rules = ruleset(a_rule("first"), a_rule("second"))
+
+    evaluation = rules.evaluate(an_event(title="see OPS-42"))
+
+    assert len(evaluation.planned) == 2
+    assert [str(link) for link in evaluation.links] == [f"INCIDENT:{INCIDENT_ID} CAUSES CASE:OPS-42"]
+
+
+PAGE_CHILD = {"type": "PAGE", "find": {"in": ["title"], "pattern": UUID}}
+
+
+@pytest.mark.parametrize(
+    ("on", "child", "about"),
+    [
+        ({"source": "datadog", "kind": "page.escalated"}, PAGE_CHILD, "PAGE"),
+        ({"source": "datadog", "kind": "incident.*"}, {**PAGE_CHILD, "type": "INCIDENT"}, "INCIDENT"),
+        ({"source": "datadog", "kind": ["incident.created", "page.escalated"]}, PAGE_CHILD, "INCIDENT or PAGE"),
+        ({"source": ["datadog", "pagerduty"], "kind": "page.escalated"}, PAGE_CHILD, "PAGE or no entity"),
+    ],
+)
+def test_a_rule_whose_event_side_can_never_meet_a_case_is_refused_with_its_line(on, child, about):
+    rule = a_rule("never-case", on=on, link={"relationship": "RELATES_TO", "parent": "event", "child": child})
+    text = yaml.safe_dump({"version": 1, "rules": [rule]}, sort_keys=False)
+
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, "rules.yaml", sources=tuple(REGISTRY))
+
+    [problem] = caught.value.problems
+    assert problem.startswith("rules.yaml:4: rule 'never-case': link can never have a CASE side (")  # link:
+    assert f"are about {about};" in problem
+    assert problem.endswith("Datadog requires at least one side of a link to be a CASE")
+
+
+@pytest.mark.parametrize(
+    ("on", "child"),
+    [
+        ({"source": "datadog", "kind": "case.created"}, PAGE_CHILD),
+        ({"source": "datadog"}, PAGE_CHILD),
+        ({"source": "generic", "kind": "page.escalated"}, PAGE_CHILD),
+        ({"kind": "page.escalated"}, PAGE_CHILD),
+        ({"source": "datadog", "kind": "page.escalated"}, {"type": "CASE", "id": "OPS-1"}),
+        ({"source": "datadog", "kind": "*.escalated"}, PAGE_CHILD),
+        ({"source": "pagerduty", "kind": "incident.triggered"}, PAGE_CHILD),
+    ],
+)
+def test_a_rule_whose_event_side_may_meet_a_case_is_accepted(on, child):
+    rule = a_rule("maybe-case", on=on, link={"relationship": "RELATES_TO", "parent": "event", "child": child})
+    text = yaml.safe_dump({"version": 1, "rules": [rule]}, sort_keys=False)
+
+    assert [rule.name for rule in parse_rules(text, "rules.yaml", sources=tuple(REGISTRY)).rules] == ["maybe-case"]
+
+
+def test_a_rule_that_can_never_meet_a_case_is_not_loaded_by_a_running_service(tmp_path):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "good")
+    live = LiveRules(path, sources=tuple(REGISTRY), check_every=0)
+    rule = a_rule("never-case", on={"source": "datadog", "kind": "page.escalated"},
+                  link={"relationship": "RELATES_TO", "parent": "event", "child": PAGE_CHILD})
+    path.write_text(yaml.safe_dump({"version": 1, "rules": [rule]}, sort_keys=False), encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 2_000_000_000,) * 2)
+
+    assert [rule.name for rule in live.current().rules] == ["good"]
+    assert "link can never have a CASE side" in live.error.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "column", "said"),
+    [
+        ("version: 1\nrules:\n  - name: a\n    link:\n      relationship: CAUSES\n     parent: event\n",
+         6, 6, "this line is not indented like the lines of the block it belongs to (started on line 3)"),
+        ("version: 1\nrules:\n\t- name: a\n", 3, 1, "a tab character; YAML indents with spaces only"),
+        ("version: 1\nrules:\n  - name: a\n    description: note: this\n", 4, 22, "text that contains ': '"),
+        ("version: 1\nrules:\n  - name: 'a\n    on: x\n", 5, 1, "the quoted text that starts on line 3"),
+        ("version: 1\nrules: [unclosed\n", 3, 1, "the [ list ] that starts on line 2 is not closed or lacks a comma"),
+        ("version: 1\nrules: *nope\n", 2, 8, "an alias (*name) that names no anchor (&name) defined before it"),
+        ("version: 1\nrules:\n  - name: a\n    on\n    link: x\n", 5, 5, "a key without ':' after it"),
+    ],
+)
+def test_a_yaml_syntax_error_says_what_is_wrong_where_and_shows_the_line(content, line, column, said):
+    [problem] = problems_of(content)
+
+    first, shown, caret = problem.splitlines()
+    assert first.startswith(f"rules.yaml:{line}: not valid YAML at column {column}: ")
+    assert said in first
+    assert "<block" not in problem
+    assert "expected" not in first
+    source_line = (content.splitlines() + [""])[line - 1].replace("\t", " ")
+    assert shown == f"  {line} | {source_line}"
+    assert caret == f"  {' ' * len(str(line))} | {' ' * min(column - 1, len(source_line))}^"

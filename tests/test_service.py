@@ -1,11 +1,82 @@
-"""The ingest service's start-up checks."""
+"""The ingest service: its start-up checks, and what a webhook's 202, its explain record and `rules explain` count."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+import yaml
+
+from caselink import migrations
 from caselink.service import preflight
 from handlers import REGISTRY
+from tests.conftest import ROOT
+from tests.servers import ADMIN_TOKEN
+from tests.servers import WEBHOOK_SECRET
+
+INCIDENT_PAYLOAD = ROOT / "tests" / "fixtures" / "datadog" / "incident-created.json"
+CASE_KEY = r"\b[A-Z][A-Z0-9]{1,9}-\d+\b"
+
+
+def twin_rules(path: Path) -> Path:
+    """Two rules that plan the same link for the sample incident."""
+    rule = {
+        "on": {"source": "datadog"},
+        "link": {
+            "relationship": "CAUSES",
+            "parent": "event",
+            "child": {"type": "CASE", "find": {"in": ["title", "message"], "pattern": CASE_KEY}},
+        },
+    }
+    document = {"version": 1, "rules": [{"name": "first", **rule}, {"name": "second", **rule}]}
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def twin_app(settings, tmp_path):
+    from app import create_app
+
+    application = create_app(replace(settings, rules_file=twin_rules(tmp_path / "rules.yaml")))
+    service = application.extensions["caselink"]
+    migrations.upgrade(service.store.engine)
+    yield application
+    service.store.dispose()
+
+
+def test_two_rules_planning_one_link_count_one_in_the_answer_and_the_explain_record(twin_app):
+    client = twin_app.test_client()
+
+    answer = client.post(
+        "/webhooks/datadog",
+        data=INCIDENT_PAYLOAD.read_bytes(),
+        headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"},
+        content_type="application/json",
+    )
+    record = client.get(f"/api/events/{answer.json['events'][0]['id']}", headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}"}).json
+
+    assert answer.status_code == 202
+    assert answer.json["links_planned"] == 1
+    assert answer.json["events"][0]["links_planned"] == 1
+    assert record["links_planned"] == 1
+    assert [rule["outcome"] for rule in record["rules"]] == ["matched", "matched"]
+    assert len({link["id"] for link in record["links"]}) == 1  # listed once per rule that planned it
+
+
+def test_rules_explain_counts_two_rules_planning_one_link_once(runner, tmp_path):
+    rules = twin_rules(tmp_path / "rules.yaml")
+
+    text = runner.invoke(args=["rules", "explain", "datadog", str(INCIDENT_PAYLOAD), "--rules", str(rules)])
+    as_json = runner.invoke(
+        args=["rules", "explain", "datadog", str(INCIDENT_PAYLOAD), "--rules", str(rules), "--json"]
+    )
+
+    assert text.exit_code == 0, text.output
+    assert text.output.splitlines()[-1] == "  1 link(s) planned"
+    assert len(json.loads(as_json.output)[0]["links"]) == 1
 
 
 def test_preflight_tells_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):

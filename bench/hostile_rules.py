@@ -1,0 +1,219 @@
+"""Hostile rules (issue 13 §4): how fast `rules check` refuses each one, and what the worst
+accepted rule costs a webhook through real gunicorn, side by side with the default rules.
+
+    python bench/hostile_rules.py                         # about a minute
+    python bench/hostile_rules.py --baseline /tmp/base    # also time `rules check` of an older tree
+
+Part 1 runs `flask --app app rules check FILE` (a new process each time, as an operator or a
+release step does) on every file of tests/hostile.py, with a timeout (`--check-timeout`, 20 s),
+and reports wall time, peak memory of the process and the first line it printed. With
+`--baseline DIR` (a tree made by `git archive <commit> | tar -x -C DIR`, sharing this .venv)
+the same files are checked there too, in the same run, file by file.
+
+Part 2 starts caselink under gunicorn (the repo's gunicorn.conf.py, dry-run, a fresh SQLite
+file) twice: with the default rules.yaml, and with the worst accepted rule
+(tests/hostile.WORST_ACCEPTED, which matches every webhook) in front of them. Both take turns
+over `--rounds` rounds of `--requests` webhooks on `--connections` keep-alive connections; the
+webhook is the sample incident with a title made to make a backtracking engine work hardest.
+It reports the median over rounds of p50 and p99 latency for each, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+
+from caselink.errors import RulesError
+from caselink.rules import load_rules
+from handlers import REGISTRY
+from tests import hostile
+
+ROOT = harness.ROOT
+FIXTURE = ROOT / "tests" / "fixtures" / "datadog" / "incident-created.json"
+
+
+# -- part 1: rules check on each hostile file ------------------------------------------------
+
+
+def check(tree: Path, rules_file: Path, timeout: float) -> dict[str, Any]:
+    """`flask --app app rules check FILE` in `tree`: seconds, peak RSS (MB), exit code, first line."""
+    env = harness.base_env(DATABASE_URL=f"sqlite:///{rules_file.parent / 'check.db'}", PYTHONPATH=str(tree))
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "rules", "check", str(rules_file)],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    output = process.stdout.read() if process.stdout else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    timer.cancel()
+    seconds = time.perf_counter() - started
+    killed = seconds >= timeout
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "exit": process.returncode,
+        "killed_after_timeout": killed,
+        "said": output.decode(errors="replace").splitlines()[0][:160] if output else "",
+    }
+
+
+def python_start(tree: Path, workdir: Path) -> float:
+    """What `rules check` costs before it reads the file: the interpreter, Flask and caselink's imports."""
+    empty = workdir / "valid.yaml"
+    empty.write_text("version: 1\nrules: []\n", encoding="utf-8")
+    return min(check(tree, empty, 60)["seconds"] for _ in range(3))
+
+
+def part1(workdir: Path, baseline: Path | None, timeout: float) -> dict[str, Any]:
+    trees = {"new": ROOT} | ({"baseline": baseline} if baseline else {})
+    startup = {name: python_start(tree, workdir) for name, tree in trees.items()}
+    results: dict[str, Any] = {"python_and_imports_seconds": startup, "files": {}}
+    print(f"python and imports: {startup}")
+    print(f"{'file':26} {'bytes':>11}  {'load s':>6}  " + "  ".join(f"{name + ' s':>10} {'MB':>6}" for name in trees))
+    for name, make in (hostile.REFUSED | hostile.REFUSED_ONCE_READ).items():
+        path = workdir / f"{name}.yaml"
+        path.write_text(make(), encoding="utf-8")
+        row = {tree_name: check(tree, path, timeout) for tree_name, tree in trees.items()}
+        started = time.perf_counter()
+        try:
+            load_rules(path, sources=tuple(REGISTRY))
+        except RulesError:
+            pass
+        row["new"]["load_seconds"] = round(time.perf_counter() - started, 3)
+        results["files"][name] = {"bytes": path.stat().st_size, **row}
+        cells = "  ".join(
+            f"{('>' if r['killed_after_timeout'] else '') + format(r['seconds'], '.2f'):>10} {r['peak_rss_mb']:>6}"
+            for r in row.values()
+        )
+        load = row["new"]["load_seconds"]
+        print(f"{name:26} {path.stat().st_size:>11,}  {load:>6.3f}  {cells}   {row['new']['said'][:60]}")
+    return results
+
+
+# -- part 2: webhook latency with the worst accepted rule ------------------------------------
+
+
+def rules_with_worst(workdir: Path) -> Path:
+    default = (ROOT / "rules.yaml").read_text(encoding="utf-8")
+    worst = hostile.WORST_ACCEPTED.split("rules:\n", 1)[1]
+    path = workdir / "worst.yaml"
+    path.write_text(default.replace("\nrules:\n", "\nrules:\n" + worst, 1), encoding="utf-8")
+    return path
+
+
+def webhook_body(n: int) -> bytes:
+    payload = json.loads(FIXTURE.read_text())
+    payload["id"] = f"{time.time_ns()}{n}"
+    payload["incident"]["title"] = hostile.HOSTILE_TITLE + " see OPS-42"
+    payload["incident"]["message"] = "x" * 30 + " tracked in OPS-42"
+    return json.dumps(payload).encode()
+
+
+def load(port: int, requests: int, connections: int) -> list[float]:
+    """`requests` webhooks over `connections` keep-alive connections; each one's latency in seconds."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        for n in counter:
+            body = webhook_body(n)
+            started = time.perf_counter()
+            connection.request(
+                "POST",
+                "/webhooks/datadog",
+                body,
+                {"Content-Type": "application/json", "Authorization": f"Bearer {harness.WEBHOOK_SECRET}"},
+            )
+            answer = connection.getresponse()
+            answer.read()
+            mine.append(time.perf_counter() - started)
+            if answer.status != 202:
+                raise RuntimeError(f"webhook answered {answer.status}")
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def part2(workdir: Path, rounds: int, requests: int, connections: int) -> dict[str, Any]:
+    targets = {"default rules": ROOT / "rules.yaml", "worst accepted rule + default rules": rules_with_worst(workdir)}
+    figures: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p99": []} for name in targets}
+    processes: list[Any] = []
+    with harness.cleanup(processes, None):
+        servers = {}
+        for index, (name, rules_file) in enumerate(targets.items()):
+            env = harness.caselink_env(f"sqlite:///{workdir / f'bench{index}.db'}", None, RULES_FILE=rules_file)
+            harness.migrate(env)
+            process, port = harness.web(f"web{index}", env, workdir)
+            processes.append(process)
+            servers[name] = port
+        for round_number in range(rounds):
+            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
+            for name in order:
+                load(servers[name], 50, connections)  # warm-up
+                latencies = sorted(load(servers[name], requests, connections))
+                figures[name]["p50"].append(statistics.median(latencies))
+                figures[name]["p99"].append(latencies[int(len(latencies) * 0.99) - 1])
+    summary = {
+        name: {key: round(statistics.median(values) * 1000, 2) for key, values in figure.items()}
+        for name, figure in figures.items()
+    }
+    default, worst = summary.values()
+    ratios = {key: round(worst[key] / default[key], 2) for key in ("p50", "p99")}
+    for name, figure in summary.items():
+        print(f"{name:38} p50 {figure['p50']:7.2f} ms   p99 {figure['p99']:7.2f} ms")
+    print(f"{'ratio (worst / default)':38} p50 {ratios['p50']:7.2f}      p99 {ratios['p99']:7.2f}")
+    return {"milliseconds": summary, "ratio": ratios, "rounds": {k: v for k, v in figures.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="an older tree to time `rules check` in too")
+    parser.add_argument("--check-timeout", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--skip-webhooks", action="store_true")
+    parser.add_argument("--output", type=Path)
+    arguments = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="caselink-hostile-"))
+    document: dict[str, Any] = {"machine": harness.machine()}
+    with harness.in_workdir(workdir, keep=False):
+        print("== rules check on each hostile file ==")
+        document["rules_check"] = part1(workdir, arguments.baseline, arguments.check_timeout)
+        if not arguments.skip_webhooks:
+            print(f"== webhook latency through gunicorn: {arguments.rounds} rounds x {arguments.requests} webhooks"
+                  f" on {arguments.connections} connections ==")
+            document["webhooks"] = part2(workdir, arguments.rounds, arguments.requests, arguments.connections)
+    print(f"results: {harness.shown(harness.write_results('hostile-rules', document, arguments.output))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Regular expressions from rules, run on RE2 so that no pattern can hang a webhook.
+
+Python's `re` backtracks: `(a+)+$` against thirty characters takes minutes. RE2
+(google-re2) runs in time linear in the text, as Alertmanager and PagerDuty do
+for their users' patterns, and refuses the few constructs that need
+backtracking: backreferences and look-around. `compile_rule_regex` says which
+one a pattern used and how to do without it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import re2
+
+# RE2 is linear in the text, but the constant grows with the pattern: when its DFA runs
+# out of states it steps through the pattern's instructions for every character. Bounding
+# both keeps one search under tens of milliseconds. The default rules' patterns compile to
+# under 300 instructions; ref tokens are never longer than a few dozen characters.
+MAX_PROGRAM_SIZE = 1000
+MAX_SEARCH_CHARACTERS = 65_536
+MAX_MATCH_CHARACTERS = 1024
+MAX_MATCHES = 1000  # matches read in one value
+
+# What RE2 cannot run, how to recognise it in a pattern, and what to write instead.
+_UNSUPPORTED = (
+    (
+        re.compile(r"\(\?<?[=!]"),
+        "look-around ((?=…), (?!…), (?<=…), (?<!…))",
+        "spell the exclusion with character classes, or match the text and add a not_matches condition",
+    ),
+    (
+        re.compile(r"\\[1-9]|\(\?P=\w+\)|\\g<\w+>|\\k<\w+>"),
+        "a backreference (\\1, (?P=name))",
+        "RE2 cannot match a repeat of an earlier group; match the shape of the text instead",
+    ),
+    (
+        re.compile(r"\(\?>|[*+?}][+]"),
+        "an atomic group or a possessive quantifier",
+        "drop it: RE2 never backtracks, so it is not needed",
+    ),
+    (re.compile(r"\\Z"), "\\Z", "write \\z (end of text) or $"),
+)
+
+
+class Regex:
+    """A rule's pattern, compiled twice for RE2: without captures to search, with them to pick a token.
+
+    RE2 finds a match with its DFA in a few nanoseconds a character; captures need its
+    slower engines, so they run only over a match already found, and only a short one.
+    """
+
+    __slots__ = ("_capturing", "_capturing_bytes", "_group", "_searching", "_searching_bytes", "pattern")
+
+    def __init__(self, pattern: str, ignore_case: bool) -> None:
+        self.pattern = pattern
+        self._capturing = _compile(pattern, ignore_case, capture=True)
+        self._searching = _compile(pattern, ignore_case, capture=False)
+        self._capturing_bytes = _compile(pattern.encode("utf-8", "surrogatepass"), ignore_case, capture=True)
+        self._searching_bytes = _compile(pattern.encode("utf-8", "surrogatepass"), ignore_case, capture=False)
+        # The token: the group named ref, else the first group, else (0) the whole match.
+        self._group = self._capturing.groupindex.get("ref", 1 if self._capturing.groups else 0)
+
+    @property
+    def program_size(self) -> int:
+        return int(self._capturing.programsize)
+
+    def search(self, text: str) -> bool:
+        """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`."""
+        return self._searching.search(text[:MAX_SEARCH_CHARACTERS]) is not None
+
+    def tokens(self, text: str) -> Iterator[str | int]:
+        """Each match's token (the group named ref, else the first group, else the whole match).
+
+        A match longer than MAX_MATCH_CHARACTERS yields its length instead: no id is that long.
+        Only the first MAX_MATCHES matches are read.
+        """
+        # UTF-8 bytes, so that RE2's offsets are used as they are: with text, the wrapper
+        # converts each match's offsets from the start, which is quadratic in the matches.
+        data = text[:MAX_SEARCH_CHARACTERS].encode("utf-8", "surrogatepass")
+        group = self._group
+        for count, match in enumerate(self._searching_bytes.finditer(data)):
+            if count == MAX_MATCHES:
+                return
+            start, end = match.span()
+            if start == end:
+                continue  # an empty match is no token
+            if end - start > MAX_MATCH_CHARACTERS:
+                yield len(data[start:end].decode("utf-8", "replace"))
+                continue
+            if group == 0:
+                yield data[start:end].decode("utf-8", "replace")
+                continue
+            captured = self._capturing_bytes.fullmatch(data, start, end)
+            if captured is not None:
+                token = captured.group(group)
+                yield token.decode("utf-8", "replace") if token else ""
+
+
+def compile_rule_regex(pattern: str, *, ignore_case: bool = False) -> Regex:
+    """Compile a rule's pattern for RE2; ValueError says what RE2 refused and what to write instead."""
+    regex = Regex(pattern, ignore_case)
+    if regex.program_size > MAX_PROGRAM_SIZE:
+        raise ValueError(
+            f"the pattern compiles to {regex.program_size} RE2 instructions, more than {MAX_PROGRAM_SIZE}:"
+            " counted repeats ({20}, {1,9}) copy what they repeat, nested ones multiply; use + or * where you can"
+        )
+    return regex
+
+
+def _compile(pattern: str | bytes, ignore_case: bool, *, capture: bool) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    options.never_capture = not capture
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        for construct, found, hint in _UNSUPPORTED:
+            if construct.search(pattern if isinstance(pattern, str) else pattern.decode("utf-8", "replace")):
+                raise ValueError(f"RE2 does not support {found}: {hint}") from None
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"not a valid RE2 regular expression: {reason}") from None

@@ -1,0 +1,527 @@
+"""Hostile rules (issue 13 §4): no rules file, pattern, template or reload may hang or exhaust caselink."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck
+from hypothesis import assume
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from caselink import rules as rules_module
+from caselink.errors import RulesError
+from caselink.rules import LiveRules
+from caselink.rules import load_rules
+from caselink.rules import parse_rules
+from handlers import REGISTRY
+from tests import hostile
+from tests.test_rules import a_rule
+from tests.test_rules import an_event
+from tests.test_rules import outcome_of
+from tests.test_rules import problems_of
+from tests.test_rules import ruleset
+from tests.test_rules import write_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = tuple(REGISTRY)
+
+
+def elapsed(action: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = action()
+    return time.perf_counter() - started, result
+
+
+def refusal(text: str) -> tuple[float, list[str]]:
+    def check() -> list[str]:
+        try:
+            parse_rules(text, "rules.yaml", sources=SOURCES)
+        except RulesError as exc:
+            return exc.problems
+        return []
+
+    return elapsed(check)
+
+
+# -- every hostile file is refused by `rules check` within a second ------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(hostile.REFUSED))
+def test_a_hostile_rules_file_is_refused_within_a_second_with_a_line_and_a_reason(name):
+    seconds, problems = refusal(hostile.REFUSED[name]())
+
+    assert problems, f"{name} was accepted"
+    assert seconds < 1.0, f"{name} took {seconds:.2f} s to refuse"
+    assert problems[0].startswith("rules.yaml")
+
+
+def test_the_worst_accepted_rule_loads():
+    seconds, rules = elapsed(lambda: parse_rules(hostile.WORST_ACCEPTED, "rules.yaml", sources=SOURCES))
+
+    assert [rule.name for rule in rules.rules] == ["worst-accepted"]
+    assert seconds < 1.0
+
+
+# -- regular expressions run on RE2 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "where", "title"),
+    [
+        ("(a+)+$", "when", "a" * 28 + "!"),
+        ("(x+x+)+y", "when", "x" * 28),
+        (r"(\w+\s?)+$", "when", "a" * 28 + "!"),
+        ("(a|aa)+$", "find", "a" * 36 + "!"),
+    ],
+)
+def test_a_backtracking_pattern_runs_in_linear_time(pattern, where, title):
+    # Each title takes Python's backtracking `re` seconds to minutes with its pattern.
+    if where == "when":
+        rules = ruleset(a_rule(when=[{"field": "title", "matches": pattern}]))
+    else:
+        rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
+            "type": "CASE", "find": {"in": ["title"], "pattern": pattern}}}))
+    event = an_event(title=title)
+
+    seconds, _ = elapsed(lambda: rules.evaluate(event))
+
+    assert seconds < 0.5
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hint"),
+    [
+        (r"(a)\1", "backreference"),
+        (r"(?P<x>a)(?P=x)", "backreference"),
+        (r"\b(?!SEV-)[A-Z]+-\d+", "look-around"),
+        (r"(?=OPS)[A-Z]+-\d+", "look-around"),
+        (r"(?<=see )OPS-\d+", "look-around"),
+        (r"(?<!x)OPS", "look-around"),
+        (r"OPS-\d+\Z", "\\z"),
+        ("a{1000}{1000}", "RE2"),
+    ],
+)
+def test_a_pattern_re2_cannot_run_is_refused_at_check_with_its_line_and_a_hint(pattern, hint):
+    for text in (
+        f"version: 1\nrules:\n  - name: r\n    when:\n      - {{field: title, matches: {json.dumps(pattern)}}}\n",
+        "version: 1\nrules:\n  - name: r\n    link:\n      relationship: CAUSES\n      parent: event\n"
+        f"      child: {{type: CASE, find: {{in: [title], pattern: {json.dumps(pattern)}}}}}\n",
+    ):
+        text += "" if "link:" in text else hostile._LINK  # noqa: SLF001 - the shared link line
+        [problem] = problems_of(text)
+
+        assert problem.startswith("rules.yaml:5: rule 'r':") or problem.startswith("rules.yaml:7: rule 'r':")
+        assert hint in problem
+
+
+def test_a_named_ref_group_still_picks_the_token():
+    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
+        "type": "CASE", "find": {"in": ["title"], "pattern": r"case (?P<ref>[A-Z]+-\d+)"}}}))
+
+    outcome = outcome_of(rules, an_event(title="see case OPS-42 and OPS-7"))
+
+    assert [str(link.child) for link in outcome.links] == ["CASE:OPS-42"]
+
+
+def test_ignore_case_matches_without_regard_to_case_on_re2():
+    rules = ruleset(a_rule(when=[{"field": "title", "matches": "^db down", "ignore_case": True}]))
+
+    assert outcome_of(rules, an_event(title="DB DOWN, see OPS-1")).outcome == "matched"
+
+
+_ATOMS = st.sampled_from(["a", "b", "x", ".", "[ab]", "\\w", "a?", "(?:a|aa)", "(a|b)"])
+
+
+@st.composite
+def _regexes(draw: Any, depth: int = 3) -> str:
+    if depth == 0:
+        return draw(_ATOMS)
+    parts = [draw(_regexes(depth - 1)) for _ in range(draw(st.integers(1, 3)))]
+    body = "".join(parts) if draw(st.booleans()) else "|".join(parts)
+    quantifier = draw(st.sampled_from(["", "*", "+", "?", "{2,5}", "{0,20}"]))
+    return f"({body}){quantifier}" + draw(st.sampled_from(["", "$", "y", "!"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=_regexes())
+def test_any_pattern_re2_accepts_runs_in_time_linear_in_the_text(pattern):
+    try:
+        rules = ruleset(a_rule(when=[{"field": "title", "matches": pattern}]))
+    except RulesError:
+        assume(False)
+    short, long = an_event(title="a" * 2_000 + "!"), an_event(title="a" * 20_000 + "!")
+
+    seconds_short, _ = elapsed(lambda: rules.evaluate(short))
+    seconds_long, _ = elapsed(lambda: rules.evaluate(long))
+
+    # Ten times the text may cost ten times the time (and some noise), never its square.
+    assert seconds_long < 0.1 or seconds_long < 30 * max(seconds_short, 0.0005)
+
+
+KEY_PATTERN = r"\b(?!(?:SEV|IR)-)[A-Z][A-Z0-9]{1,9}-\d+\b"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="SEVIR-0123AZx _.", max_size=30))
+def test_the_default_rules_find_the_same_case_keys_as_their_look_ahead_did(title):
+    import re
+
+    rules = load_rules(ROOT / "rules.yaml", sources=SOURCES)
+    pattern = rules.rule("incident-causes-mentioned-case").link.child.pattern
+    before = [match.group(0) for match in re.finditer(KEY_PATTERN, title)]
+
+    assert list(pattern.tokens(title)) == before
+
+
+# -- templates are bounded -----------------------------------------------------------------------
+
+
+def template_rule(template: str) -> dict[str, Any]:
+    return a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": template}})
+
+
+BIG_EVENT_FIELDS = {
+    "title": "x" * 1_000_000,
+    "message": "see OPS-42",
+    "payload": {"items": list(range(20_000)), "n": 100_000_000, "s": "ab", "big": "y" * 100_000, "key": "OPS-42"},
+}
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for i in payload['items'] %}{% for j in payload['items'] %}{% endfor %}{% endfor %}OPS-1",
+        "{{ payload.s * payload.n }}",
+        "{{ title|upper }}",
+        "{{ title.replace('', 'yy') }}",
+        "{{ payload.s.replace('', payload.big) }}",
+        "{% set ns = namespace(x='') %}{% for i in payload['items'] %}{% set ns.x = ns.x ~ payload.s %}{% endfor %}",
+        "{% set x %}{% for i in payload['items'] %}{{ payload.big }}{% endfor %}{% endset %}{{ x|length }}",
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(30) }}",
+        "{{ '%9999999s' % 'a' }}",
+        "{{ '%9999999s'|format('a') }}",
+        "{{ '{:>9999999}'.format('a') }}",
+        "{{ 4000 ** 4000 }}",
+        "{{ ((payload.s,) * 4000)|join(payload.s * 2000) }}",
+        "{{ payload.big }}",
+        "{% for i in range(payload.n) %}x{% endfor %}",
+    ],
+)
+def test_a_template_that_would_run_away_fails_fast_for_that_event_with_a_short_problem(template):
+    rules = ruleset(template_rule(template))
+    event = an_event(**BIG_EVENT_FIELDS)
+
+    seconds, evaluation = elapsed(lambda: rules.evaluate(event))
+
+    [outcome] = evaluation.outcomes
+    assert seconds < 0.25
+    assert outcome.links == []
+    assert outcome.problems
+    assert "template failed" in outcome.problems[0]
+    assert len(json.dumps(evaluation.trace())) < 2000
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("{{ 'a' * 100000000 }}", "number 100000000"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "number 100000"),
+        ("{% for i in range(200) %}{% for j in range(200) %}x{% endfor %}{% endfor %}", "loops run 40000 times"),
+    ],
+)
+def test_a_template_unbounded_whatever_the_event_is_refused_at_load_without_running_it(template, said):
+    text = yaml.safe_dump({"version": 1, "rules": [template_rule(template)]}, sort_keys=False)
+
+    seconds, problems = refusal(text)
+
+    assert seconds < 1.0
+    [problem] = problems
+    assert problem.startswith("rules.yaml:")
+    assert said in problem
+
+
+def test_an_ordinary_template_still_renders():
+    rules = ruleset(template_rule("{{ payload.case.key|upper }}"))
+
+    outcome = outcome_of(rules, an_event(payload={"case": {"key": "ops-42"}}))
+
+    assert [str(link.child) for link in outcome.links] == ["CASE:OPS-42"]
+
+
+_EXPRESSIONS = st.sampled_from(
+    ["title", "payload.s", "payload.big", "payload['items']", "'a'", "4096", "payload.n", "range(4096)", "message"]
+)
+_OPERATIONS = st.sampled_from(
+    [
+        "{0} * {1}",
+        "{0} ~ {1}",
+        "{0} + {1}",
+        "{0}|join({1})",
+        "({0}|string).replace('', {1}|string)",
+        "({0}|string).center({1})",
+        "{0}|list",
+        "'%s' % {0}",
+        "({0}|string) * ({1}|length)",
+        "{0} ** {1}",
+    ]
+)
+
+
+@st.composite
+def _hostile_templates(draw: Any) -> str:
+    expression = draw(_EXPRESSIONS)
+    for _ in range(draw(st.integers(1, 3))):
+        expression = "(" + draw(_OPERATIONS).format(expression, draw(_EXPRESSIONS)) + ")"
+    body = "{{ " + expression + " }}"
+    for _ in range(draw(st.integers(0, 3))):
+        body = "{% for i in " + draw(_EXPRESSIONS) + " %}" + body + "{% endfor %}"
+    return body
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template=_hostile_templates())
+def test_any_template_is_refused_at_load_or_renders_within_its_bounds(template):
+    text = yaml.safe_dump({"version": 1, "rules": [template_rule(template)]}, sort_keys=False)
+    seconds, problems = refusal(text)
+    assert seconds < 1.0
+    assume(not problems)
+    rules = parse_rules(text, "rules.yaml", sources=SOURCES)
+    event = an_event(**BIG_EVENT_FIELDS)
+
+    seconds, evaluation = elapsed(lambda: rules.evaluate(event))
+
+    assert seconds < 0.25
+    assert len(json.dumps(evaluation.trace())) < 2000
+
+
+# -- trace entries are bounded -------------------------------------------------------------------
+
+
+def test_a_found_ref_longer_than_any_id_is_skipped_with_a_short_problem():
+    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
+        "type": "CASE", "find": {"in": ["title"], "pattern": "x+"}}}))
+
+    evaluation = rules.evaluate(an_event(title="x" * 1_000_000))
+
+    assert len(json.dumps(evaluation.trace())) < 2000
+    assert "longer than any id" in evaluation.outcomes[0].problems[0]
+
+
+def test_a_search_finding_thousands_of_refs_uses_the_first_hundred_and_says_so():
+    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
+        "type": "CASE", "find": {"in": ["title"], "pattern": r"OPS-\d+"}}}))
+    title = " ".join(f"OPS-{n}" for n in range(10_000))
+
+    seconds, evaluation = elapsed(lambda: rules.evaluate(an_event(title=title)))
+
+    [outcome] = evaluation.outcomes
+    assert seconds < 0.25
+    assert len(outcome.links) == 100
+    assert "more than 100 refs" in outcome.problems[0]
+
+
+def test_a_reason_quoting_a_huge_kind_is_cut():
+    rules = ruleset(a_rule(on={"kind": "incident.created"}))
+
+    evaluation = rules.evaluate(an_event(kind="k" * 1_000_000))
+
+    assert len(json.dumps(evaluation.trace())) < 2000
+
+
+# -- YAML bombs and sizes ------------------------------------------------------------------------
+
+
+def test_an_alias_bomb_is_refused_with_a_message_that_says_what_it_is():
+    _, problems = refusal(hostile.alias_bomb_in_when())
+
+    assert problems == [
+        "rules.yaml:11: the YAML expands to more than 1,000,000 values through its aliases (*name);"
+        " a rules file may hold no more (is it an alias bomb?)"
+    ]
+
+
+def test_a_rules_file_over_the_size_cap_is_refused_without_reading_it_all(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(hostile.big_file(), encoding="utf-8")
+
+    seconds, problems = elapsed(lambda: pytest.raises(RulesError, load_rules, path, sources=SOURCES).value.problems)
+
+    assert seconds < 0.5
+    assert problems == [
+        f"{path}: the rules file is {path.stat().st_size:,} bytes; a rules file may hold at most 8,388,608 bytes"
+        " and 10,000 rules"
+    ]
+
+
+def test_a_rules_file_over_the_rule_cap_says_how_many_it_may_hold():
+    _, problems = refusal(hostile.too_many_rules())
+
+    assert problems == ["rules.yaml:2: the file holds 10,001 rules; a rules file may hold at most 10,000"]
+
+
+# -- hot reload ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_loads(monkeypatch):
+    """Every load takes half a second more, as a big file once did."""
+    release = threading.Event()
+    original = rules_module.load_rules
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        release.wait(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rules_module, "load_rules", slow)
+    return release
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_webhooks_keep_the_rules_in_force_while_a_new_file_loads(tmp_path, slow_loads, background):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    live = LiveRules(path, check_every=0, background=background)
+    write_rules(path, "second")
+    loader = threading.Thread(target=live.current) if not background else None
+    if loader:
+        loader.start()  # the caller that notices the change loads it
+        time.sleep(0.05)
+    else:
+        live.current()
+
+    seconds, rules = elapsed(live.current)
+
+    assert seconds < 0.05
+    assert [rule.name for rule in rules.rules] == ["first"]
+    assert live.loading
+    assert not live.file_in_force()
+    slow_loads.set()
+    deadline = time.monotonic() + 5
+    while live.loading and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if loader:
+        loader.join()
+    assert [rule.name for rule in live.current().rules] == ["second"]
+    assert live.file_in_force()
+
+
+def test_a_load_that_fails_unexpectedly_is_reported_and_tried_again(tmp_path, monkeypatch):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    live = LiveRules(path, check_every=0)
+    original = rules_module.load_rules
+    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    write_rules(path, "second")
+
+    assert [rule.name for rule in live.current().rules] == ["first"]
+    assert "loading the rules failed: MemoryError" in live.error.problems[0]
+    assert not live.file_in_force()
+
+    monkeypatch.setattr(rules_module, "load_rules", original)
+    assert [rule.name for rule in live.current().rules] == ["second"]
+    assert live.error is None
+
+
+def test_a_replaced_rule_set_is_freed(tmp_path):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    live = LiveRules(path, check_every=0)
+    old = weakref.ref(live.current())
+    write_rules(path, "second")
+
+    live.current()
+    gc.collect()
+
+    assert old() is None
+
+
+def test_on_check_reports_whether_the_file_on_disk_is_in_force(tmp_path):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    seen: list[bool] = []
+    live = LiveRules(path, check_every=0, on_check=seen.append)
+    path.write_text("version: 1\nrules: [\n", encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 2_000_000_000,) * 2)
+
+    live.current()
+
+    assert seen[-2:] == [False, False]
+    assert [rule.name for rule in live.current().rules] == ["first"]
+
+
+def test_readyz_and_metrics_say_the_file_on_disk_is_not_the_file_in_force(settings, tmp_path):
+    from dataclasses import replace
+
+    from app import create_app
+    from caselink import migrations
+
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    application = create_app(replace(settings, rules_file=path))
+    service = application.extensions["caselink"]
+    migrations.upgrade(service.store.engine)
+    service.rules.check_every = 0
+    client = application.test_client()
+    path.write_text("version: 1\nrules:\n  - name: x\n    whn: []\n", encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 2_000_000_000,) * 2)
+
+    deadline = time.monotonic() + 5
+    while "has errors" not in client.get("/readyz").json["checks"]["rules"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ready = client.get("/readyz")
+    scraped = client.get("/metrics").text
+
+    assert ready.status_code == 200
+    assert ready.json["checks"]["rules"].startswith("1 rules in force; the file on disk has errors")
+    assert "caselink_rules_file_in_force 0.0" in scraped
+    assert "caselink_rules_last_reload_successful 0.0" in scraped
+    service.store.dispose()
+
+
+def test_a_big_number_a_template_only_compares_with_is_accepted():
+    rules = ruleset(template_rule("{% if payload.n > 100000 %}OPS-1{% else %}OPS-2{% endif %}"))
+
+    outcome = outcome_of(rules, an_event(payload={"n": 200000}))
+
+    assert [str(link.child) for link in outcome.links] == ["CASE:OPS-1"]
+
+
+RSS_PROBE = """
+import resource, sys
+from caselink.errors import RulesError
+from caselink.rules import LiveRules
+live = LiveRules(sys.argv[1], check_every=0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open(sys.argv[1], "w").write(open(sys.argv[2]).read())
+live.current()
+assert live.error is not None
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_reloading_a_10_mb_rules_file_costs_no_memory_worth_the_name(tmp_path):
+    import subprocess
+    import sys
+
+    path, big = tmp_path / "rules.yaml", tmp_path / "big.yaml"
+    write_rules(path, "first")
+    big.write_text(hostile.big_file(), encoding="utf-8")
+
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(path), str(big)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )
+
+    grown_kib = int(probe.stdout.split()[-1])
+    assert grown_kib < 64 * 1024, f"peak memory grew by {grown_kib / 1024:.0f} MiB"
