@@ -14,7 +14,13 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   `HEAD_LIMIT` bytes gets 431. Bodies are buffered up to the app's
   `MAX_CONTENT_LENGTH` (Flask's, which caselink sets from MAX_BODY_BYTES); a
   larger declared body goes straight to the app, which refuses it (413) without
-  reading it, and the connection is closed after the answer.
+  reading it, and the connection is closed after the answer. A chunked body is
+  refused here (413) as soon as its chunk sizes add up past the limit, and an
+  absurd chunk-size line with 400. All the requests a worker is still reading
+  hold at most `BUFFERED_BODIES` bodies at the limit; past that, 503.
+  Writes are bounded too: a thread's send waits `SEND_TIMEOUT` at most, and a
+  pipelined request waits in the loop until the client has taken the answer
+  before it.
 - **Every worker takes its share of connections.** gunicorn's workers accept
   from one shared socket, and whichever wakes first takes a connection; a
   kept-alive connection stays with its worker for life. When a load balancer
@@ -22,10 +28,11 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   before the other gets a CPU (measured on two CPUs with wrk: 32/0 and 29/3
   splits in most runs), and one process serves every connection for the life
   of the service. Here each worker publishes the connections it holds in memory shared
-  with its siblings and accepts only while it holds no more than the least
-  loaded of them; otherwise it leaves the socket alone for `ACCEPT_DEFER`
-  seconds, then takes one connection anyway (so a sibling that is stuck or
-  gone never stops the service).
+  with its siblings, and while it holds more than `ACCEPT_SLACK` beyond the least
+  loaded of them it leaves the socket to them, re-checking every `ACCEPT_RECHECK`
+  seconds; after `ACCEPT_DEFER` seconds it takes one connection anyway (so a
+  sibling that is stuck or gone never stops the service). The least loaded
+  worker always accepts, so short connections never wait on the balancing.
 
 TLS and HTTP/2 prior knowledge are gunicorn's business: with either configured,
 requests are read by threads as in gthread.
@@ -71,13 +78,16 @@ ACCEPT_RECHECK = 0.001
 # then the connection is closed. A connection whose last answer the client has not
 # taken yet waits as long (in the event loop) before its next request is served.
 SEND_TIMEOUT = 5.0
-# A worker buffers at most this many bytes of incomplete requests (or twice the body
-# limit, if more); a connection that would take it past that is answered 503.
-BUFFER_LIMIT = 64 * 1024 * 1024
+# A worker buffers at most this many bodies' worth (at the body limit) of incomplete
+# requests, 64 MiB with MAX_BODY_BYTES' default; a connection that would take it past
+# that is answered 503.
+BUFFERED_BODIES = 16
 # Sibling workers whose loads are shared (gunicorn workers of one master).
 MAX_WORKERS = 64
 
 _RECV = 64 * 1024
+# Connections buffering less than this are not worth adding up against the budget.
+_BUDGET_CHECK = 16 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -94,7 +104,7 @@ class BufferingWorker(ThreadWorker):
         self._draining: dict[BufferedConn, float] = {}
         self._stopping_since: float | None = None
         self.body_limit = DEFAULT_BODY_LIMIT
-        self.buffer_limit = BUFFER_LIMIT
+        self.buffer_limit = BUFFERED_BODIES * DEFAULT_BODY_LIMIT
         self.buffering = False
 
     # -- the shared load --------------------------------------------------------
@@ -124,7 +134,7 @@ class BufferingWorker(ThreadWorker):
         super().load_wsgi()
         limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH")
         self.body_limit = limit if isinstance(limit, int) and limit > 0 else DEFAULT_BODY_LIMIT
-        self.buffer_limit = max(BUFFER_LIMIT, 2 * self.body_limit)
+        self.buffer_limit = BUFFERED_BODIES * self.body_limit
 
     def run(self) -> None:
         try:
@@ -205,7 +215,7 @@ class BufferingWorker(ThreadWorker):
             self._drop(conn)
             return
         conn.buffer += data
-        if len(conn.buffer) > _RECV and sum(len(other.buffer) for other in self._reading) > self.buffer_limit:
+        if len(conn.buffer) > _BUDGET_CHECK and sum(len(other.buffer) for other in self._reading) > self.buffer_limit:
             # Every connection may send a request as large as the limit; all of them at
             # once must not take the machine's memory. Senders retry a 503.
             self._unregister(conn)
