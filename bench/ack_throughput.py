@@ -128,6 +128,7 @@ class Bodies:
         ).encode()
         self.prefix = head + before
         self.suffix = after
+        self.new_connections = new_connections
 
     def request(self, number: int) -> bytes:
         # Python-generated ids start with 1, wrk's with 9: never the same id twice in a run.
@@ -361,7 +362,8 @@ class PythonGenerator:
         self.ids = ids
 
     def describe(self) -> str:
-        return f"python (asyncio raw-socket protocol, {self.connections} keep-alive connections, in this process)"
+        kind = "connections, a new one per request" if self.bodies.new_connections else "keep-alive connections"
+        return f"python (asyncio raw-socket protocol, {self.connections} {kind}, in this process)"
 
     def run(self, port: int, warmup: float, duration: float, probe: Callable[[], float | None]) -> dict[str, Any]:
         return asyncio.run(self._run(port, warmup, duration, probe))
