@@ -75,7 +75,12 @@ ALL_TARGETS = ("bare", "dry-run", "live")
 TARGET_CHOICES = (*ALL_TARGETS, "gthread")
 # A round in which one gunicorn worker held this share of the connections or more is lopsided.
 LOPSIDED_SHARE = 0.75
-LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live", "gthread": "dry-run, gthread"}
+LABELS = {
+    "bare": "bare Flask 202",
+    "dry-run": "caselink dry-run",
+    "live": "caselink live",
+    "gthread": "dry-run, gthread",
+}
 # The environments every target runs in, the deployed one first: what a PaaS or a container image gives
 # a web process (Heroku's Python buildpack and most Python images set PYTHONUNBUFFERED; a log router
 # reads stdout through a pipe), and the same without PYTHONUNBUFFERED, its output going to a file.

@@ -239,21 +239,15 @@ class _StdoutHandler(logging.handlers.QueueHandler):
         _OUTPUT.put(record)
 
 
-class _FormattedBy(logging.handlers.QueueHandler):
+class _FormattedBy(_StdoutHandler):
     """Lines formatted by another handler (and at its level), queued for `_OUTPUT` instead of written by it."""
 
     def __init__(self, handler: logging.Handler) -> None:
-        super().__init__(None)  # type: ignore[arg-type] - lines go to _OUTPUT, see enqueue
+        super().__init__()
         self.setLevel(handler.level)
         self.setFormatter(handler.formatter)
         for kept in handler.filters:
             self.addFilter(kept)
-
-    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
-        return self.format(record)
-
-    def enqueue(self, record: Any) -> None:
-        _OUTPUT.put(record)
 
 
 def get(name: str) -> logging.Logger:
