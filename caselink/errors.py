@@ -65,6 +65,10 @@ class BadRequestError(CaselinkError):
     code = "bad_request"
 
 
+class BrokenBodyError(BadRequestError):
+    """The request's framing is broken (a chunk size that is not hex, a body cut short)."""
+
+
 class AuthenticationError(CaselinkError):
     """Missing or wrong credentials, or no secret configured in live mode."""
 

@@ -33,6 +33,12 @@ WEBHOOKS = Counter(
 EVENTS = Counter(
     "caselink_events_total", "Events received, by source and whether they were new.", ["source", "outcome"]
 )
+REJECTED = Counter(
+    "caselink_rejected_deliveries_total",
+    "Authenticated webhooks refused because their body could not be read (kept as events of kind rejected), "
+    "by source and reason.",
+    ["source", "reason"],
+)
 DEDUP_CONFLICTS = Counter(
     "caselink_dedup_conflicts_total",
     "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",

@@ -46,6 +46,25 @@ def unrecognised(source: str, payload: Any, request: WebhookRequest, problem: st
     )
 
 
+def rejected(request: WebhookRequest, problem: str, limit: int) -> Event:
+    """An authenticated body caselink refused (400, 415), kept as its raw text with the reason.
+
+    The text is the body decoded as UTF-8 with undecodable bytes written as
+    `\\xNN`, and NUL as `\\x00` (no store keeps it), cut at `limit` characters.
+    """
+    raw = request.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    if len(raw) > limit:
+        raw = raw[:limit]
+        problem += f" (the body is kept cut to its first {limit} characters)"
+    return Event(
+        source=request.source,
+        kind="rejected",
+        dedup_key="rejected:" + body_digest(request.body),
+        payload=raw,
+        problem=problem,
+    )
+
+
 def mapping(value: Any) -> Mapping[str, Any]:
     """The value if it is an object, else an empty one, so lookups never fail on odd payloads."""
     return value if isinstance(value, Mapping) else {}

@@ -7,6 +7,7 @@ in `app.extensions["caselink"]`.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Mapping
@@ -19,14 +20,17 @@ from caselink import metrics
 from caselink.auth import AuthPolicy
 from caselink.config import Settings
 from caselink.datadog import DatadogClient
+from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
 from caselink.errors import NotReadyError
+from caselink.errors import UnsupportedMediaTypeError
 from caselink.events import Event
 from caselink.events import Headers
 from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
+from caselink.normalise import rejected
 from caselink.normalise import unrecognised
 from caselink.rules import Evaluation
 from caselink.rules import Example
@@ -136,8 +140,21 @@ class Service:
         return ruleset
 
     def ingest(self, request: WebhookRequest) -> IngestResult:
-        """The whole webhook path; the answer never waits on Datadog."""
-        events = self.events_from(request)
+        """The whole webhook path; the answer never waits on Datadog.
+
+        A body that authenticates but cannot be read (400, 415) is refused all
+        the same, and kept as an event of kind `rejected` so the operator sees
+        that a template is broken; an unauthenticated body is never stored.
+        """
+        handler = self.handler(request.source)
+        handler.authenticate(request, self.auth_policy(request.source, request.received_at))
+        try:
+            return self._ingest(request)
+        except (BadRequestError, UnsupportedMediaTypeError) as exc:
+            raise self._keep_rejected(request, exc) from None
+
+    def _ingest(self, request: WebhookRequest) -> IngestResult:
+        events = self.events_from(request, authenticate=False)
         ruleset = self.ruleset()
         evaluated: list[tuple[Event, Evaluation]] = [(event, ruleset.evaluate(event)) for event in events]
         if not evaluated:
@@ -164,6 +181,21 @@ class Service:
                 }
             ),
         )
+
+    def _keep_rejected(self, request: WebhookRequest, exc: CaselinkError) -> CaselinkError:
+        """Store an authenticated body caselink refused, with the reason; return the error to answer."""
+        reason = exc.detail.get("reason", exc.code)
+        ruleset = self.rules.current()
+        stored = self.store.record(
+            [(rejected(request, exc.message, self.settings.max_body_bytes), Evaluation([]))],
+            ruleset=ruleset.digest if ruleset is not None else "",
+            dry_run=self.settings.dry_run,
+            now=request.received_at,
+        )[0]
+        metrics.TALLY.count(metrics.REJECTED, request.source, reason)
+        error = copy.copy(exc)
+        error.detail = {**exc.detail, "rejected_event": stored.id}
+        return error
 
     def test_examples(self, ruleset: RuleSet) -> list[ExampleResult]:
         """Run every rule's examples through its handler and the rules, as `rules test` does."""

@@ -10,6 +10,7 @@ relationship, child) both as planned and as resolved to UUIDs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -374,6 +375,7 @@ class Store:
             and sum(len(work.events) for work in batch) <= _ROWS_PER_INSERT
             and not any(links for of_work in unknown for links in of_work)
         )
+        data_error = self.engine.dialect.loaded_dbapi.DataError
         for attempt in range(3):
             try:
                 with self._raw_transaction(ingest=True, begin=not alone) as cursor:
@@ -382,6 +384,13 @@ class Store:
                 if due:
                     self._wake.send()
                 return results
+            except (UnicodeError, data_error) as exc:
+                # The database refused a value, not the transaction: text it cannot hold
+                # (a lone surrogate on SQLite, NUL on PostgreSQL) is the sender's, and
+                # _GroupCommit runs each webhook of a batch alone to find whose.
+                raise BadRequestError(
+                    f"the database cannot store this body: {_first_line(exc)}", reason="unstorable"
+                ) from exc
             except StoreUnavailableError as exc:
                 # Two batches planning the same links in another order can deadlock
                 # on PostgreSQL; the database cancels one, which runs again.
@@ -1475,7 +1484,8 @@ class _GroupCommit:
             self._commit_queued()
         if slot.error is not None:
             if isinstance(slot.error, CaselinkError):
-                raise type(slot.error)(slot.error.message)
+                # Each request raises its own copy: one exception raised in many threads shares a traceback.
+                raise copy.copy(slot.error).with_traceback(None)
             raise slot.error
         return slot.result
 
@@ -1514,9 +1524,21 @@ class _GroupCommit:
         try:
             for taken, result in zip(batch, self._run([taken.work for taken in batch]), strict=True):
                 taken.result = result
-        except Exception as exc:  # noqa: BLE001 - handed to every request of the batch below
+        except StoreUnavailableError as exc:
+            # The database, not a webhook: running them one by one would fail alike.
             for taken in batch:
                 taken.error = exc
+        except Exception as exc:  # noqa: BLE001 - handed to the request it belongs to below
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                # One webhook's rows may be what failed (text the database refuses):
+                # each runs alone, so that only the webhook at fault fails.
+                for taken in batch:
+                    try:
+                        taken.result = self._run([taken.work])[0]
+                    except Exception as own:  # noqa: BLE001 - handed to this request alone
+                        taken.error = own
         with self._lock:
             if self._queue:
                 self._queue[0].lead = True
@@ -1965,6 +1987,11 @@ def _is_transient(exc: BaseException | None) -> bool:
     """A deadlock or serialization failure: the same transaction may succeed if run again."""
     code = getattr(getattr(exc, "orig", exc), "sqlstate", None)
     return code in ("40P01", "40001")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error about a value (never about the connection), for the sender."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:

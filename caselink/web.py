@@ -19,6 +19,7 @@ from flask import jsonify
 from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_input_stream
 
 from caselink import jsontext
 from caselink import logs
@@ -62,11 +63,17 @@ class WebhookEndpoint:
         path: str = environ.get("PATH_INFO", "")
         source = path[len(self.prefix) :]
         if not path.startswith(self.prefix) or not source or "/" in source:
-            return self.flask_wsgi_app(environ, start_response)
+            answer = self.flask_wsgi_app(environ, start_response)
+            if environ.get("wsgi.input_terminated"):
+                # Where reading past the body's end is safe (gunicorn): caselink's pages read no bodies.
+                discard_body(environ, self.config["MAX_CONTENT_LENGTH"])
+            return answer
         if environ.get("REQUEST_METHOD") == "POST":
             status, body, headers = self.receive(source, environ)
         else:
             status, body, headers = 405, _METHOD_NOT_ALLOWED, [("Allow", "POST")]
+        if "caselink.body_read" not in environ:
+            discard_body(environ, self.config["MAX_CONTENT_LENGTH"])
         data = jsontext.dumps_bytes(body)
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         start_response(_STATUS_LINES[status], headers)
@@ -79,6 +86,8 @@ class WebhookEndpoint:
         headers: list[tuple[str, str]] = []
         try:
             svc.handler(source)
+            # Read, or tried: a body cut short or over the limit is not read again.
+            environ["caselink.body_read"] = True
             webhook = WebhookRequest(
                 source=source,
                 body=read_body(environ, self.config["MAX_CONTENT_LENGTH"]),
@@ -109,6 +118,27 @@ class WebhookEndpoint:
         metrics.TALLY.observe(metrics.WEBHOOK_SECONDS, duration)
         logs.emit(log, logging.INFO if status < 400 else logging.WARNING, "webhook", fields)
         return status, body, headers
+
+
+def discard_body(environ: dict[str, Any], limit: int | None) -> None:
+    """Read and drop a body the answer did not need (404, 405), up to `limit` bytes.
+
+    Otherwise the server must skip it to reach the next request on the
+    connection, and gunicorn gives up past 64 KiB and drops the connection
+    after answering keep-alive: the client's next request on it would fail.
+    """
+    if environ.get("CONTENT_LENGTH", "") in ("", "0") and not environ.get("HTTP_TRANSFER_ENCODING"):
+        return
+    try:
+        stream = get_input_stream(environ, max_content_length=limit)
+        left = (limit or 1 << 62) + 1
+        while left > 0:
+            chunk = stream.read(min(65536, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except Exception:  # noqa: BLE001, S110 - a body too large or broken: the server closes the connection
+        pass
 
 
 _STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
@@ -152,12 +182,19 @@ def _admin_only() -> None:
 @api.get("/events")
 def list_events() -> dict[str, Any]:
     limit = _int_arg("limit", 50, maximum=500)
-    before = _int_arg("before", None)
-    events = service().store.list_events(limit=limit, before=before, source=request.args.get("source"))
+    before = _int_arg("before", None, maximum=MAX_ID)
+    source = request.args.get("source")
+    if source is not None and "\x00" in source:
+        raise BadRequestError("source must not hold a NUL character")
+    events = service().store.list_events(limit=limit, before=before, source=source)
     return {"events": events}
 
 
-@api.get("/events/<int:event_id>")
+# Ids are 64-bit; a larger one names nothing (and would overflow the database's integer).
+MAX_ID = 2**63 - 1
+
+
+@api.get(f"/events/<int(max={MAX_ID}):event_id>")
 def get_event(event_id: int) -> dict[str, Any]:
     return service().store.get_event(event_id)
 
@@ -168,11 +205,11 @@ def list_links() -> dict[str, Any]:
     if state is not None and state not in LINK_STATES:
         raise BadRequestError(f"state must be one of {', '.join(LINK_STATES)}")
     limit = _int_arg("limit", 100, maximum=1000)
-    before = _int_arg("before", None)
+    before = _int_arg("before", None, maximum=MAX_ID)
     return {"links": service().store.list_links(state=state, limit=limit, before=before)}
 
 
-@api.post("/links/<int:link_id>/retry")
+@api.post(f"/links/<int(max={MAX_ID}):link_id>/retry")
 def retry_link(link_id: int) -> dict[str, Any]:
     # The store wakes the delivery worker, wherever it runs.
     return service().retry_link(link_id)
@@ -191,7 +228,7 @@ def _int_arg(name: str, default: int | None, *, maximum: int | None = None) -> i
     except ValueError:
         raise BadRequestError(f"{name} must be a whole number") from None
     if value < 1 or (maximum is not None and value > maximum):
-        raise BadRequestError(f"{name} must be between 1 and {maximum}")
+        raise BadRequestError(f"{name} must be between 1 and {maximum}" if maximum else f"{name} must be 1 or more")
     return value
 
 

@@ -25,7 +25,7 @@ from caselink.rules import LiveRules
 from caselink.rules import load_rules
 from caselink.rules import parse_rules
 from handlers import REGISTRY
-from tests import hostile
+from tests import hostile_rules as hostile
 from tests.test_rules import a_rule
 from tests.test_rules import an_event
 from tests.test_rules import outcome_of

@@ -351,14 +351,16 @@ def test_a_live_plan_wakes_a_dry_run_link_even_after_the_process_has_planned_it_
 def test_a_link_removed_by_hand_is_planned_again_once_the_process_forgets_it(store):
     import sqlalchemy as sa
 
-    store._known_links.ttl = 0.05  # noqa: SLF001 - a minute in production
+    # A second here, a minute in production: long enough that a busy machine does not make the
+    # process forget between the two records below.
+    store._known_links.ttl = 1.0  # noqa: SLF001
     store.record([(event("a"), planning(("r1", causes())))], ruleset="x", dry_run=False)
     with store.engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM links"))
 
     store.record([(event("b"), planning(("r1", causes())))], ruleset="x", dry_run=False)
     assert store.list_links() == []  # remembered as planned: the INSERT is skipped
-    time.sleep(0.1)
+    time.sleep(1.1)
     store.record([(event("c"), planning(("r1", causes())))], ruleset="x", dry_run=False)
 
     [link] = store.list_links()
@@ -463,6 +465,38 @@ def test_a_batch_of_as_many_writes_as_the_process_serves_now_commits_without_wai
 
     assert time.monotonic() - started < 2.5
     assert [sorted(batch) for batch in batches[1:]] == [[0, 1]]
+
+
+def test_a_webhook_the_database_cannot_store_fails_alone_and_as_the_senders_fault(store):
+    from caselink.errors import BadRequestError
+
+    # What each store refuses: a lone surrogate (neither encodes it), NUL (PostgreSQL's text and jsonb).
+    unstorable = ["\ud800"] + (["\x00"] if store.dialect == "postgresql" else [])
+    store.expect_concurrent_writers(10)
+    failures: dict[str, list[Exception]] = {"good": [], "bad": []}
+    stored: list[int] = []
+
+    def send(sender: int, bad: bool) -> None:
+        for n in range(25):
+            title = f"see OPS-{n}" + (unstorable[n % len(unstorable)] if bad else "")
+            try:
+                recorded = store.record(
+                    [(event(f"{sender}-{n}", title=title), planning(("r", causes())))], ruleset="x", dry_run=False
+                )
+                stored.append(recorded[0].id)
+            except Exception as exc:
+                failures["bad" if bad else "good"].append(exc)
+
+    threads = [threading.Thread(target=send, args=(sender, sender < 2)) for sender in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures["good"] == []
+    assert len(failures["bad"]) == 50
+    assert {(type(error), error.detail["reason"]) for error in failures["bad"]} == {(BadRequestError, "unstorable")}
+    assert len(set(stored)) == 200 == len(event_ids(store))
 
 
 def test_a_dedup_key_repeated_with_other_content_is_a_new_event_and_a_retry_of_either_changes_nothing(store):

@@ -53,7 +53,9 @@ def test_every_refusal_is_json_with_a_code_and_a_reason(client, store, request_a
     assert answer.is_json
     assert answer.json["error"]["code"] == code
     assert answer.json["error"]["message"]
-    assert store.list_events() == []
+    # An authenticated body that cannot be read is kept as a rejected delivery; nothing else is stored.
+    kept = [event["kind"] for event in store.list_events()]
+    assert kept == (["rejected"] if status in (400, 415) else [])
 
 
 def test_a_body_over_the_limit_is_413_json(app, client):
@@ -260,3 +262,37 @@ def test_form_encoded_bodies_with_json_fields_are_decoded(client, store):
 
     assert answer.status_code == 202
     assert answer.json["links_planned"] == 1
+
+
+def test_an_authenticated_body_that_cannot_be_read_is_400_and_kept_with_its_raw_text(client, store):
+    body = b'{"event": "alert.triggered", "title": "Disk "data" full", "bytes": "\xff\x00"}'
+
+    answer = post(client, body=body)
+    again = post(client, body=body)
+
+    assert answer.status_code == again.status_code == 400
+    error = answer.json["error"]
+    [kept] = store.list_events()
+    assert (kept["id"], kept["kind"], kept["problem"]) == (error["rejected_event"], "rejected", error["message"])
+    # Undecodable bytes and NUL are written out, so that any store can keep the text.
+    assert store.get_event(kept["id"])["payload"] == body.decode("latin-1").replace("\xff", "\\xff").replace(
+        "\x00", "\\x00"
+    )
+
+
+def test_a_webhook_the_database_refuses_is_400_and_kept_as_rejected(client, store, monkeypatch):
+    from handlers import datadog
+
+    normalise = datadog.normalise
+
+    def unstorable(payload, request):
+        # Whatever a handler might let through one day: text no store can hold.
+        return [replace(event, title=event.title + "\ud800") for event in normalise(payload, request)]
+
+    monkeypatch.setattr(datadog, "normalise", unstorable)
+
+    answer = post(client)
+
+    assert answer.status_code == 400
+    assert answer.json["error"]["reason"] == "unstorable"
+    assert [event["kind"] for event in store.list_events()] == ["rejected"]

@@ -60,9 +60,15 @@ def test_the_documented_kinds_are_canonical_and_the_possible_ones_are_globs():
         assert all("*" in glob for glob in handler.KINDS.possible)
 
 
+# Intake cases that must be refused (400, kept as a rejected delivery): they become no events.
+REFUSED = ("dd-unescaped-quote.json",)
+
+
 def fixtures() -> list[tuple[str, str]]:
     found = [(source, path.name) for source in REGISTRY for path in sorted((FIXTURES / source).glob("*.json"))]
     for path in sorted((FIXTURES / "intake").glob("*.json")):
+        if path.name in REFUSED:
+            continue
         if path.name.split("-")[0] in INTAKE:
             found.append((INTAKE[path.name.split("-")[0]], f"../intake/{path.name}"))
     return found
