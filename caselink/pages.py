@@ -60,7 +60,6 @@ OUTCOME_LABELS = {
     "linked": "linked",
     "not-linked": "not linked",
     "unrecognised": "unrecognised",
-    "rejected": "rejected",
     "duplicate-conflict": "duplicate conflict",
 }
 RULE_OUTCOME_LABELS = {

@@ -121,14 +121,13 @@ class Job:
 
 # What became of an event, as `events list --outcome` and the status page's filter select it:
 # linked (it planned a link), not-linked (read, but no rule planned a link), unrecognised (a
-# payload caselink could not read), rejected (refused), duplicate-conflict (its dedup key repeated
-# an earlier event's with other content; such an event is also one of the others).
-EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+# payload caselink could not read), duplicate-conflict (its dedup key repeated an earlier event's
+# with other content; such an event is also one of the others). A refused webhook stores no event.
+EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "duplicate-conflict")
 _OUTCOME_FILTERS = {
     "linked": events.c.links_planned > 0,
-    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
+    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind != "unrecognised"),
     "unrecognised": events.c.kind == "unrecognised",
-    "rejected": events.c.kind == "rejected",
     "duplicate-conflict": events.c.dedup_conflict.is_(True),
 }
 # How many event ids a filtered page looks at below its cursor (see Store.page_events).

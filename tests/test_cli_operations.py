@@ -69,7 +69,7 @@ def test_events_list_filters_by_source_kind_outcome_and_window(service, client, 
     assert ids("--outcome", "linked") == [old, linked]
     assert ids("--outcome", "not-linked") == [not_linked]
     assert ids("--outcome", "unrecognised") == [unreadable]
-    assert ids("--outcome", "rejected") == []
+    assert invoke(runner, "events", "list", "--outcome", "rejected").exit_code == 2
     assert ids("--kind", "incident.updated") == [not_linked]
     assert ids("--kind", "Incident.Updated") == [not_linked]
     assert ids("--source", "pagerduty") == []

@@ -293,7 +293,6 @@ def test_an_event_that_does_not_exist_is_a_404_page(signed_in):
         ("?outcome=linked", ["db slow OPS-43", "Checkout down, see OPS-42"]),
         ("?outcome=not-linked", ["[TEST] OPS-44"]),
         ("?outcome=unrecognised", []),
-        ("?outcome=rejected", []),
         ("?outcome=duplicate-conflict", []),
         ("?q=checkout", ["Checkout down, see OPS-42"]),
         ("?kind=incident.updated", []),

@@ -72,11 +72,9 @@ def test_event_filters_combine_and_text_is_matched_ignoring_case_and_wildcards(s
     linked = record(store, "a", title="Checkout DOWN, see OPS-42", case="OPS-42")
     quiet = record(store, "b", title="checkout slow")
     other = record(store, "c", title="100% disk_full", source="pagerduty", kind="incident.triggered")
-    rejected = record(store, "d", title="bad signature", kind="rejected")
 
     assert ids(store.page_events(outcome="linked")) == [linked]
     assert ids(store.page_events(outcome="not-linked")) == [other, quiet]
-    assert ids(store.page_events(outcome="rejected")) == [rejected]
     assert ids(store.page_events(text="checkout")) == [quiet, linked]
     assert ids(store.page_events(text="CHECKOUT", outcome="not-linked")) == [quiet]
     assert ids(store.page_events(source="pagerduty", kind="incident.triggered")) == [other]
@@ -104,7 +102,6 @@ def test_the_duplicate_conflict_outcome_finds_a_key_repeated_with_other_content(
         ("linked", ["linked", "conflict"]),
         ("not-linked", ["quiet", "first"]),
         ("unrecognised", ["unreadable"]),
-        ("rejected", ["rejected"]),
         ("duplicate-conflict", ["conflict"]),
     ],
 )
@@ -113,7 +110,6 @@ def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected
         "linked": record(store, "a", case="OPS-1"),
         "quiet": record(store, "b"),
         "unreadable": record(store, "c", kind="unrecognised"),
-        "rejected": record(store, "d", kind="rejected"),
         "first": record(store, "e", digest="a" * 64),
         "conflict": record(store, "e", digest="b" * 64, case="OPS-2"),
     }
@@ -123,8 +119,8 @@ def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected
     assert [row["id"] for row in store.find_events(outcome=outcome)] == want
 
 
-def test_the_outcomes_are_the_five_the_readme_documents():
-    assert EVENT_OUTCOMES == ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+def test_the_outcomes_are_the_four_the_readme_documents():
+    assert EVENT_OUTCOMES == ("linked", "not-linked", "unrecognised", "duplicate-conflict")
 
 
 def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(store):
@@ -164,9 +160,9 @@ def test_filters_no_store_can_hold_are_a_bad_request_not_a_database_error(store,
 def test_an_unknown_outcome_is_a_bad_request(store):
     for read in (store.page_events, store.find_events):
         with pytest.raises(
-            BadRequestError, match="outcome must be one of linked, not-linked, unrecognised, rejected, dup"
+            BadRequestError, match="outcome must be one of linked, not-linked, unrecognised, duplicate-conflict"
         ):
-            read(outcome="duplicate")
+            read(outcome="rejected")
 
 
 def test_an_empty_store_has_an_empty_first_page_with_or_without_filters(store):
@@ -287,7 +283,7 @@ def query_plans(store: Store, read) -> list[tuple[str, list[str]]]:
         lambda store: store.page_events(),
         lambda store: store.page_events(before=5),
         lambda store: store.page_events(text="needle", outcome="linked", source="datadog", kind="x"),
-        lambda store: store.page_events(outcome="rejected", before=5),
+        lambda store: store.page_events(outcome="linked", before=5),
         lambda store: store.page_links(),
         lambda store: store.page_links(after="5"),
         lambda store: store.page_links(state="dead"),
