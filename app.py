@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         client = DatadogClient.from_settings(settings, limiter=RateLimiter(shared=store))
     app.extensions["caselink"] = Service(settings=settings, store=store, rules=rules, handlers=REGISTRY, client=client)
     # Webhooks are answered before Flask routes anything (web.WebhookEndpoint says why).
+    # Wrapping wsgi_app is Flask's documented way to add middleware; mypy sees a method.
     app.wsgi_app = web.WebhookEndpoint(app)  # type: ignore[method-assign]
     app.register_blueprint(web.bp)
     app.register_blueprint(web.api)

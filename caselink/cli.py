@@ -44,7 +44,8 @@ db_cli = AppGroup("db", help="Database schema migrations.")
 
 
 def _service() -> Service:
-    return current_app.extensions["caselink"]
+    found: Service = current_app.extensions["caselink"]
+    return found
 
 
 def _load(path: str | None) -> RuleSet:
@@ -157,7 +158,7 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     store = _reading(verbose)
     ruleset = _load(rules_file)
     reports = _service().rule_reports(ruleset, window)
-    report = [
+    report: list[dict[str, Any]] = [
         {
             "rule": item.rule.name,
             "all_time": _stats_dict(item.all_time),
@@ -213,7 +214,7 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
     except CaselinkError as exc:
         click.echo(f"{payload}: {exc.message}", err=True)
         sys.exit(1)
-    report = []
+    report: list[dict[str, Any]] = []
     for event in events:
         evaluation = ruleset.evaluate(event)
         report.append(
@@ -407,6 +408,7 @@ def links_retry(link_id: int | None, dead: bool, verbose: bool) -> None:
     if dead:
         click.echo(f"{store.retry_dead()} dead link(s) queued again")
         return
+    assert link_id is not None  # without --dead, the check above demands a link ID
     try:
         row = svc.retry_link(link_id)
     except CaselinkError as exc:

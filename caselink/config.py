@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import overload
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
@@ -242,6 +243,10 @@ class _Reader:
             self.problems.append(f"{name} contains spaces or control characters; copy the key again")
         return secret
 
+    @overload
+    def text(self, name: str, default: str) -> str: ...
+    @overload
+    def text(self, name: str, default: None) -> str | None: ...
     def text(self, name: str, default: str | None) -> str | None:
         return self._get(name) or default
 

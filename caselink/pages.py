@@ -114,7 +114,8 @@ def _sign_in_mark(token: Secret) -> str:
 
 
 def service() -> Service:
-    return current_app.extensions["caselink"]
+    svc: Service = current_app.extensions["caselink"]
+    return svc
 
 
 # -- access -----------------------------------------------------------------------

@@ -259,7 +259,8 @@ class Store:
             ],
             now,
         )
-        return self._group.submit(work)
+        recorded: list[RecordedEvent] = self._group.submit(work)
+        return recorded
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
         unknown = self._unknown_links(batch)
@@ -362,9 +363,9 @@ class Store:
                     if natural not in new_links or link["state"] == "pending":
                         new_links[natural] = link
             results.append(recorded)
-        planned = list(new_links.values())
-        due = self._plan_links(cursor, planned, batch[0].now) if planned else False
-        return results, planned, due
+        planned_links = list(new_links.values())
+        due = self._plan_links(cursor, planned_links, batch[0].now) if planned_links else False
+        return results, planned_links, due
 
     def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """Insert the events that are new; for each row, in order, return its event id,
@@ -425,7 +426,7 @@ class Store:
         if not live:
             return False
         cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in live])
-        due = cursor.rowcount > 0
+        due: bool = cursor.rowcount > 0
         cursor.execute(sql.any_dormant.sql)
         if cursor.fetchone() is not None:
             keys = [dict(row, now=now) for row in live]
@@ -1173,7 +1174,7 @@ class Store:
             delivered = delivered.where(links.c.delivered_at >= start)
         with self.transaction(write=False) as connection:
             counts = connection.execute(matched).all()
-            sent = dict(connection.execute(delivered).all())
+            sent: dict[str, int] = dict(connection.execute(delivered).all())
         stats = {
             rule: RuleStats(
                 rule=rule,
