@@ -11,9 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +34,11 @@ from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
 from caselink.lint import WARNING
 from caselink.lint import lint
-from caselink.rules import PlannedLink
 from caselink.rules import RuleSet
 from caselink.rules import load_rules
 from caselink.schema import LINK_STATES
+from caselink.service import RULE_STATS_WINDOW
+from caselink.service import ExampleResult
 from caselink.service import Service
 from caselink.store import EVENT_OUTCOMES
 from caselink.store import RuleStats
@@ -145,67 +144,33 @@ def rules_check(file: str | None, strict: bool) -> None:
 def rules_test(file: str | None) -> None:
     """Run every rule's examples; exit 1 on a mismatch, with a diff."""
     ruleset = _load(file)
-    failures = total = 0
-    for rule in ruleset.rules:
-        for index, failure in enumerate(_example_results(ruleset, rule)):
-            total += 1
-            if failure is None:
-                click.echo(f"ok   {rule.name} examples[{index}]")
-                continue
-            failures += 1
-            click.echo(failure)
-    click.echo(f"{total - failures} of {total} examples passed")
+    results = _service().test_examples(ruleset)
+    failures = 0
+    for result in results:
+        if result.passed:
+            click.echo(f"ok   {result.rule} examples[{result.index}]")
+            continue
+        failures += 1
+        click.echo(_failure(ruleset, result))
+    click.echo(f"{len(results) - failures} of {len(results)} examples passed")
     if failures:
         sys.exit(1)
 
 
-def _example_results(ruleset: RuleSet, rule: Any) -> list[str | None]:
-    """For each of a rule's examples, None when it plans what it says, else what went wrong."""
-    svc = _service()
-    # A switched-off rule's examples still say what it does when switched on.
-    trial = (
-        ruleset
-        if rule.enabled
-        else replace(
-            ruleset,
-            rules=tuple(replace(other, enabled=True) if other is rule else other for other in ruleset.rules),
-        )
-    )
-    results: list[str | None] = []
-    for index, example in enumerate(rule.examples):
-        body = json.dumps(example.payload).encode()
-        request = WebhookRequest(
-            example.source, body, Headers({"Content-Type": "application/json"}), "application/json", time.time()
-        )
-        try:
-            events = svc.events_from(request, authenticate=False)
-        except CaselinkError as exc:
-            results.append(f"FAIL {rule.name} examples[{index}] ({ruleset.path}:{example.line}): {exc.message}")
-            continue
-        got: list[PlannedLink] = []
-        notes: list[str] = []
-        for event in events:
-            for outcome in trial.evaluate(event).outcomes:
-                if outcome.rule != rule.name:
-                    continue
-                got.extend(link for link in outcome.links if link not in got)
-                if outcome.outcome != "matched":
-                    notes.append(f"{outcome.outcome}: {outcome.reason}")
-                notes.extend(outcome.problems)
-        expected = list(example.links)
-        if sorted(map(str, got)) == sorted(map(str, expected)):
-            results.append(None)
-            continue
-        lines = [f"FAIL {rule.name} examples[{index}] ({ruleset.path}:{example.line})"]
-        lines += [f"  - expected {link}" for link in expected if link not in got]
-        lines += [f"  + planned  {link}" for link in got if link not in expected]
-        lines += [f"    {note}" for note in notes]
-        results.append("\n".join(lines))
-    return results
+def _failure(ruleset: RuleSet, result: ExampleResult) -> str:
+    """A failed example as a diff: the links expected but not planned (-) and planned but not expected (+)."""
+    heading = f"FAIL {result.rule} examples[{result.index}] ({ruleset.path}:{result.line})"
+    if result.error is not None:
+        return f"{heading}: {result.error}"
+    lines = [heading]
+    lines += [f"  - expected {link}" for link in result.missing]
+    lines += [f"  + planned  {link}" for link in result.unexpected]
+    lines += [f"    {note}" for note in result.notes]
+    return "\n".join(lines)
 
 
 @rules_cli.command("stats")
-@click.option("--since", default="30d", show_default=True, help="The window: 24h, 7d, 30d.")
+@click.option("--since", default=f"{RULE_STATS_WINDOW.days}d", show_default=True, help="The window: 24h, 7d, 30d.")
 @click.option("--rules", "rules_file", help="Rules file whose rules to list (default: RULES_FILE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @_verbose_option
@@ -216,38 +181,28 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     Counted from stored events by the delivery worker's housekeeping a few seconds
     after they arrive (on PostgreSQL, 30 s), and kept when events are pruned.
     """
-    window = _duration(since)
-    if window < 3600:
+    seconds = _duration(since)
+    if seconds < 3600:
         # The counts are kept by the hour: a shorter window would silently be a whole hour or two.
         raise click.BadParameter(
             f"{since} is shorter than an hour; the per-rule counts are kept by the hour, so the "
             "window is at least 1h (and starts at the top of an hour)",
             param_hint="--since",
         )
+    window = timedelta(seconds=seconds)
     store = _reading(verbose)
     ruleset = _load(rules_file)
-    start = datetime.fromtimestamp(time.time() - window, UTC)
-    ever, recent = store.rule_stats(None), store.rule_stats(start)
-    report: list[dict[str, Any]] = []
-    for rule in ruleset.rules:
-        failing = [result for result in _example_results(ruleset, rule) if result is not None]
-        total, windowed = ever.get(rule.name), recent.get(rule.name)
-        flags = []
-        if rule.enabled and (windowed is None or windowed.matched == 0):
-            flags.append(f"no match in {since}")
-        if not rule.enabled:
-            flags.append("disabled")
-        if failing:
-            flags.append(f"{len(failing)} example(s) fail")
-        report.append(
-            {
-                "rule": rule.name,
-                "all_time": _stats_dict(total),
-                "window": dict(_stats_dict(windowed), since=since),
-                "flags": flags,
-            }
-        )
-    retired = sorted(set(ever) - {rule.name for rule in ruleset.rules})
+    reports = _service().rule_reports(ruleset, window)
+    report: list[dict[str, Any]] = [
+        {
+            "rule": item.rule.name,
+            "all_time": _stats_dict(item.all_time),
+            "window": dict(_stats_dict(item.window), since=since),
+            "flags": item.flags(since),
+        }
+        for item in reports.rules
+    ]
+    retired = reports.retired
     if as_json:
         click.echo(json.dumps({"rules": report, "rules_no_longer_in_force": retired}, indent=2))
         return
@@ -262,7 +217,7 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
             click.echo(f"  ! {flag}")
     if retired:
         click.echo(f"counted for rules no longer in {ruleset.path}: {', '.join(retired)}")
-    if not ever:
+    if not any(item.all_time.matched or item.all_time.links_delivered for item in reports.rules) and not retired:
         _say_if_empty(store)
 
 

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -41,10 +40,12 @@ from caselink.errors import ConflictError
 from caselink.rules import RefSpec
 from caselink.rules import Rule
 from caselink.schema import LINK_STATES
-from caselink.service import ExampleResult
+from caselink.service import RULE_STATS_WINDOW
+from caselink.service import RuleReports
 from caselink.service import Service
-from caselink.store import EVENT_PAGE_OUTCOMES
+from caselink.store import EVENT_OUTCOMES
 from caselink.store import EVENT_SEARCH_WINDOW
+from caselink.store import RuleStats
 from caselink.worker import CREDENTIALS_STATE
 
 pages = Blueprint(
@@ -59,9 +60,10 @@ SIGNED_OUT_STATE = "pages_signed_out_at"
 PAGE_SIZE = 50
 OUTCOME_LABELS = {
     "linked": "linked",
-    "matched_nothing": "matched nothing",
-    "rejected": "rejected",
-    "duplicate_conflict": "duplicate conflict",
+    "not-linked": "not linked",
+    "unrecognised": "unrecognised",
+    "rejected": "rejected (unreadable body)",
+    "duplicate-conflict": "duplicate conflict",
 }
 RULE_OUTCOME_LABELS = {
     "matched": "matched",
@@ -289,7 +291,7 @@ def events() -> str:
         filters=filters,
         active=active,
         sources=sorted(svc.handlers),
-        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_PAGE_OUTCOMES],
+        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_OUTCOMES],
         first_page=not request.args.get("before"),
         window=EVENT_SEARCH_WINDOW,
     )
@@ -361,50 +363,48 @@ def retry_dead() -> Response:
 def rules() -> str:
     svc = service()
     ruleset = svc.rules.current()
-    results: dict[str, list[ExampleResult]] = {}
-    if ruleset is not None:
-        for result in svc.test_examples(ruleset):
-            results.setdefault(result.rule, []).append(result)
-    stats = rule_statistics_source(svc)
+    reports = rule_statistics_source(svc)
+    window = f"{RULE_STATS_WINDOW.days}d"
     return render_template(
         "pages/rules.html",
         ruleset=ruleset,
         rules_error=svc.rules.error.problems if svc.rules.error else [],
+        window=window,
+        retired=reports.retired if reports else [],
         rows=[
             {
-                "rule": rule,
-                "on": _on_summary(rule),
-                "when": rule.when.describe() if rule.when is not None else "always",
-                "link": _link_summary(rule),
-                "examples": results.get(rule.name, []),
-                "stats": rule_statistics(stats, rule.name),
+                "rule": report.rule,
+                "on": _on_summary(report.rule),
+                "when": report.rule.when.describe() if report.rule.when is not None else "always",
+                "link": _link_summary(report.rule),
+                "examples": report.examples,
+                "flags": report.flags(window),
+                "stats": {
+                    "all time": rule_statistics(report.all_time),
+                    f"last {window}": rule_statistics(report.window),
+                },
             }
-            for rule in (ruleset.rules if ruleset else ())
+            for report in (reports.rules if reports else ())
         ],
     )
 
 
-def rule_statistics_source(svc: Service) -> Mapping[str, Mapping[str, Any]] | None:
-    """The store's per-rule statistics by rule name, once the store has that read; None until then."""
-    return None
+def rule_statistics_source(svc: Service) -> RuleReports | None:
+    """The rules in force with their statistics from the store, all time and over the last
+    RULE_STATS_WINDOW (as `rules stats` shows them), and their examples, run; None without rules."""
+    ruleset = svc.rules.current()
+    return svc.rule_reports(ruleset, RULE_STATS_WINDOW) if ruleset is not None else None
 
 
-def rule_statistics(stats: Mapping[str, Mapping[str, Any]] | None, rule: str) -> dict[str, str]:
-    """The hits, links planned and last matched cells of one rule on the Rules page.
-
-    `stats` maps a rule's name to {"hits": int, "links_planned": int,
-    "last_matched": Unix seconds or None}. None means the figures are not
-    known, and every cell is "—" rather than a guess; a rule missing from a
-    mapping has never matched.
-    """
-    if stats is None:
-        return {"hits": NO_FIGURE, "links_planned": NO_FIGURE, "last_matched": NO_FIGURE}
-    entry = stats.get(rule) or {}
-    last = entry.get("last_matched")
+def rule_statistics(stats: RuleStats) -> dict[str, str]:
+    """The cells of one rule's statistics over one period: hits (events matched), links planned,
+    links delivered, last matched ("never" when it did not match in the period)."""
+    last = stats.last_matched_at
     return {
-        "hits": str(entry.get("hits", 0)),
-        "links_planned": str(entry.get("links_planned", 0)),
-        "last_matched": _moment(last) if last is not None else "never",
+        "hits": str(stats.matched),
+        "links_planned": str(stats.links_planned),
+        "links_delivered": str(stats.links_delivered),
+        "last_matched": last.strftime("%Y-%m-%d %H:%M:%S UTC") if last is not None else "never",
     }
 
 

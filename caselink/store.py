@@ -131,8 +131,18 @@ class Job:
         return f"{self.parent} {self.relationship} {self.child}"
 
 
-# How the status page filters events by what became of them.
-EVENT_PAGE_OUTCOMES = ("linked", "matched_nothing", "rejected", "duplicate_conflict")
+# What became of an event, as `events list --outcome` and the status page's filter select it:
+# linked (it planned a link), not-linked (read, but no rule planned a link), unrecognised (a
+# payload caselink could not read), duplicate-conflict (its dedup key repeated an earlier event's
+# with other content; such an event is also one of the others). A refused webhook stores no event.
+EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+_OUTCOME_FILTERS = {
+    "linked": events.c.links_planned > 0,
+    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
+    "unrecognised": events.c.kind == "unrecognised",
+    "rejected": events.c.kind == "rejected",
+    "duplicate-conflict": events.c.dedup_conflict.is_(True),
+}
 # How many event ids a filtered page looks at below its cursor (see Store.page_events).
 EVENT_SEARCH_WINDOW = 10_000
 
@@ -990,15 +1000,14 @@ class Store:
         """One page of events, newest first, for the status page.
 
         `before` is the cursor (an event id; the page holds older events).
-        `outcome` is one of EVENT_PAGE_OUTCOMES; `text` is looked for, ignoring
+        `outcome` is one of EVENT_OUTCOMES; `text` is looked for, ignoring
         case, in the title, message, dedup key and entity id. Pages walk the
         primary key backwards; a filtered page looks at no more than `window`
         ids below the cursor, so that a filter that matches rarely costs a
         bounded read instead of a scan of the table: the page then says how
         far it looked (`searched_to`) and its `older` cursor goes on from there.
         """
-        if outcome is not None and outcome not in EVENT_PAGE_OUTCOMES:
-            raise BadRequestError(f"outcome must be one of {', '.join(EVENT_PAGE_OUTCOMES)}")
+        _check_outcome(outcome)
         before = _cursor(before)
         for name, value in (("source", source), ("kind", kind), ("text", text)):
             # PostgreSQL refuses NUL in text, and SQLite a LIKE pattern past 50,000 bytes.
@@ -1012,14 +1021,8 @@ class Store:
         if kind:
             # Kinds are stored in canonical form; rows stored before that still match as written.
             conditions.append(events.c.kind.in_({canonical_kind(kind), kind}))
-        if outcome == "linked":
-            conditions.append(events.c.links_planned > 0)
-        elif outcome == "matched_nothing":
-            conditions += [events.c.links_planned == 0, events.c.kind != "rejected"]
-        elif outcome == "rejected":
-            conditions.append(events.c.kind == "rejected")
-        elif outcome == "duplicate_conflict":
-            conditions.append(events.c.dedup_conflict.is_(True))
+        if outcome:
+            conditions.append(_OUTCOME_FILTERS[outcome])
         if text:
             conditions.append(
                 sa.or_(
@@ -1165,8 +1168,10 @@ class Store:
 
         events has no index but its primary key and dedup key (each index is
         pages more per webhook), so this walks back from the newest event:
-        cheap for recent events, a scan for rare ones.
+        cheap for recent events, a scan for rare ones. A BadRequestError for
+        an unknown outcome.
         """
+        _check_outcome(outcome)
         query = (
             sa.select(
                 events.c.id,
@@ -1683,16 +1688,11 @@ _RULE_LINK = sa.text(
     " parent_type = :parent_type AND parent_ref = :parent_ref AND relationship = :relationship"
     " AND child_type = :child_type AND child_ref = :child_ref ON CONFLICT DO NOTHING"
 )
-# What `events list --outcome` selects: links planned, none planned, unreadable, refused, and a
-# dedup key repeated with other content.
-EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
-_OUTCOME_FILTERS = {
-    "duplicate-conflict": events.c.dedup_conflict.is_(True),
-    "linked": events.c.links_planned > 0,
-    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
-    "unrecognised": events.c.kind == "unrecognised",
-    "rejected": events.c.kind == "rejected",
-}
+
+
+def _check_outcome(outcome: str | None) -> None:
+    if outcome and outcome not in EVENT_OUTCOMES:
+        raise BadRequestError(f"outcome must be one of {', '.join(EVENT_OUTCOMES)}")
 
 
 def _rule_link_params(rule: str, parent: str, relationship: str, child: str) -> dict[str, str]:

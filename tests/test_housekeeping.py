@@ -249,7 +249,6 @@ def test_events_are_found_by_source_kind_outcome_and_window(store):
     assert ids(outcome="linked") == [linked]
     assert ids(outcome="not-linked") == [quiet]
     assert ids(outcome="unrecognised") == [unreadable.id]
-    assert ids(outcome="rejected") == []
     assert ids(outcome="duplicate-conflict") == []
     assert ids(since=NOW - 2.5 * DAY) == [quiet, linked]
     assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
