@@ -86,6 +86,9 @@ def post_worker_init(worker):
     # Request threads queue their log line; a thread of its own writes the lines,
     # so none of them waits on stdout (a pipe a log router may drain slowly).
     logs.write_in_background()
+    # gunicorn's own warnings (an invalid request, a socket error) are written by request
+    # threads too: they go the same way, or a stalled pipe would hold those threads.
+    logs.route_through_queue(worker.log.error_log)
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()

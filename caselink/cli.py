@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import signal
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,11 @@ from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
 from caselink.lint import WARNING
 from caselink.lint import lint
-from caselink.rules import PlannedLink
 from caselink.rules import RuleSet
 from caselink.rules import load_rules
 from caselink.schema import LINK_STATES
+from caselink.service import RULE_STATS_WINDOW
+from caselink.service import ExampleResult
 from caselink.service import Service
 from caselink.store import EVENT_OUTCOMES
 from caselink.store import RuleStats
@@ -78,6 +78,23 @@ def _duration(text: str) -> float:
 def _verbose_option(command: Any) -> Any:
     """--verbose: say which database the command reads (never its password)."""
     return click.option("--verbose", "-v", is_flag=True, help="Say which database is read.")(command)
+
+
+# Characters a terminal acts on instead of showing: C0 (with tab and newline: one record, one
+# line), DEL, C1, and the bidirectional controls that reorder what is shown (Trojan Source).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as its escape (`\\x1b`, `\\r`, `\\u202e`), for
+    a terminal: what senders wrote can neither move the cursor, retitle the window, nor hide
+    what follows it. Backslashes stay as they are."""
+    return _UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    """Print a human-readable line that holds stored (sender) text."""
+    click.echo(printable(line), err=err)
 
 
 def _reading(verbose: bool, *, check: bool = True) -> Store:
@@ -127,67 +144,33 @@ def rules_check(file: str | None, strict: bool) -> None:
 def rules_test(file: str | None) -> None:
     """Run every rule's examples; exit 1 on a mismatch, with a diff."""
     ruleset = _load(file)
-    failures = total = 0
-    for rule in ruleset.rules:
-        for index, failure in enumerate(_example_results(ruleset, rule)):
-            total += 1
-            if failure is None:
-                click.echo(f"ok   {rule.name} examples[{index}]")
-                continue
-            failures += 1
-            click.echo(failure)
-    click.echo(f"{total - failures} of {total} examples passed")
+    results = _service().test_examples(ruleset)
+    failures = 0
+    for result in results:
+        if result.passed:
+            click.echo(f"ok   {result.rule} examples[{result.index}]")
+            continue
+        failures += 1
+        click.echo(_failure(ruleset, result))
+    click.echo(f"{len(results) - failures} of {len(results)} examples passed")
     if failures:
         sys.exit(1)
 
 
-def _example_results(ruleset: RuleSet, rule: Any) -> list[str | None]:
-    """For each of a rule's examples, None when it plans what it says, else what went wrong."""
-    svc = _service()
-    # A switched-off rule's examples still say what it does when switched on.
-    trial = (
-        ruleset
-        if rule.enabled
-        else replace(
-            ruleset,
-            rules=tuple(replace(other, enabled=True) if other is rule else other for other in ruleset.rules),
-        )
-    )
-    results: list[str | None] = []
-    for index, example in enumerate(rule.examples):
-        body = json.dumps(example.payload).encode()
-        request = WebhookRequest(
-            example.source, body, Headers({"Content-Type": "application/json"}), "application/json", time.time()
-        )
-        try:
-            events = svc.events_from(request, authenticate=False)
-        except CaselinkError as exc:
-            results.append(f"FAIL {rule.name} examples[{index}] ({ruleset.path}:{example.line}): {exc.message}")
-            continue
-        got: list[PlannedLink] = []
-        notes: list[str] = []
-        for event in events:
-            for outcome in trial.evaluate(event).outcomes:
-                if outcome.rule != rule.name:
-                    continue
-                got.extend(link for link in outcome.links if link not in got)
-                if outcome.outcome != "matched":
-                    notes.append(f"{outcome.outcome}: {outcome.reason}")
-                notes.extend(outcome.problems)
-        expected = list(example.links)
-        if sorted(map(str, got)) == sorted(map(str, expected)):
-            results.append(None)
-            continue
-        lines = [f"FAIL {rule.name} examples[{index}] ({ruleset.path}:{example.line})"]
-        lines += [f"  - expected {link}" for link in expected if link not in got]
-        lines += [f"  + planned  {link}" for link in got if link not in expected]
-        lines += [f"    {note}" for note in notes]
-        results.append("\n".join(lines))
-    return results
+def _failure(ruleset: RuleSet, result: ExampleResult) -> str:
+    """A failed example as a diff: the links expected but not planned (-) and planned but not expected (+)."""
+    heading = f"FAIL {result.rule} examples[{result.index}] ({ruleset.path}:{result.line})"
+    if result.error is not None:
+        return f"{heading}: {result.error}"
+    lines = [heading]
+    lines += [f"  - expected {link}" for link in result.missing]
+    lines += [f"  + planned  {link}" for link in result.unexpected]
+    lines += [f"    {note}" for note in result.notes]
+    return "\n".join(lines)
 
 
 @rules_cli.command("stats")
-@click.option("--since", default="30d", show_default=True, help="The window: 24h, 7d, 30d.")
+@click.option("--since", default=f"{RULE_STATS_WINDOW.days}d", show_default=True, help="The window: 24h, 7d, 30d.")
 @click.option("--rules", "rules_file", help="Rules file whose rules to list (default: RULES_FILE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 @_verbose_option
@@ -198,31 +181,28 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     Counted from stored events by the delivery worker's housekeeping a few seconds
     after they arrive (on PostgreSQL, 30 s), and kept when events are pruned.
     """
-    window = _duration(since)
+    seconds = _duration(since)
+    if seconds < 3600:
+        # The counts are kept by the hour: a shorter window would silently be a whole hour or two.
+        raise click.BadParameter(
+            f"{since} is shorter than an hour; the per-rule counts are kept by the hour, so the "
+            "window is at least 1h (and starts at the top of an hour)",
+            param_hint="--since",
+        )
+    window = timedelta(seconds=seconds)
     store = _reading(verbose)
     ruleset = _load(rules_file)
-    start = datetime.fromtimestamp(time.time() - window, UTC)
-    ever, recent = store.rule_stats(None), store.rule_stats(start)
-    report: list[dict[str, Any]] = []
-    for rule in ruleset.rules:
-        failing = [result for result in _example_results(ruleset, rule) if result is not None]
-        total, windowed = ever.get(rule.name), recent.get(rule.name)
-        flags = []
-        if rule.enabled and (windowed is None or windowed.matched == 0):
-            flags.append(f"no match in {since}")
-        if not rule.enabled:
-            flags.append("disabled")
-        if failing:
-            flags.append(f"{len(failing)} example(s) fail")
-        report.append(
-            {
-                "rule": rule.name,
-                "all_time": _stats_dict(total),
-                "window": dict(_stats_dict(windowed), since=since),
-                "flags": flags,
-            }
-        )
-    retired = sorted(set(ever) - {rule.name for rule in ruleset.rules})
+    reports = _service().rule_reports(ruleset, window)
+    report: list[dict[str, Any]] = [
+        {
+            "rule": item.rule.name,
+            "all_time": _stats_dict(item.all_time),
+            "window": dict(_stats_dict(item.window), since=since),
+            "flags": item.flags(since),
+        }
+        for item in reports.rules
+    ]
+    retired = reports.retired
     if as_json:
         click.echo(json.dumps({"rules": report, "rules_no_longer_in_force": retired}, indent=2))
         return
@@ -237,7 +217,7 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
             click.echo(f"  ! {flag}")
     if retired:
         click.echo(f"counted for rules no longer in {ruleset.path}: {', '.join(retired)}")
-    if not ever:
+    if not any(item.all_time.matched or item.all_time.links_delivered for item in reports.rules) and not retired:
         _say_if_empty(store)
 
 
@@ -284,23 +264,23 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
         return
     for item in report:
         event = item["event"]
-        click.echo(
+        _say(
             f"event {event['kind']} from {event['source']}" + (f" about {event['entity']}" if event["entity"] else "")
         )
-        click.echo(f"  dedup key: {event['dedup_key']}")
+        _say(f"  dedup key: {event['dedup_key']}")
         if event.get("problem"):
-            click.echo(f"  problem: {event['problem']}")
+            _say(f"  problem: {event['problem']}")
         for outcome in item["rules"]:
             line = f"  {outcome['rule']}: {outcome['outcome']}"
             if outcome.get("reason"):
                 line += f" — {outcome['reason']}"
-            click.echo(line)
+            _say(line)
             for link in outcome.get("links", []):
                 mode = " (dry-run)" if outcome.get("mode") == "dry-run" else ""
-                click.echo(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
+                _say(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
             for problem in outcome.get("problems", []):
-                click.echo(f"      problem: {problem}")
-        click.echo(f"  {len(item['links'])} link(s) planned")
+                _say(f"      problem: {problem}")
+        _say(f"  {len(item['links'])} link(s) planned")
 
 
 def _event_summary(event: Event) -> dict[str, Any]:
@@ -342,9 +322,9 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
         new = [key for key in planned if key not in before]
         gone = sorted(before - set(planned))
         for key in new:
-            click.echo(f"+ event {row['id']}: {key}  (rule {planned[key][0].rule})")
+            _say(f"+ event {row['id']}: {key}  (rule {planned[key][0].rule})")
         for key in gone:
-            click.echo(f"- event {row['id']}: {key}  (no longer planned; a made link is not removed)")
+            _say(f"- event {row['id']}: {key}  (no longer planned; a made link is not removed)")
         added += len(new)
         dropped += len(gone)
         if apply and new:
@@ -456,9 +436,9 @@ def links_list(state: str | None, limit: int, as_json: bool, verbose: bool) -> N
         line = f"#{row['id']:<6} {row['state']:<9} {planned}  attempts={row['attempts']}"
         if row["datadog_link_id"]:
             line += f" datadog_id={row['datadog_link_id']}"
+        _say(line)
         if row["last_error"] and row["state"] != "delivered":
-            line += f"\n        last error: {row['last_error']}"
-        click.echo(line)
+            _say(f"        last error: {row['last_error']}")
     if not rows:
         click.echo("no links" + (f" in state {state}" if state else ""))
         _say_if_empty(store)
@@ -471,19 +451,19 @@ def links_list(state: str | None, limit: int, as_json: bool, verbose: bool) -> N
 def links_retry(link_id: int | None, dead: bool, verbose: bool) -> None:
     """Send a dead link (or every dead link) again."""
     svc = _service()
-    store = _reading(verbose)
+    _reading(verbose)
     if dead == (link_id is not None):
         raise click.UsageError("give a link ID or --dead, not both or neither")
-    if dead:
-        click.echo(f"{store.retry_dead()} dead link(s) queued again")
-        return
-    assert link_id is not None  # without --dead, the check above demands a link ID
     try:
+        if dead:
+            click.echo(f"{svc.retry_dead()} dead link(s) queued again")
+            return
+        assert link_id is not None  # without --dead, the check above demands a link ID
         row = svc.retry_link(link_id)
     except CaselinkError as exc:
-        click.echo(exc.message, err=True)
+        _say(exc.message, err=True)
         sys.exit(1)
-    click.echo(f"link #{row['id']} queued again: {row['parent']} {row['relationship']} {row['child']}")
+    _say(f"link #{row['id']} queued again: {row['parent']} {row['relationship']} {row['child']}")
 
 
 @db_cli.command("upgrade")
@@ -565,12 +545,12 @@ def events_list(
         click.echo(json.dumps(rows, indent=2))
     for row in [] if as_json else rows:
         about = f" {row['entity']}" if row["entity"] else ""
-        click.echo(
+        _say(
             f"#{row['id']:<7} {row['received_at']}  {row['source']:<12} {row['kind']:<24}"
             f" links={row['links_planned']}{about}  {row['title'][:60]}"
         )
         if row["problem"]:
-            click.echo(f"         problem: {row['problem']}")
+            _say(f"         problem: {row['problem']}")
     if not rows:
         if not as_json:
             click.echo("no events match")
@@ -588,39 +568,39 @@ def events_show(event_id: int, as_json: bool, verbose: bool) -> None:
         record = store.get_event(event_id)
     except CaselinkError as exc:
         retention = _days(_service().settings.event_retention)
-        click.echo(f"{exc.message} (events are kept for EVENT_RETENTION={retention})", err=True)
+        _say(f"{exc.message} (events are kept for EVENT_RETENTION={retention})", err=True)
         _say_if_empty(store)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
     about = f" about {record['entity']}" if record["entity"] else ""
-    click.echo(
+    _say(
         f"event #{record['id']} {record['kind']} from {record['source']}{about}, received {record['received_at']}"
     )
-    click.echo(f"  title: {record['title']}")
-    click.echo(f"  dedup key: {record['dedup_key']}")
+    _say(f"  title: {record['title']}")
+    _say(f"  dedup key: {record['dedup_key']}")
     if record["problem"]:
-        click.echo(f"  problem: {record['problem']}")
-    click.echo(f"  rules: {record['ruleset'][:12]}")
+        _say(f"  problem: {record['problem']}")
+    _say(f"  rules: {record['ruleset'][:12]}")
     for outcome in record["rules"]:
         line = f"  {outcome['rule']}: {outcome['outcome']}"
         if outcome.get("reason"):
             line += f" — {outcome['reason']}"
-        click.echo(line)
+        _say(line)
         for link in outcome.get("links", []):
             mode = " (dry-run)" if outcome.get("mode") == "dry-run" else ""
-            click.echo(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
+            _say(f"      plans {link['parent']} {link['relationship']} {link['child']}{mode}")
         for problem in outcome.get("problems", []):
-            click.echo(f"      problem: {problem}")
+            _say(f"      problem: {problem}")
     for link in record["links"]:
         line = f"  link #{link['id']} {link['parent']} {link['relationship']} {link['child']}: {link['state']}"
         if link["datadog_link_id"]:
             line += f" (datadog id {link['datadog_link_id']})"
         if link["last_error"] and link["state"] != "delivered":
             line += f"; last error: {link['last_error']}"
-        click.echo(line)
-    click.echo(f"  {len(record['links'])} link(s) planned")
+        _say(line)
+    _say(f"  {len(record['links'])} link(s) planned")
 
 
 def register(app: Flask) -> None:
@@ -651,7 +631,7 @@ def _plain_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             if error is None:
                 raise
             message = error.operator
-        click.echo(f"caselink: {message}", err=True)
+        _say(f"caselink: {message}", err=True)
         sys.exit(1)
 
     run.caselink_plain = True  # type: ignore[attr-defined]

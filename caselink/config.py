@@ -148,6 +148,17 @@ def _database_url_problem(url: str) -> str | None:
     return None
 
 
+def _rooted_sqlite(url: str) -> str:
+    """`sqlite:///rel.db` (a relative path) as the file under the project root, whatever the
+    directory caselink was started from, so that bin/serve, bin/caselink and gunicorn all open
+    the same file; absolute paths and `:memory:` stay as they are."""
+    scheme, sep, rest = url.partition(":///")
+    path, mark, query = rest.partition("?")
+    if not sep or not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return f"{scheme}:///{PROJECT_ROOT / path}{mark}{query}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything caselink can be configured with. See the README's table."""
@@ -410,7 +421,7 @@ class _Reader:
                 return f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
             return f"postgresql+psycopg://{rest}"
         if scheme == "sqlite":
-            return url
+            return _rooted_sqlite(url)
         self.problems.append(
             f"DATABASE_URL uses {scheme!r}; caselink supports postgres://, postgresql:// and sqlite:///"
         )

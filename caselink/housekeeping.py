@@ -9,6 +9,7 @@ per-rule statistics survive the events they were counted from.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -120,8 +121,10 @@ class Housekeeper:
                 failures += 1
                 log.exception("housekeeping failed")
             else:
+                # Kept events are kept again every round: only a deletion is news at INFO.
                 if report.deleted or report.kept:
-                    log.info(
+                    log.log(
+                        logging.INFO if report.deleted else logging.DEBUG,
                         "events pruned",
                         extra={
                             "fields": {

@@ -97,6 +97,20 @@ def write_in_background() -> None:
     _OUTPUT.start()
 
 
+def route_through_queue(logger: logging.Logger) -> None:
+    """Send the lines of `logger`'s stream handlers (as they format them) through caselink's writer.
+
+    gunicorn's workers call this for gunicorn's own error log, which request
+    threads write to (an invalid request, a socket error): with it writing to
+    stderr itself, a stalled log pipe would hold those threads. The lines go
+    to stdout, in order with caselink's.
+    """
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+            logger.addHandler(_FormattedBy(handler))
+
+
 def flush() -> None:
     """Write every line logged so far, and write later ones at once; safe to call more than once."""
     _OUTPUT.stop()
@@ -223,6 +237,17 @@ class _StdoutHandler(logging.handlers.QueueHandler):
 
     def enqueue(self, record: Any) -> None:
         _OUTPUT.put(record)
+
+
+class _FormattedBy(_StdoutHandler):
+    """Lines formatted by another handler (and at its level), queued for `_OUTPUT` instead of written by it."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.setLevel(handler.level)
+        self.setFormatter(handler.formatter)
+        for kept in handler.filters:
+            self.addFilter(kept)
 
 
 def get(name: str) -> logging.Logger:

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -35,16 +34,18 @@ from werkzeug.wrappers import Response
 from caselink import logs
 from caselink.config import Secret
 from caselink.config import Settings
-from caselink.config import display_url
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
+from caselink.errors import ConflictError
 from caselink.rules import RefSpec
 from caselink.rules import Rule
 from caselink.schema import LINK_STATES
-from caselink.service import ExampleResult
+from caselink.service import RULE_STATS_WINDOW
+from caselink.service import RuleReports
 from caselink.service import Service
-from caselink.store import EVENT_PAGE_OUTCOMES
+from caselink.store import EVENT_OUTCOMES
 from caselink.store import EVENT_SEARCH_WINDOW
+from caselink.store import RuleStats
 from caselink.worker import CREDENTIALS_STATE
 
 pages = Blueprint(
@@ -54,12 +55,15 @@ csrf = CSRFProtect()
 log = logs.get("pages")
 
 SESSION_LIFETIME = timedelta(hours=12)
+# service_state row: when the status page was last signed out of (Unix seconds).
+SIGNED_OUT_STATE = "pages_signed_out_at"
 PAGE_SIZE = 50
 OUTCOME_LABELS = {
     "linked": "linked",
-    "matched_nothing": "matched nothing",
-    "rejected": "rejected",
-    "duplicate_conflict": "duplicate conflict",
+    "not-linked": "not linked",
+    "unrecognised": "unrecognised",
+    "rejected": "rejected (unreadable body)",
+    "duplicate-conflict": "duplicate conflict",
 }
 RULE_OUTCOME_LABELS = {
     "matched": "matched",
@@ -69,6 +73,8 @@ RULE_OUTCOME_LABELS = {
     "skipped": "skipped",
 }
 NO_FIGURE = "—"
+# Characters of sender text (titles, ids, errors) a list or table shows per cell.
+LIST_TEXT_LIMIT = 200
 # Why the key is derived, not ADMIN_TOKEN itself: the cookie signature must never be the token.
 _KEY_LABEL = b"caselink status page: session signing key"
 _SIGN_IN_LABEL = b"caselink status page: signed in"
@@ -90,6 +96,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     csrf.init_app(app)
     app.register_blueprint(pages)
     app.add_template_filter(_moment, "moment")
+    app.add_template_filter(shorten, "shorten")
 
 
 def session_key(settings: Settings) -> str | None:
@@ -132,9 +139,20 @@ def _signed_in_only() -> Any:
     if request.endpoint == "pages.login":
         return None
     held = str(session.get("signed_in", "")).encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(held, _sign_in_mark(token).encode()):
+    if not hmac.compare_digest(held, _sign_in_mark(token).encode()) or _signed_out_since(session.get("since")):
+        session.clear()
         return redirect(url_for("pages.login", next=_here()))
     return None
+
+
+def _signed_out_since(issued: Any) -> bool:
+    """Whether someone signed out after this session was issued (at `issued`, Unix seconds).
+    The cookie is the whole session, so sign-out is recorded in the store: a copy of the
+    cookie taken before it is refused by every process."""
+    if not isinstance(issued, (int, float)):
+        return True
+    signed_out = service().store.get_state(SIGNED_OUT_STATE)
+    return signed_out is not None and issued <= float(signed_out)
 
 
 @pages.after_request
@@ -163,12 +181,15 @@ def login() -> Any:
     session.clear()
     session.permanent = True
     session["signed_in"] = _sign_in_mark(token)
+    session["since"] = time.time()
     log.info("status page sign-in", extra={"fields": {"remote": request.remote_addr}})
     return redirect(target)
 
 
 @pages.post("/logout")
 def logout() -> Response:
+    # One ADMIN_TOKEN, one operator: signing out ends every session issued until now.
+    service().store.set_state(SIGNED_OUT_STATE, repr(time.time()))
     session.clear()
     return redirect(url_for("pages.login"))
 
@@ -177,11 +198,21 @@ def _here() -> str:
     return request.full_path.rstrip("?")
 
 
+# What browsers drop from a URL before reading it (WHATWG URL parsing): tab, LF and CR anywhere,
+# C0 controls and space at either end. `/\t/evil.com` is `//evil.com` to a browser.
+_URL_DROPPED = str.maketrans("", "", "\t\n\r")
+_URL_TRIMMED = "".join(map(chr, range(0x21)))
+
+
 def _local(target: str | None) -> str | None:
-    """`target` if it is a path on this site, so that sign-in never redirects elsewhere."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """`target` if a browser reads it as a path on this site (one "/" not followed by "/" or
+    "\\", after the browser's own clean-up), so that no redirect ever leaves the site; else None."""
+    if not target:
         return None
-    return target
+    seen = target.translate(_URL_DROPPED).strip(_URL_TRIMMED)
+    if not seen.startswith("/") or seen[1:2] in ("/", "\\") or "\\" in seen:
+        return None
+    return seen
 
 
 # -- overview ---------------------------------------------------------------------
@@ -198,7 +229,7 @@ def overview() -> str:
         "pages/overview.html",
         mode=_mode(settings),
         credentials=_credentials(svc),
-        database=display_url(settings.database_url),
+        database=store.describe(),
         ruleset=ruleset,
         enabled=sum(1 for rule in ruleset.rules if rule.enabled) if ruleset else 0,
         loaded_at=svc.rules.loaded_at,
@@ -260,7 +291,7 @@ def events() -> str:
         filters=filters,
         active=active,
         sources=sorted(svc.handlers),
-        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_PAGE_OUTCOMES],
+        outcomes=[(outcome, OUTCOME_LABELS[outcome]) for outcome in EVENT_OUTCOMES],
         first_page=not request.args.get("before"),
         window=EVENT_SEARCH_WINDOW,
     )
@@ -300,18 +331,29 @@ def links() -> str:
 
 @pages.post("/links/<int:link_id>/retry")
 def retry_link(link_id: int) -> Response:
-    link = service().store.retry(link_id)
+    # The same rules as the API and `links retry`: a dry-run link is not sent while in dry-run.
+    back = _local(request.form.get("next")) or url_for("pages.links", state="pending")
+    try:
+        link = service().retry_link(link_id)
+    except ConflictError as exc:
+        flash(exc.message, "refused")
+        return redirect(back)
     log.info("dead letter retried from the status page", extra={"fields": {"link": link_id}})
     flash(f"Link #{link_id} ({link['parent']} {link['relationship']} {link['child']}) is pending again.")
-    return redirect(_local(request.form.get("next")) or url_for("pages.links", state="pending"))
+    return redirect(back)
 
 
 @pages.post("/links/retry-dead")
 def retry_dead() -> Response:
-    count = service().store.retry_dead()
+    back = _local(request.form.get("next")) or url_for("pages.links", state="pending")
+    try:
+        count = service().retry_dead()
+    except ConflictError as exc:
+        flash(exc.message, "refused")
+        return redirect(back)
     log.info("every dead letter retried from the status page", extra={"fields": {"links": count}})
     flash(f"{count} dead link(s) are pending again." if count else "There were no dead links to retry.")
-    return redirect(_local(request.form.get("next")) or url_for("pages.links", state="pending"))
+    return redirect(back)
 
 
 # -- rules ------------------------------------------------------------------------
@@ -321,50 +363,48 @@ def retry_dead() -> Response:
 def rules() -> str:
     svc = service()
     ruleset = svc.rules.current()
-    results: dict[str, list[ExampleResult]] = {}
-    if ruleset is not None:
-        for result in svc.test_examples(ruleset):
-            results.setdefault(result.rule, []).append(result)
-    stats = rule_statistics_source(svc)
+    reports = rule_statistics_source(svc)
+    window = f"{RULE_STATS_WINDOW.days}d"
     return render_template(
         "pages/rules.html",
         ruleset=ruleset,
         rules_error=svc.rules.error.problems if svc.rules.error else [],
+        window=window,
+        retired=reports.retired if reports else [],
         rows=[
             {
-                "rule": rule,
-                "on": _on_summary(rule),
-                "when": rule.when.describe() if rule.when is not None else "always",
-                "link": _link_summary(rule),
-                "examples": results.get(rule.name, []),
-                "stats": rule_statistics(stats, rule.name),
+                "rule": report.rule,
+                "on": _on_summary(report.rule),
+                "when": report.rule.when.describe() if report.rule.when is not None else "always",
+                "link": _link_summary(report.rule),
+                "examples": report.examples,
+                "flags": report.flags(window),
+                "stats": {
+                    "all time": rule_statistics(report.all_time),
+                    f"last {window}": rule_statistics(report.window),
+                },
             }
-            for rule in (ruleset.rules if ruleset else ())
+            for report in (reports.rules if reports else ())
         ],
     )
 
 
-def rule_statistics_source(svc: Service) -> Mapping[str, Mapping[str, Any]] | None:
-    """The store's per-rule statistics by rule name, once the store has that read; None until then."""
-    return None
+def rule_statistics_source(svc: Service) -> RuleReports | None:
+    """The rules in force with their statistics from the store, all time and over the last
+    RULE_STATS_WINDOW (as `rules stats` shows them), and their examples, run; None without rules."""
+    ruleset = svc.rules.current()
+    return svc.rule_reports(ruleset, RULE_STATS_WINDOW) if ruleset is not None else None
 
 
-def rule_statistics(stats: Mapping[str, Mapping[str, Any]] | None, rule: str) -> dict[str, str]:
-    """The hits, links planned and last matched cells of one rule on the Rules page.
-
-    `stats` maps a rule's name to {"hits": int, "links_planned": int,
-    "last_matched": Unix seconds or None}. None means the figures are not
-    known, and every cell is "—" rather than a guess; a rule missing from a
-    mapping has never matched.
-    """
-    if stats is None:
-        return {"hits": NO_FIGURE, "links_planned": NO_FIGURE, "last_matched": NO_FIGURE}
-    entry = stats.get(rule) or {}
-    last = entry.get("last_matched")
+def rule_statistics(stats: RuleStats) -> dict[str, str]:
+    """The cells of one rule's statistics over one period: hits (events matched), links planned,
+    links delivered, last matched ("never" when it did not match in the period)."""
+    last = stats.last_matched_at
     return {
-        "hits": str(entry.get("hits", 0)),
-        "links_planned": str(entry.get("links_planned", 0)),
-        "last_matched": _moment(last) if last is not None else "never",
+        "hits": str(stats.matched),
+        "links_planned": str(stats.links_planned),
+        "links_delivered": str(stats.links_delivered),
+        "last_matched": last.strftime("%Y-%m-%d %H:%M:%S UTC") if last is not None else "never",
     }
 
 
@@ -401,6 +441,14 @@ def _whole_number(name: str) -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise BadRequestError(f"{name} must be a positive whole number")
     return int(raw)
+
+
+def shorten(text: str | None, limit: int = LIST_TEXT_LIMIT) -> str:
+    """`text` cut to `limit` characters with "…" for lists and tables, so that one huge title
+    cannot make a page huge; the event's own page shows it all. None is ""."""
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _moment(value: float | str | None) -> str:

@@ -12,7 +12,11 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from dataclasses import replace
+from datetime import UTC
+from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 from caselink import logs
@@ -36,15 +40,20 @@ from caselink.rules import Evaluation
 from caselink.rules import Example
 from caselink.rules import LiveRules
 from caselink.rules import PlannedLink
+from caselink.rules import Rule
 from caselink.rules import RuleSet
 from caselink.rules import did_you_mean
 from caselink.rules import load_rules
 from caselink.store import RecordedEvent
+from caselink.store import RuleStats
 from caselink.store import Store
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
 
 log = logs.get("ingest")
+
+# The window `rules stats` and the status page's Rules page count recent matches in.
+RULE_STATS_WINDOW = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,41 @@ class ExampleResult:
     @property
     def unexpected(self) -> list[PlannedLink]:
         return [link for link in self.planned if link not in self.expected]
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    """One rule in force: what it did over all time and in a recent window, and its examples, run."""
+
+    rule: Rule
+    all_time: RuleStats
+    window: RuleStats
+    examples: list[ExampleResult] = field(default_factory=list)
+
+    @property
+    def failing_examples(self) -> list[ExampleResult]:
+        return [result for result in self.examples if not result.passed]
+
+    def flags(self, window: str) -> list[str]:
+        """What an operator should look at: an enabled rule with no match in `window` (a label such
+        as "30d"), a disabled rule, examples that fail."""
+        flags = []
+        if self.rule.enabled and self.window.matched == 0:
+            flags.append(f"no match in {window}")
+        if not self.rule.enabled:
+            flags.append("disabled")
+        if self.failing_examples:
+            flags.append(f"{len(self.failing_examples)} example(s) fail")
+        return flags
+
+
+@dataclass(frozen=True)
+class RuleReports:
+    """Every rule in force, in file order, and the rules counted in the store but no longer in force."""
+
+    rules: list[RuleReport]
+    retired: list[str]
+    since: datetime
 
 
 @dataclass
@@ -214,6 +258,24 @@ class Service:
                 results.append(self._test_example(trial, rule.name, index, example))
         return results
 
+    def rule_reports(self, ruleset: RuleSet, window: timedelta = RULE_STATS_WINDOW) -> RuleReports:
+        """Each rule's statistics (Store.rule_stats: all time, and from `window` ago) and examples."""
+        since = datetime.now(UTC) - window
+        ever, recent = self.store.rule_stats(), self.store.rule_stats(since)
+        examples: dict[str, list[ExampleResult]] = {}
+        for result in self.test_examples(ruleset):
+            examples.setdefault(result.rule, []).append(result)
+        reports = [
+            RuleReport(
+                rule,
+                ever.get(rule.name) or RuleStats(rule.name, 0, 0, 0, None),
+                recent.get(rule.name) or RuleStats(rule.name, 0, 0, 0, None),
+                examples.get(rule.name, []),
+            )
+            for rule in ruleset.rules
+        ]
+        return RuleReports(reports, sorted(set(ever) - {rule.name for rule in ruleset.rules}), since)
+
     def _test_example(self, trial: RuleSet, rule: str, index: int, example: Example) -> ExampleResult:
         body = json.dumps(example.payload).encode()
         request = WebhookRequest(
@@ -284,12 +346,24 @@ class Service:
         that cannot be retried now.
         """
         if self.settings.dry_run and self.store.get_link(link_id)["state"] == "dry_run":
-            until = "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
             raise ConflictError(
-                f"link {link_id} was planned in dry-run and cannot be sent until {until} "
+                f"link {link_id} was planned in dry-run and cannot be sent until {self._live_when()} "
                 f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
             )
         return self.store.retry(link_id)
+
+    def retry_dead(self) -> int:
+        """Send every dead link again; how many. In dry-run nothing can be sent, so this
+        raises ConflictError and changes nothing (they would wait as pending for good)."""
+        if self.settings.dry_run:
+            raise ConflictError(
+                f"dead links cannot be sent until {self._live_when()} "
+                f"(caselink runs in dry-run: {self.settings.dry_run_reason}); nothing was changed"
+            )
+        return self.store.retry_dead()
+
+    def _live_when(self) -> str:
+        return "DRY_RUN is unset" if self.settings.dry_run_requested else "DD_API_KEY and DD_APP_KEY are set"
 
     def rule_totals(self) -> dict[str, tuple[int, int]]:
         """Events matched and links planned, all time, by each rule in force (for /metrics)."""

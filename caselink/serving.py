@@ -14,7 +14,13 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   `HEAD_LIMIT` bytes gets 431. Bodies are buffered up to the app's
   `MAX_CONTENT_LENGTH` (Flask's, which caselink sets from MAX_BODY_BYTES); a
   larger declared body goes straight to the app, which refuses it (413) without
-  reading it, and the connection is closed after the answer.
+  reading it, and the connection is closed after the answer. A chunked body is
+  refused here (413) as soon as its chunk sizes add up past the limit, and an
+  absurd chunk-size line with 400. All the requests a worker is still reading
+  hold at most `BUFFERED_BODIES` bodies at the limit; past that, 503.
+  Writes are bounded too: a thread's send waits `SEND_TIMEOUT` at most, and a
+  pipelined request waits in the loop until the client has taken the answer
+  before it.
 - **Every worker takes its share of connections.** gunicorn's workers accept
   from one shared socket, and whichever wakes first takes a connection; a
   kept-alive connection stays with its worker for life. When a load balancer
@@ -22,10 +28,11 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   before the other gets a CPU (measured on two CPUs with wrk: 32/0 and 29/3
   splits in most runs), and one process serves every connection for the life
   of the service. Here each worker publishes the connections it holds in memory shared
-  with its siblings and accepts only while it holds no more than the least
-  loaded of them; otherwise it leaves the socket alone for `ACCEPT_DEFER`
-  seconds, then takes one connection anyway (so a sibling that is stuck or
-  gone never stops the service).
+  with its siblings, and while it holds more than `ACCEPT_SLACK` beyond the least
+  loaded of them it leaves the socket to them, re-checking every `ACCEPT_RECHECK`
+  seconds; after `ACCEPT_DEFER` seconds it takes one connection anyway (so a
+  sibling that is stuck or gone never stops the service). The least loaded
+  worker always accepts, so short connections never wait on the balancing.
 
 TLS and HTTP/2 prior knowledge are gunicorn's business: with either configured,
 requests are read by threads as in gthread.
@@ -34,6 +41,7 @@ requests are read by threads as in gthread.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -57,12 +65,29 @@ HEAD_LIMIT = 64 * 1024
 DEFAULT_BODY_LIMIT = 4 * 1024 * 1024
 # How long a stopping worker still waits for the rest of a request under way.
 STOP_LINGER = 2.0
-# How long a worker holding more connections than a sibling leaves a waiting connection to it.
+# A worker leaves new connections to its siblings while it holds more than this many
+# connections beyond the least loaded live one (so only real imbalance, such as a pool
+# of kept-alive connections opened at once, is balanced; short connections never wait).
+ACCEPT_SLACK = 2
+# How long at most a worker leaves a waiting connection to a less loaded sibling
+# (a sibling that is stuck or starved of CPU must not stop the service) ...
 ACCEPT_DEFER = 0.01
+# ... re-checking the sibling's count this often meanwhile.
+ACCEPT_RECHECK = 0.001
+# A thread writing an answer waits at most this long for the client to take some of it;
+# then the connection is closed. A connection whose last answer the client has not
+# taken yet waits as long (in the event loop) before its next request is served.
+SEND_TIMEOUT = 5.0
+# A worker buffers at most this many bodies' worth (at the body limit) of incomplete
+# requests, 64 MiB with MAX_BODY_BYTES' default; a connection that would take it past
+# that is answered 503.
+BUFFERED_BODIES = 16
 # Sibling workers whose loads are shared (gunicorn workers of one master).
 MAX_WORKERS = 64
 
 _RECV = 64 * 1024
+# Connections buffering less than this are not worth adding up against the budget.
+_BUDGET_CHECK = 16 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -75,10 +100,11 @@ class BufferingWorker(ThreadWorker):
         self._slot = _LOADS.reserve(self)
         self._reading: dict[BufferedConn, None] = {}
         self._next_sweep = 0.0
-        self._accept_paused_until = 0.0
         self._deferred_since: float | None = None
+        self._draining: dict[BufferedConn, float] = {}
         self._stopping_since: float | None = None
         self.body_limit = DEFAULT_BODY_LIMIT
+        self.buffer_limit = BUFFERED_BODIES * DEFAULT_BODY_LIMIT
         self.buffering = False
 
     # -- the shared load --------------------------------------------------------
@@ -108,6 +134,7 @@ class BufferingWorker(ThreadWorker):
         super().load_wsgi()
         limit = getattr(self.wsgi, "config", {}).get("MAX_CONTENT_LENGTH")
         self.body_limit = limit if isinstance(limit, int) and limit > 0 else DEFAULT_BODY_LIMIT
+        self.buffer_limit = BUFFERED_BODIES * self.body_limit
 
     def run(self) -> None:
         try:
@@ -115,22 +142,29 @@ class BufferingWorker(ThreadWorker):
         finally:
             _LOADS.release(self._slot)
 
+    def _should_defer(self) -> bool:
+        """Whether a live sibling holds more than ACCEPT_SLACK connections fewer than this worker.
+
+        The least loaded worker never defers, so the workers are never all
+        paused at once, and short connections (one request each) never wait.
+        """
+        return not _LOADS.least_loaded(self._slot, self.nr_conns - ACCEPT_SLACK)
+
     def set_accept_enabled(self, enabled: bool) -> None:
-        if enabled and time.monotonic() < self._accept_paused_until:
+        if enabled and self._deferred_since is not None:
             enabled = False
         super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
         now = time.monotonic()
-        if self._deferred_since is not None and now - self._deferred_since > 5 * ACCEPT_DEFER:
-            self._deferred_since = None  # the connection it waited for went to a sibling
-        if not _LOADS.least_loaded(self._slot, self.nr_conns):
-            if self._deferred_since is None or now - self._deferred_since < ACCEPT_DEFER:
-                # A sibling holds fewer connections: leave this one to it for a moment.
-                self._deferred_since = self._deferred_since or now
-                self._accept_paused_until = self._deferred_since + ACCEPT_DEFER
+        if self._should_defer():
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < ACCEPT_DEFER:
+                # Leave the waiting connection to the sibling; re-checked every ACCEPT_RECHECK.
                 super().set_accept_enabled(False)
                 return
+            # The sibling took nothing for ACCEPT_DEFER (stuck, or starved of CPU): take one anyway.
         self._deferred_since = None
         try:
             client, address = listener.accept()
@@ -141,6 +175,8 @@ class BufferingWorker(ThreadWorker):
         self.nr_conns += 1
         # A thread's read never waits longer than a body may take, whatever reaches it.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(BODY_TIMEOUT), 0))
+        # Nor does a write wait longer than SEND_TIMEOUT for a client that stopped reading.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT), 0))
         conn = BufferedConn(self.cfg, client, address, listener.getsockname())
         conn.deadline = now + HEAD_TIMEOUT
         self.enqueue_req(conn)
@@ -152,6 +188,11 @@ class BufferingWorker(ThreadWorker):
             super().enqueue_req(conn)
             return
         if conn.parser is not None:
+            if conn not in self._draining and _unsent(conn.sock):
+                # The client has not taken the last answer yet: its next request waits, in
+                # the loop, rather than a thread blocking on the answer to it (see _sweep).
+                self._draining[conn] = time.monotonic() + SEND_TIMEOUT
+                return
             # Bytes read ahead of the last request (a pipelined one) start the next.
             conn.buffer += conn.parser.unreader.take_buffered()
         if conn.deadline is None:
@@ -180,6 +221,13 @@ class BufferingWorker(ThreadWorker):
                 self._drop(conn)
             return
         conn.buffer += data
+        if len(conn.buffer) > _BUDGET_CHECK and sum(len(other.buffer) for other in self._reading) > self.buffer_limit:
+            # Every connection may send a request as large as the limit; all of them at
+            # once must not take the machine's memory. Senders retry a 503.
+            self._unregister(conn)
+            message = "this server is buffering too many large requests; send it again later"
+            self._answer_and_close(conn, 503, "server_busy", message)
+            return
         self._advance(conn, registered=True)
 
     def _advance(self, conn: BufferedConn, *, registered: bool) -> bool:
@@ -220,15 +268,22 @@ class BufferingWorker(ThreadWorker):
         super().finish_request(conn, fs)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        now = time.monotonic()
-        if not self._accepting and self._accept_paused_until:
-            timeout = min(timeout, max(self._accept_paused_until - now, 0.0))
+        if self._deferred_since is not None and not self._accepting:
+            timeout = min(timeout, ACCEPT_RECHECK)
         if self._reading:
             timeout = min(timeout, 0.25)
+        if self._draining:
+            timeout = min(timeout, 0.02)
+            self._next_sweep = min(self._next_sweep, time.monotonic() + 0.02)
         super().wait_for_and_dispatch_events(timeout)
         now = time.monotonic()
-        if self._accept_paused_until and now >= self._accept_paused_until:
-            self._accept_paused_until = 0.0
+        if self._deferred_since is not None and (
+            not self._should_defer() or now - self._deferred_since >= ACCEPT_DEFER
+        ):
+            # The sibling caught up (or took nothing for too long): listen again, and
+            # accept() decides afresh for the next connection.
+            if not self._should_defer():
+                self._deferred_since = None  # else it stays expired: accept() takes the next one
             if self.alive and self.nr_conns < self.worker_connections:
                 super().set_accept_enabled(True)
         if now >= self._next_sweep:
@@ -238,6 +293,15 @@ class BufferingWorker(ThreadWorker):
     def _sweep(self, now: float) -> None:
         if not self.alive and self._stopping_since is None:
             self._stopping_since = now
+        for conn, deadline in list(self._draining.items()):
+            if not _unsent(conn.sock):
+                self.enqueue_req(conn)
+                self._draining.pop(conn, None)
+            elif now >= deadline or self._stopping_since is not None:
+                # Its answers are not being read: close it, its next requests unanswered.
+                self._draining.pop(conn, None)
+                self.nr_conns -= 1
+                conn.close()
         for conn in list(self._reading):
             if self._stopping_since is not None and conn.deadline is not None:
                 # Stopping: a request under way gets STOP_LINGER more seconds at most, not its whole timeout.
@@ -285,7 +349,28 @@ class BufferingWorker(ThreadWorker):
 
 
 _READ = 1  # selectors.EVENT_READ
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+# A chunk-size line (size and extensions) longer than this is refused.
+_CHUNK_LINE_LIMIT = 1024
+# A chunk size of more hex digits than this (16 EiB) is no size at all.
+_CHUNK_SIZE_DIGITS = 16
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes written to the socket that the client's window has not taken yet (Linux; 0 elsewhere)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+_SIOCOUTQNSD = 0x894B  # linux/sockios.h
 
 
 class _RefusedError(Exception):
@@ -309,6 +394,7 @@ class BufferedConn(TConn):
         self.head_end = 0
         self.body_end: int | None = None  # for a body of declared length
         self.chunk_at: int | None = None  # for a chunked body: where the next chunk starts
+        self.chunked_size = 0  # for a chunked body: data bytes in the chunks before chunk_at
         self.body_unread = False
 
     def next_request(self) -> None:
@@ -317,11 +403,19 @@ class BufferedConn(TConn):
         self.head_end = 0
         self.body_end = None
         self.chunk_at = None
+        self.chunked_size = 0
 
     def read_enough(self, body_limit: int) -> bool:
         """Whether the buffer holds the whole request; raises _RefusedError for a head too large."""
         if not self.head_end:
+            # RFC 9112 section 2.2: empty lines before the request line are ignored.
+            while self.buffer[:2] == b"\r\n" or self.buffer[:1] == b"\n":
+                del self.buffer[: 2 if self.buffer[:1] == b"\r" else 1]
             end = self.buffer.find(b"\r\n\r\n")
+            bare = self.buffer.find(b"\n\n")
+            if 0 <= bare and (end < 0 or bare < end):
+                # A head ended by bare LFs: gunicorn's parser refuses it (400) rather than it waiting for a CRLF.
+                return True
             if end < 0:
                 if len(self.buffer) > HEAD_LIMIT:
                     raise _RefusedError(431, "headers_too_large", f"the request head is over {HEAD_LIMIT} bytes")
@@ -387,19 +481,26 @@ class BufferedConn(TConn):
             self.chunk_at -= shift
 
     def _chunks_complete(self, body_limit: int) -> bool:
+        """Whether the chunked body is complete; raises _RefusedError (413) as soon as it cannot fit the limit."""
         buffer, at = self.buffer, self.chunk_at
         assert at is not None
+        # Chunk-size lines and trailers add to the data: allow for them, but not without bound.
+        if len(buffer) - self.head_end > 2 * body_limit + HEAD_LIMIT:
+            raise _RefusedError(413, "payload_too_large", f"the request body is over {body_limit} bytes")
         while True:
-            if at - self.head_end > body_limit:
-                self.body_unread = True
-                return True  # the app reads at most its limit and refuses the rest
             line_end = buffer.find(b"\r\n", at)
             if line_end < 0:
-                return len(buffer) - at > 1024  # a chunk-size line that long is gunicorn's to refuse
-            try:
-                size = int(bytes(buffer[at:line_end]).split(b";")[0].strip(), 16)
-            except ValueError:
-                return True  # refused by gunicorn's parser
+                if len(buffer) - at > _CHUNK_LINE_LIMIT:
+                    raise _RefusedError(400, "bad_chunked_body", f"a chunk-size line is over {_CHUNK_LINE_LIMIT} bytes")
+                return False
+            digits = bytes(buffer[at:line_end]).split(b";")[0].strip()
+            if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+                return True  # not a chunk size: gunicorn's parser refuses it
+            if len(digits.lstrip(b"0")) > _CHUNK_SIZE_DIGITS:
+                raise _RefusedError(400, "bad_chunked_body", f"chunk size {digits[:32].decode()}... is not a size")
+            size = int(digits, 16)
+            if self.chunked_size + size > body_limit:
+                raise _RefusedError(413, "payload_too_large", f"the request body is over {body_limit} bytes")
             if size == 0:
                 trailers = line_end + 2
                 if buffer[trailers : trailers + 2] == b"\r\n":
@@ -411,6 +512,7 @@ class BufferedConn(TConn):
                 return False
             at = following
             self.chunk_at = at
+            self.chunked_size += size
 
 
 class _Loads:

@@ -14,6 +14,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -131,8 +132,18 @@ class Job:
         return f"{self.parent} {self.relationship} {self.child}"
 
 
-# How the status page filters events by what became of them.
-EVENT_PAGE_OUTCOMES = ("linked", "matched_nothing", "rejected", "duplicate_conflict")
+# What became of an event, as `events list --outcome` and the status page's filter select it:
+# linked (it planned a link), not-linked (read, but no rule planned a link), unrecognised (a
+# payload caselink could not read), duplicate-conflict (its dedup key repeated an earlier event's
+# with other content; such an event is also one of the others). A refused webhook stores no event.
+EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+_OUTCOME_FILTERS = {
+    "linked": events.c.links_planned > 0,
+    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
+    "unrecognised": events.c.kind == "unrecognised",
+    "rejected": events.c.kind == "rejected",
+    "duplicate-conflict": events.c.dedup_conflict.is_(True),
+}
 # How many event ids a filtered page looks at below its cursor (see Store.page_events).
 EVENT_SEARCH_WINDOW = 10_000
 
@@ -318,11 +329,11 @@ class Store:
         if current == head:
             return
         if current is None:
-            raise SchemaError("the database has no caselink schema; run `flask --app app db upgrade`")
+            raise SchemaError("the database has no caselink schema; run `bin/caselink db upgrade`")
         if current in migrations.known_revisions():
             raise SchemaError(
                 f"the database schema is at revision {current}, this release needs {head}; "
-                "run `flask --app app db upgrade`"
+                "run `bin/caselink db upgrade`"
             )
         raise SchemaError(
             f"the database schema is at revision {current}, which this release does not know "
@@ -841,6 +852,7 @@ class Store:
         self, *, limit: int = 50, before: int | None = None, source: str | None = None
     ) -> list[dict[str, Any]]:
         query = sa.select(*_EVENT_SUMMARY_COLUMNS).order_by(events.c.id.desc()).limit(limit)
+        before = _cursor(before)
         if before is not None:
             query = query.where(events.c.id < before)
         if source is not None:
@@ -850,6 +862,8 @@ class Store:
 
     def get_event(self, event_id: int) -> dict[str, Any]:
         """The explain record: the event, every rule's outcome, and the planned links' states."""
+        if not storable_id(event_id):
+            raise NotFoundError(f"no event {event_id}")
         with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(events).where(events.c.id == event_id)).first()
             if row is None:
@@ -922,6 +936,7 @@ class Store:
         self, *, state: str | None = None, limit: int = 100, before: int | None = None
     ) -> list[dict[str, Any]]:
         query = sa.select(links).order_by(links.c.id.desc()).limit(limit)
+        before = _cursor(before)
         if state is not None:
             query = query.where(links.c.state == state)
         if before is not None:
@@ -930,6 +945,8 @@ class Store:
             return [_link_record(row._mapping) for row in connection.execute(query)]
 
     def get_link(self, link_id: int) -> dict[str, Any]:
+        if not storable_id(link_id):
+            raise NotFoundError(f"no link {link_id}")
         with self.transaction(write=False) as connection:
             row = connection.execute(sa.select(links).where(links.c.id == link_id)).first()
         if row is None:
@@ -939,6 +956,8 @@ class Store:
     def retry(self, link_id: int, now: float | None = None) -> dict[str, Any]:
         """Send a dead (or dry-run) link again: back to pending, attempts from zero."""
         now = time.time() if now is None else now
+        if not storable_id(link_id):
+            raise NotFoundError(f"no link {link_id}")
         with self.transaction() as connection:
             row = connection.execute(sa.select(links.c.state).where(links.c.id == link_id)).first()
             if row is None:
@@ -982,15 +1001,15 @@ class Store:
         """One page of events, newest first, for the status page.
 
         `before` is the cursor (an event id; the page holds older events).
-        `outcome` is one of EVENT_PAGE_OUTCOMES; `text` is looked for, ignoring
+        `outcome` is one of EVENT_OUTCOMES; `text` is looked for, ignoring
         case, in the title, message, dedup key and entity id. Pages walk the
         primary key backwards; a filtered page looks at no more than `window`
         ids below the cursor, so that a filter that matches rarely costs a
         bounded read instead of a scan of the table: the page then says how
         far it looked (`searched_to`) and its `older` cursor goes on from there.
         """
-        if outcome is not None and outcome not in EVENT_PAGE_OUTCOMES:
-            raise BadRequestError(f"outcome must be one of {', '.join(EVENT_PAGE_OUTCOMES)}")
+        _check_outcome(outcome)
+        before = _cursor(before)
         for name, value in (("source", source), ("kind", kind), ("text", text)):
             # PostgreSQL refuses NUL in text, and SQLite a LIKE pattern past 50,000 bytes.
             if value is not None and (len(value) > MAX_KEY or "\x00" in value):
@@ -1003,14 +1022,8 @@ class Store:
         if kind:
             # Kinds are stored in canonical form; rows stored before that still match as written.
             conditions.append(events.c.kind.in_({canonical_kind(kind), kind}))
-        if outcome == "linked":
-            conditions.append(events.c.links_planned > 0)
-        elif outcome == "matched_nothing":
-            conditions += [events.c.links_planned == 0, events.c.kind != "rejected"]
-        elif outcome == "rejected":
-            conditions.append(events.c.kind == "rejected")
-        elif outcome == "duplicate_conflict":
-            conditions.append(events.c.dedup_conflict.is_(True))
+        if outcome:
+            conditions.append(_OUTCOME_FILTERS[outcome])
         if text:
             conditions.append(
                 sa.or_(
@@ -1156,8 +1169,10 @@ class Store:
 
         events has no index but its primary key and dedup key (each index is
         pages more per webhook), so this walks back from the newest event:
-        cheap for recent events, a scan for rare ones.
+        cheap for recent events, a scan for rare ones. A BadRequestError for
+        an unknown outcome.
         """
+        _check_outcome(outcome)
         query = (
             sa.select(
                 events.c.id,
@@ -1674,16 +1689,11 @@ _RULE_LINK = sa.text(
     " parent_type = :parent_type AND parent_ref = :parent_ref AND relationship = :relationship"
     " AND child_type = :child_type AND child_ref = :child_ref ON CONFLICT DO NOTHING"
 )
-# What `events list --outcome` selects: links planned, none planned, unreadable, refused, and a
-# dedup key repeated with other content.
-EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
-_OUTCOME_FILTERS = {
-    "duplicate-conflict": events.c.dedup_conflict.is_(True),
-    "linked": events.c.links_planned > 0,
-    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
-    "unrecognised": events.c.kind == "unrecognised",
-    "rejected": events.c.kind == "rejected",
-}
+
+
+def _check_outcome(outcome: str | None) -> None:
+    if outcome and outcome not in EVENT_OUTCOMES:
+        raise BadRequestError(f"outcome must be one of {', '.join(EVENT_OUTCOMES)}")
 
 
 def _rule_link_params(rule: str, parent: str, relationship: str, child: str) -> dict[str, str]:
@@ -1891,17 +1901,23 @@ _EVENT_SUMMARY_COLUMNS = (
 
 def _cursor_id(cursor: str) -> int:
     try:
-        return int(cursor)
+        found = int(cursor)
     except ValueError:
-        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
+        found = 0
+    if not storable_id(found):
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page")
+    return found
 
 
 def _cursor_moment(cursor: str) -> tuple[float, int]:
     moment, _, link_id = cursor.partition("_")
     try:
-        return float(moment), int(link_id)
+        found = float(moment), _cursor_id(link_id)
     except ValueError:
-        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
+        found = None
+    if found is None or not math.isfinite(found[0]):
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page")
+    return found
 
 
 def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int) -> str:
@@ -2026,6 +2042,21 @@ def _public_reason(exc: BaseException, dialect: str) -> str:
     return "cannot connect to the database"
 
 
+# The largest id an id column holds on either store (BIGINT on PostgreSQL, INTEGER on SQLite).
+LARGEST_ID = 2**63 - 1
+
+
+def storable_id(value: int) -> bool:
+    """Whether `value` is an id the database can hold (1 ..= LARGEST_ID): a larger one is no
+    row, not an OverflowError or "bigint out of range"."""
+    return 1 <= value <= LARGEST_ID
+
+
+def _cursor(before: int | None) -> int | None:
+    """A `before` cursor past every id means no cursor."""
+    return None if before is None or before > LARGEST_ID else before
+
+
 def describe_url(url: str) -> str:
     """`DATABASE_URL (postgresql://user:***@host:5432/name)`: which database, never the password."""
     try:
@@ -2102,7 +2133,7 @@ class _DatabaseFile:
             raise StoreUnavailableError(
                 "the database file is gone",
                 operator=f"DATABASE_URL (sqlite:///{self.path}): the file was deleted or moved while caselink ran "
-                f"({exc.strerror}); restore it, or run `flask --app app db upgrade` to start an empty one",
+                f"({exc.strerror}); restore it, or run `bin/caselink db upgrade` to start an empty one",
             ) from None
         for path in (self.path, *self._companions):
             # Writing through files that turned read-only can kill the process (SIGBUS on SQLite's

@@ -32,6 +32,7 @@ from caselink.events import Headers
 from caselink.events import WebhookRequest
 from caselink.schema import LINK_STATES
 from caselink.service import Service
+from caselink.store import LARGEST_ID
 
 bp = Blueprint("caselink", __name__)
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -191,7 +192,8 @@ def list_events() -> dict[str, Any]:
 
 
 # Ids are 64-bit; a larger one names nothing (and would overflow the database's integer).
-MAX_ID = 2**63 - 1
+# The store's own bound, which the status page and the CLI meet through the store's reads.
+MAX_ID = LARGEST_ID
 
 
 @api.get(f"/events/<int(max={MAX_ID}):event_id>")

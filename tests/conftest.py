@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck
+from hypothesis import settings
 
 from caselink import migrations
 from caselink.config import Secret
@@ -23,6 +25,13 @@ from tests.servers import Service
 from tests.servers import Worker
 from tests.servers import base_env
 from tests.servers import flask
+
+# Property tests judge the code, not the machine: a wall-clock deadline or a "too slow" health
+# check fails on two shared cores under coverage now and then, whatever the code does. In CI the
+# examples are drawn from a fixed seed, so a red run is the code's and can be run again as it was.
+settings.register_profile("caselink", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("caselink"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "caselink")
 
 # Sample payloads as the senders send them (a copy of the product's shared fixtures).
 FIXTURES = ROOT / "tests" / "fixtures"

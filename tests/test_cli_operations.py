@@ -70,6 +70,7 @@ def test_events_list_filters_by_source_kind_outcome_and_window(service, client, 
     assert ids("--outcome", "not-linked") == [not_linked]
     assert ids("--outcome", "unrecognised") == [unreadable]
     assert ids("--outcome", "rejected") == []
+    assert invoke(runner, "events", "list", "--outcome", "matched_nothing").exit_code == 2
     assert ids("--kind", "incident.updated") == [not_linked]
     assert ids("--kind", "Incident.Updated") == [not_linked]
     assert ids("--source", "pagerduty") == []
@@ -78,6 +79,14 @@ def test_events_list_filters_by_source_kind_outcome_and_window(service, client, 
     assert f"#{unreadable}" in text
     assert "problem:" in text
     assert invoke(runner, "events", "list", "--since", "yesterday").exit_code == 2
+    refused = client.post(
+        "/webhooks/datadog",
+        data=b'{"id": "q1", "title": "an "unescaped" quote"}',
+        headers=AUTH,
+        content_type="application/json",
+    )
+    assert refused.status_code == 400
+    assert ids("--outcome", "rejected") == [refused.json["error"]["rejected_event"]]
 
 
 def test_events_show_prints_the_explain_record_with_each_link_state(client, runner):

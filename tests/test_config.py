@@ -187,7 +187,7 @@ def test_postgres_urls_get_the_psycopg_driver(url):
     assert settings.database_engine == "postgresql"
 
 
-@pytest.mark.parametrize("url", ["sqlite:////var/lib/caselink.db", "sqlite:///caselink.db", "sqlite://"])
+@pytest.mark.parametrize("url", ["sqlite:////var/lib/caselink.db", "sqlite://"])
 def test_sqlite_urls_are_kept(url):
     settings = Settings.from_env({"DATABASE_URL": url})
     assert settings.database_url == url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from caselink import migrations
 from caselink.events import Event
 from caselink.housekeeping import Housekeeper
+from caselink.housekeeping import Report
 from caselink.rules import Evaluation
 from caselink.rules import RuleOutcome
 from caselink.schema import events
@@ -247,7 +249,6 @@ def test_events_are_found_by_source_kind_outcome_and_window(store):
     assert ids(outcome="linked") == [linked]
     assert ids(outcome="not-linked") == [quiet]
     assert ids(outcome="unrecognised") == [unreadable.id]
-    assert ids(outcome="rejected") == []
     assert ids(outcome="duplicate-conflict") == []
     assert ids(since=NOW - 2.5 * DAY) == [quiet, linked]
     assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
@@ -279,3 +280,21 @@ def test_an_event_whose_dedup_key_repeated_with_other_content_is_found_as_a_dupl
     assert again.dedup_conflict
     assert found == [again.id]
     assert first not in found
+
+
+
+def test_a_round_that_only_keeps_events_logs_at_debug_and_a_deletion_at_info(store, caplog, monkeypatch):
+    # A dry-run worker keeps the same events every few seconds: that is not news at INFO.
+    rounds = iter([Report(kept=3), Report(deleted=2, kept=3), Report(kept=3)])
+    keeper = Housekeeper(store, retention=30 * DAY, interval=0.01)
+    monkeypatch.setattr(keeper, "round", lambda: next(rounds, Report()))
+    caplog.set_level(logging.DEBUG, logger="caselink")
+
+    keeper.start()
+    deadline = time.monotonic() + 10
+    while sum(r.message == "events pruned" for r in caplog.records) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    keeper.stop()
+
+    pruned = [(r.levelno, r.fields["deleted"]) for r in caplog.records if r.message == "events pruned"]
+    assert pruned == [(logging.DEBUG, 0), (logging.INFO, 2), (logging.DEBUG, 0)]

@@ -231,3 +231,42 @@ def test_a_stopped_service_has_written_every_webhook_line_in_the_order_answered(
 
     lines = [json.loads(line) for line in web.logs().splitlines() if line.startswith("{")]
     assert [line["bytes"] for line in lines if line["msg"] == "webhook"] == sizes
+
+
+@pytest.mark.slow
+def test_a_stalled_log_pipe_holds_no_request_thread_of_gunicorn_s_own_warnings(stack):
+    import socket
+    import subprocess
+
+    from tests.servers import ROOT
+    from tests.servers import Service
+
+    env = stack.env(WEB_CONCURRENCY="1", GUNICORN_THREADS="2", PYTHONUNBUFFERED="1")
+    stack.migrate(env)
+    web = Service("stalled", env, stack.tmp_path)
+    # Its output (stdout and stderr) goes to a pipe nobody reads, as behind a stalled log router.
+    web.popen = subprocess.Popen(
+        web.command, cwd=ROOT, env=web.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    stack.processes.append(web)
+    try:
+        web.wait_until_up()
+        invalid = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"  # gunicorn warns of each
+        answered = 0
+        for _ in range(1500):  # warnings enough to fill the pipe several times over
+            with socket.create_connection(("127.0.0.1", web.port), timeout=2) as sock:
+                sock.sendall(invalid)
+                try:
+                    answered += sock.recv(100).startswith(b"HTTP/1.1 400 ")
+                except TimeoutError:
+                    break
+        assert answered == 1500, f"only {answered} invalid requests answered before a thread stalled"
+        started = time.monotonic()
+        assert web.http.get(web.url + "/healthz", timeout=3).status_code == 200
+        assert time.monotonic() - started < 1
+    finally:
+        drain = threading.Thread(target=web.popen.stdout.read, daemon=True)
+        drain.start()
+        web.stop(timeout=15)
+        drain.join(5)
+        web.popen.stdout.close()

@@ -56,7 +56,7 @@ def test_a_database_made_by_the_previous_release_upgrades_and_keeps_its_data(url
             {"now": now},
         )
     store = Store(url)
-    with pytest.raises(SchemaError, match="flask --app app db upgrade"):
+    with pytest.raises(SchemaError, match="bin/caselink db upgrade"):
         store.check_schema()
 
     migrations.upgrade(store.engine)
@@ -72,7 +72,7 @@ def test_a_database_made_by_the_previous_release_upgrades_and_keeps_its_data(url
 
 def test_an_empty_database_is_refused_with_the_command_to_run(url):
     store = Store(url)
-    with pytest.raises(SchemaError, match="no caselink schema; run `flask --app app db upgrade`"):
+    with pytest.raises(SchemaError, match="no caselink schema; run `bin/caselink db upgrade`"):
         store.check_schema()
     store.dispose()
 
@@ -100,7 +100,7 @@ def test_gunicorn_refuses_to_start_on_an_old_schema_and_says_what_to_run(stack):
 
     assert web.popen.returncode != 0
     assert "this release needs" in web.logs()
-    assert "flask --app app db upgrade" in web.logs()
+    assert "bin/caselink db upgrade" in web.logs()
     result = flask(env, "db", "upgrade")
     assert result.returncode == 0, result.stderr
     assert f"0001 -> {migrations.head_revision()}" in result.stdout

@@ -351,14 +351,16 @@ def test_a_live_plan_wakes_a_dry_run_link_even_after_the_process_has_planned_it_
 def test_a_link_removed_by_hand_is_planned_again_once_the_process_forgets_it(store):
     import sqlalchemy as sa
 
-    store._known_links.ttl = 0.05  # noqa: SLF001 - a minute in production
+    # A second here, a minute in production: long enough that a busy machine does not make the
+    # process forget between the two records below.
+    store._known_links.ttl = 1.0  # noqa: SLF001
     store.record([(event("a"), planning(("r1", causes())))], ruleset="x", dry_run=False)
     with store.engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM links"))
 
     store.record([(event("b"), planning(("r1", causes())))], ruleset="x", dry_run=False)
     assert store.list_links() == []  # remembered as planned: the INSERT is skipped
-    time.sleep(0.1)
+    time.sleep(1.1)
     store.record([(event("c"), planning(("r1", causes())))], ruleset="x", dry_run=False)
 
     [link] = store.list_links()

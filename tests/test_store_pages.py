@@ -15,6 +15,7 @@ from caselink.events import Event
 from caselink.rules import Evaluation
 from caselink.rules import PlannedLink
 from caselink.rules import RuleOutcome
+from caselink.store import EVENT_OUTCOMES
 from caselink.store import Store
 
 
@@ -71,13 +72,11 @@ def test_event_filters_combine_and_text_is_matched_ignoring_case_and_wildcards(s
     linked = record(store, "a", title="Checkout DOWN, see OPS-42", case="OPS-42")
     quiet = record(store, "b", title="checkout slow")
     other = record(store, "c", title="100% disk_full", source="pagerduty", kind="incident.triggered")
-    rejected = record(store, "d", title="bad signature", kind="rejected")
 
     assert ids(store.page_events(outcome="linked")) == [linked]
-    assert ids(store.page_events(outcome="matched_nothing")) == [other, quiet]
-    assert ids(store.page_events(outcome="rejected")) == [rejected]
+    assert ids(store.page_events(outcome="not-linked")) == [other, quiet]
     assert ids(store.page_events(text="checkout")) == [quiet, linked]
-    assert ids(store.page_events(text="CHECKOUT", outcome="matched_nothing")) == [quiet]
+    assert ids(store.page_events(text="CHECKOUT", outcome="not-linked")) == [quiet]
     assert ids(store.page_events(source="pagerduty", kind="incident.triggered")) == [other]
     # A kind as a sender or an operator writes it finds the canonical kind it is stored as.
     assert ids(store.page_events(kind="Incident.Triggered")) == [other]
@@ -93,8 +92,37 @@ def test_the_duplicate_conflict_outcome_finds_a_key_repeated_with_other_content(
     repeat = record(store, "same-key", title="changed", digest="b" * 64)
     record(store, "other-key", title="alone")
 
-    assert ids(store.page_events(outcome="duplicate_conflict")) == [repeat]
+    assert ids(store.page_events(outcome="duplicate-conflict")) == [repeat]
     assert first != repeat
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        ("linked", ["linked", "conflict"]),
+        ("not-linked", ["quiet", "first"]),
+        ("unrecognised", ["unreadable"]),
+        ("rejected", ["refused"]),
+        ("duplicate-conflict", ["conflict"]),
+    ],
+)
+def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected):
+    stored = {
+        "linked": record(store, "a", case="OPS-1"),
+        "quiet": record(store, "b"),
+        "unreadable": record(store, "c", kind="unrecognised"),
+        "refused": record(store, "d", kind="rejected"),
+        "first": record(store, "e", digest="a" * 64),
+        "conflict": record(store, "e", digest="b" * 64, case="OPS-2"),
+    }
+    want = sorted((stored[name] for name in expected), reverse=True)
+
+    assert ids(store.page_events(outcome=outcome)) == want
+    assert [row["id"] for row in store.find_events(outcome=outcome)] == want
+
+
+def test_the_outcomes_are_the_five_the_readme_documents():
+    assert EVENT_OUTCOMES == ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
 
 
 def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(store):
@@ -132,8 +160,9 @@ def test_filters_no_store_can_hold_are_a_bad_request_not_a_database_error(store,
 
 
 def test_an_unknown_outcome_is_a_bad_request(store):
-    with pytest.raises(BadRequestError, match="outcome must be one of linked, matched_nothing, rejected, dup"):
-        store.page_events(outcome="duplicate")
+    for read in (store.page_events, store.find_events):
+        with pytest.raises(BadRequestError, match="outcome must be one of linked, not-linked, unrecognised, rejected"):
+            read(outcome="matched_nothing")
 
 
 def test_an_empty_store_has_an_empty_first_page_with_or_without_filters(store):
@@ -254,7 +283,7 @@ def query_plans(store: Store, read) -> list[tuple[str, list[str]]]:
         lambda store: store.page_events(),
         lambda store: store.page_events(before=5),
         lambda store: store.page_events(text="needle", outcome="linked", source="datadog", kind="x"),
-        lambda store: store.page_events(outcome="rejected", before=5),
+        lambda store: store.page_events(outcome="linked", before=5),
         lambda store: store.page_links(),
         lambda store: store.page_links(after="5"),
         lambda store: store.page_links(state="dead"),
