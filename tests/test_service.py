@@ -8,7 +8,7 @@ from caselink.service import preflight
 from handlers import REGISTRY
 
 
-def test_preflight_tells_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):
+def test_preflight_warns_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         """version: 1
@@ -23,6 +23,7 @@ rules:
 
     assert notes[:2] == [
         f"1 rules loaded from {rules}",
-        f"{rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
+        # The "warning: " prefix is what makes the start-up log write it at level warning (gunicorn.conf.py).
+        f"warning: {rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
         " it matches as 'alert.no_data'",
     ]
