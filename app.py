@@ -7,6 +7,7 @@ from flask import Flask
 from caselink import cli
 from caselink import logs
 from caselink import metrics
+from caselink import pages
 from caselink import web
 from caselink.config import INSTANCE_PATH
 from caselink.config import Settings
@@ -38,9 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         client = DatadogClient.from_settings(settings, limiter=RateLimiter(shared=store))
     app.extensions["caselink"] = Service(settings=settings, store=store, rules=rules, handlers=REGISTRY, client=client)
     # Webhooks are answered before Flask routes anything (web.WebhookEndpoint says why).
+    # Wrapping wsgi_app is Flask's documented way to add middleware; mypy sees a method.
     app.wsgi_app = web.WebhookEndpoint(app)  # type: ignore[method-assign]
     app.register_blueprint(web.bp)
     app.register_blueprint(web.api)
+    pages.init_app(app, settings)
     web.register_error_handlers(app)
     cli.register(app)
     return app

@@ -49,7 +49,7 @@ class AuthPolicy:
 
 def presented_token(request: WebhookRequest) -> str | None:
     """The token a sender presents: Bearer, basic-auth password or X-Webhook-Token."""
-    header = request.headers.get("Authorization", "")
+    header: str = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     credentials = credentials.strip()
     if scheme.lower() == "bearer" and credentials:
@@ -60,7 +60,7 @@ def presented_token(request: WebhookRequest) -> str | None:
         except (binascii.Error, UnicodeDecodeError):
             return None
         return decoded.partition(":")[2] or None
-    token = request.headers.get("X-Webhook-Token")
+    token: str | None = request.headers.get("X-Webhook-Token")
     return token.strip() if token else None
 
 

@@ -29,10 +29,10 @@ def read_body(environ: dict[str, Any], limit: int | None) -> bytes:
     length = int(declared) if declared.isdigit() else None
     if length is not None and (limit is None or length <= limit):
         # The common case, a declared length within the limit, read as declared.
-        body = environ["wsgi.input"].read(length)
-        if len(body) < length:
-            raise BadRequestError(f"the body ended after {len(body)} of its {length} bytes")
-        return body
+        whole: bytes = environ["wsgi.input"].read(length)
+        if len(whole) < length:
+            raise BadRequestError(f"the body ended after {len(whole)} of its {length} bytes")
+        return whole
     if limit is None:
         return get_input_stream(environ).read()
     try:

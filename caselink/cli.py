@@ -45,7 +45,8 @@ db_cli = AppGroup("db", help="Database schema migrations.")
 
 
 def _service() -> Service:
-    return current_app.extensions["caselink"]
+    found: Service = current_app.extensions["caselink"]
+    return found
 
 
 def _load(path: str | None) -> RuleSet:
@@ -193,7 +194,7 @@ def rules_stats(since: str, rules_file: str | None, as_json: bool, verbose: bool
     ruleset = _load(rules_file)
     start = datetime.fromtimestamp(time.time() - window, UTC)
     ever, recent = store.rule_stats(None), store.rule_stats(start)
-    report = []
+    report: list[dict[str, Any]] = []
     for rule in ruleset.rules:
         failing = [result for result in _example_results(ruleset, rule) if result is not None]
         total, windowed = ever.get(rule.name), recent.get(rule.name)
@@ -259,7 +260,7 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
     except CaselinkError as exc:
         click.echo(f"{payload}: {exc.message}", err=True)
         sys.exit(1)
-    report = []
+    report: list[dict[str, Any]] = []
     for event in events:
         evaluation = ruleset.evaluate(event)
         report.append(
@@ -453,6 +454,7 @@ def links_retry(link_id: int | None, dead: bool, verbose: bool) -> None:
     if dead:
         click.echo(f"{store.retry_dead()} dead link(s) queued again")
         return
+    assert link_id is not None  # without --dead, the check above demands a link ID
     try:
         row = svc.retry_link(link_id)
     except CaselinkError as exc:

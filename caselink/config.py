@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import overload
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
@@ -122,6 +123,7 @@ class Settings:
     database_url: str = f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
     webhook_secrets: Mapping[str, tuple[Secret, ...]] = field(default_factory=dict)
     admin_token: Secret | None = None
+    secret_key: Secret | None = None
     dry_run_requested: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     signature_tolerance: float = 300.0
@@ -183,6 +185,7 @@ class Settings:
             database_url=reader.database_url(),
             webhook_secrets=reader.webhook_secrets(),
             admin_token=reader.secret("ADMIN_TOKEN"),
+            secret_key=reader.secret("SECRET_KEY"),
             dry_run_requested=reader.flag("DRY_RUN", False),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024),
             signature_tolerance=reader.number("WEBHOOK_TOLERANCE", 300.0, minimum=1),
@@ -240,6 +243,10 @@ class _Reader:
             self.problems.append(f"{name} contains spaces or control characters; copy the key again")
         return secret
 
+    @overload
+    def text(self, name: str, default: str) -> str: ...
+    @overload
+    def text(self, name: str, default: None) -> str | None: ...
     def text(self, name: str, default: str | None) -> str | None:
         return self._get(name) or default
 

@@ -177,7 +177,7 @@ class DatadogClient:
         if not isinstance(data, list):
             # Reading a malformed answer as "no links" would let the worker create a duplicate.
             raise DatadogUnavailableError(f"{LIST_LINKS} answered without a list of links", ambiguous=False)
-        return [item for item in data if isinstance(item, Mapping)]
+        return [item for item in data if isinstance(item, dict)]
 
     def find_link(self, link: ResolvedLink) -> str | None:
         """The id of this link if it already exists in Datadog."""

@@ -6,6 +6,7 @@ import fnmatch
 import re
 import unicodedata
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -205,13 +206,13 @@ class Headers(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self._items.get(name.lower(), default)
 
 
@@ -221,18 +222,18 @@ class _EnvironHeaders(Headers):
     def __init__(self, environ: Mapping[str, Any]) -> None:
         self._environ = environ
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         key = name.upper().replace("-", "_")
         value = self._environ.get(key if key in _UNPREFIXED else "HTTP_" + key)
         return default if value is None or value == "" and key in _UNPREFIXED else value
 
     def __getitem__(self, name: str) -> str:
-        value = self.get(name)
+        value: str | None = self.get(name)
         if value is None:
             raise KeyError(name)
         return value
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._copy())
 
     def __len__(self) -> int:

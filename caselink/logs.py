@@ -79,6 +79,7 @@ def emit(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -
     if handler is None:
         logger.log(level, msg, extra={"fields": fields})
         return
+    # _sole_stdout_handler returns only a handler whose formatter is caselink's, which has line().
     line = handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)  # type: ignore[union-attr]
     try:
         _OUTPUT.put(line)
@@ -147,7 +148,7 @@ class _Listener(logging.handlers.QueueListener):
     gather = 0.005
 
     def __init__(self, lines: queue.SimpleQueue[Any]) -> None:
-        super().__init__(lines)  # type: ignore[arg-type]
+        super().__init__(lines)
         self._pending: list[str] = []
 
     def handle(self, record: Any) -> None:
@@ -215,9 +216,9 @@ class _StdoutHandler(logging.handlers.QueueHandler):
     """caselink's handler: each record becomes one formatted line for `_OUTPUT`, on whatever sys.stdout is now."""
 
     def __init__(self) -> None:
-        super().__init__(None)  # type: ignore[arg-type] - lines go to _OUTPUT, see enqueue
+        super().__init__(None)  # type: ignore[arg-type]  # lines go to _OUTPUT, see enqueue
 
-    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
+    def prepare(self, record: logging.LogRecord) -> str:
         return self.format(record)
 
     def enqueue(self, record: Any) -> None:

@@ -185,7 +185,8 @@ def render(
     TALLY.flush()
     if multiproc_dir:
         counters = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counters, path=multiproc_dir)
+        # prometheus_client leaves this constructor unannotated.
+        multiprocess.MultiProcessCollector(counters, path=multiproc_dir)  # type: ignore[no-untyped-call]
     else:
         counters = REGISTRY
     queue = CollectorRegistry()

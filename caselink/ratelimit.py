@@ -101,6 +101,8 @@ class RateLimiter:
         limit it counts against (None while that limit is unknown), or
         (seconds to wait, None) when its limit is spent.
         """
+        limit: int | None
+        period: float | None
         with self._lock:
             name = self._limit_of.get(endpoint)
             if name is None and not self._look_up_due(endpoint):

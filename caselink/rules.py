@@ -24,6 +24,8 @@ from dataclasses import field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from typing import TypeGuard
+from typing import cast
 
 import jinja2
 import yaml
@@ -303,6 +305,13 @@ class Group:
     items: tuple[Condition | Group, ...]
     where: str
 
+    def describe(self) -> str:
+        """The group as one line of text: `severity equals "high" and priority in [...]`."""
+        parts = [item.describe() if isinstance(item, Condition) else f"({item.describe()})" for item in self.items]
+        if self.mode == "none":
+            return "none of: " + "; ".join(parts)
+        return (" and " if self.mode == "all" else " or ").join(parts)
+
     def first_failure(self, fields: Mapping[str, Any]) -> str | None:
         """None when the group holds, else the reason it does not."""
         if self.mode == "all":
@@ -581,7 +590,7 @@ def _read_yaml(source_text: str, filename: str) -> Any:
         line = f":{mark.line + 1}" if mark else ""
         raise RulesError([f"{filename}{line}: not valid YAML: {exc.problem or exc.context}"]) from None
     except ReaderError as exc:
-        line = source_text.count("\n", 0, max(exc.position, 0)) + 1
+        line = str(source_text.count("\n", 0, max(exc.position, 0)) + 1)
         raise RulesError([f"{filename}:{line}: not a YAML text file: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}:1: not valid YAML: {exc}"]) from None
@@ -607,6 +616,8 @@ class LiveRules:
         self.on_reload = on_reload
         self.ruleset: RuleSet | None = None
         self.error: RulesError | None = None
+        # When this process loaded the rules in force (Unix seconds).
+        self.loaded_at: float | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
@@ -641,7 +652,7 @@ class LiveRules:
             if report and self.on_reload:
                 self.on_reload(None, exc)
             return
-        self.ruleset, self.error = ruleset, None
+        self.ruleset, self.error, self.loaded_at = ruleset, None, time.time()
         if report and self.on_reload:
             self.on_reload(ruleset, None)
 
@@ -654,11 +665,11 @@ class _Node:
     duplicates: list[tuple[int, Any]]
 
 
-class _Map(dict, _Node):  # type: ignore[type-arg]
+class _Map(dict[Any, Any], _Node):
     pass
 
 
-class _Seq(list, _Node):  # type: ignore[type-arg]
+class _Seq(list[Any], _Node):
     pass
 
 
@@ -741,7 +752,7 @@ def _duplicate_keys(node: Any) -> Iterator[tuple[int, Any]]:
             continue
         seen.add(id(current))
         yield from current.duplicates
-        pending.extend(current.values() if isinstance(current, Mapping) else current)
+        pending.extend(current.values() if isinstance(current, Mapping) else cast(_Seq, current))
 
 
 class _Validator:
@@ -777,7 +788,7 @@ class _Validator:
         raw_rules = document.get("rules")
         if isinstance(raw_rules, list):
             # Duplicates inside a rule are reported with the rule's name, by `rule`.
-            for line, key in document.duplicates:
+            for line, key in cast(_Map, document).duplicates:
                 self.problem(line, f"key {key!r} appears twice in the same mapping")
         else:
             self.duplicates(document)
@@ -1063,6 +1074,7 @@ class _Validator:
             )
         if len(self.problems) != problems_before or parent is None or child is None:
             return None
+        assert isinstance(relationship, str)  # one of RELATIONSHIPS, or a problem was recorded
         return LinkSpec(relationship, parent, child)
 
     def ref(self, link: Mapping[str, Any], side: str, link_line: int) -> RefSpec | None:
@@ -1203,7 +1215,8 @@ class _Validator:
                 continue
             links = [self.example_link(links_raw, link_index, where) for link_index in range(len(links_raw))]
             if all(link is not None for link in links):
-                examples.append(Example(source, _plain(item["payload"]), tuple(links), item_line))
+                planned = tuple(link for link in links if link is not None)
+                examples.append(Example(source, _plain(item["payload"]), planned, item_line))
         return tuple(examples)
 
     def example_link(self, links_raw: list[Any], index: int, example_where: str) -> PlannedLink | None:
@@ -1234,6 +1247,7 @@ class _Validator:
         if len(self.problems) != problems_before:
             return None
         parent, child = refs
+        assert isinstance(relationship, str)  # one of RELATIONSHIPS, or a problem was recorded
         return PlannedLink(parent, relationship, child)
 
 
@@ -1289,7 +1303,7 @@ def _is_glob(name: str) -> bool:
     return not _GLOB_CHARACTERS.isdisjoint(name)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -1320,18 +1334,21 @@ def _same(value: Any, wanted: Any, ignore_case: bool) -> bool:
 
 def _compare(operator: str, value: Any, wanted: Any) -> bool:
     """Numbers when both sides read as numbers; text (e.g. ISO dates) when the rule gives text."""
+    # Both numbers or both text: the branch below replaces the numbers with text.
+    left: Any
+    right: Any
     left, right = _as_number(value), _as_number(wanted)
     if left is None or right is None:
         if _is_number(wanted) or isinstance(value, bool):
             return False
         left, right = text(value), text(wanted)
     if operator == "gt":
-        return left > right
+        return bool(left > right)
     if operator == "gte":
-        return left >= right
+        return bool(left >= right)
     if operator == "lt":
-        return left < right
-    return left <= right
+        return bool(left < right)
+    return bool(left <= right)
 
 
 def _show(value: Any, limit: int = 80) -> str:

@@ -7,8 +7,11 @@ in `app.extensions["caselink"]`.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from caselink import logs
@@ -21,11 +24,14 @@ from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
 from caselink.errors import NotReadyError
 from caselink.events import Event
+from caselink.events import Headers
 from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
 from caselink.normalise import unrecognised
 from caselink.rules import Evaluation
+from caselink.rules import Example
 from caselink.rules import LiveRules
+from caselink.rules import PlannedLink
 from caselink.rules import RuleSet
 from caselink.rules import did_you_mean
 from caselink.rules import load_rules
@@ -47,6 +53,31 @@ class IngestResult:
 
     def body(self) -> dict[str, Any]:
         return {"events": self.events, "links_planned": self.links_planned}
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    """One example of one rule, run: the links it expects and those the rules planned."""
+
+    rule: str
+    index: int
+    line: int
+    expected: list[PlannedLink]
+    planned: list[PlannedLink]
+    notes: list[str]
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and sorted(map(str, self.planned)) == sorted(map(str, self.expected))
+
+    @property
+    def missing(self) -> list[PlannedLink]:
+        return [link for link in self.expected if link not in self.planned]
+
+    @property
+    def unexpected(self) -> list[PlannedLink]:
+        return [link for link in self.planned if link not in self.expected]
 
 
 @dataclass
@@ -125,6 +156,45 @@ class Service:
             [_answer(stored) for stored in recorded],
             sum(stored.links_planned for stored in recorded if not stored.duplicate),
         )
+
+    def test_examples(self, ruleset: RuleSet) -> list[ExampleResult]:
+        """Run every rule's examples through its handler and the rules, as `rules test` does."""
+        results = []
+        for rule in ruleset.rules:
+            # A switched-off rule's examples still say what it does when switched on.
+            trial = (
+                ruleset
+                if rule.enabled
+                else replace(
+                    ruleset,
+                    rules=tuple(replace(other, enabled=True) if other is rule else other for other in ruleset.rules),
+                )
+            )
+            for index, example in enumerate(rule.examples):
+                results.append(self._test_example(trial, rule.name, index, example))
+        return results
+
+    def _test_example(self, trial: RuleSet, rule: str, index: int, example: Example) -> ExampleResult:
+        body = json.dumps(example.payload).encode()
+        request = WebhookRequest(
+            example.source, body, Headers({"Content-Type": "application/json"}), "application/json", time.time()
+        )
+        expected = list(example.links)
+        try:
+            events = self.events_from(request, authenticate=False)
+        except CaselinkError as exc:
+            return ExampleResult(rule, index, example.line, expected, [], [], error=exc.message)
+        planned: list[PlannedLink] = []
+        notes: list[str] = []
+        for event in events:
+            for outcome in trial.evaluate(event).outcomes:
+                if outcome.rule != rule:
+                    continue
+                planned.extend(link for link in outcome.links if link not in planned)
+                if outcome.outcome != "matched":
+                    notes.append(f"{outcome.outcome}: {outcome.reason}")
+                notes.extend(outcome.problems)
+        return ExampleResult(rule, index, example.line, expected, planned, notes)
 
     # -- health -----------------------------------------------------------------
 

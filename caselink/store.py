@@ -42,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from caselink import jsontext
+from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.errors import ConflictError
 from caselink.errors import NotFoundError
@@ -55,6 +56,7 @@ from caselink.schema import LINK_STATES
 from caselink.schema import MAX_KEY
 from caselink.schema import events
 from caselink.schema import links
+from caselink.schema import rate_periods
 from caselink.schema import rule_links
 from caselink.schema import rule_stats
 from caselink.schema import service_state
@@ -115,6 +117,32 @@ class Job:
 
     def __str__(self) -> str:
         return f"{self.parent} {self.relationship} {self.child}"
+
+
+# How the status page filters events by what became of them.
+EVENT_PAGE_OUTCOMES = ("linked", "matched_nothing", "rejected", "duplicate_conflict")
+# How many event ids a filtered page looks at below its cursor (see Store.page_events).
+EVENT_SEARCH_WINDOW = 10_000
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of event summaries; `older` is the cursor of the next page (None: no more).
+
+    `searched_to` is set when a filtered page stopped looking at that id with
+    fewer matches than asked for: older events were not looked at yet."""
+
+    events: list[dict[str, Any]]
+    older: int | None
+    searched_to: int | None
+
+
+@dataclass(frozen=True)
+class LinkPage:
+    """A page of link records; `next` is the cursor of the next page (None: no more)."""
+
+    links: list[dict[str, Any]]
+    next: str | None
 
 
 class Store:
@@ -222,7 +250,8 @@ class Store:
             ],
             now,
         )
-        return self._group.submit(work)
+        recorded: list[RecordedEvent] = self._group.submit(work)
+        return recorded
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
         unknown = self._unknown_links(batch)
@@ -325,9 +354,9 @@ class Store:
                     if natural not in new_links or link["state"] == "pending":
                         new_links[natural] = link
             results.append(recorded)
-        planned = list(new_links.values())
-        due = self._plan_links(cursor, planned, batch[0].now) if planned else False
-        return results, planned, due
+        planned_links = list(new_links.values())
+        due = self._plan_links(cursor, planned_links, batch[0].now) if planned_links else False
+        return results, planned_links, due
 
     def _insert_events(self, cursor: Any, rows: list[dict[str, Any]]) -> list[tuple[int, bool, int, bool]]:
         """Insert the events that are new; for each row, in order, return its event id,
@@ -388,7 +417,7 @@ class Store:
         if not live:
             return False
         cursor.executemany(sql.insert_link.sql, [sql.insert_link.params(row) for row in live])
-        due = cursor.rowcount > 0
+        due: bool = cursor.rowcount > 0
         cursor.execute(sql.any_dormant.sql)
         if cursor.fetchone() is not None:
             keys = [dict(row, now=now) for row in live]
@@ -687,21 +716,7 @@ class Store:
     def list_events(
         self, *, limit: int = 50, before: int | None = None, source: str | None = None
     ) -> list[dict[str, Any]]:
-        query = (
-            sa.select(
-                events.c.id,
-                events.c.source,
-                events.c.kind,
-                events.c.entity_type,
-                events.c.entity_id,
-                events.c.title,
-                events.c.received_at,
-                events.c.links_planned,
-                events.c.problem,
-            )
-            .order_by(events.c.id.desc())
-            .limit(limit)
-        )
+        query = sa.select(*_EVENT_SUMMARY_COLUMNS).order_by(events.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(events.c.id < before)
         if source is not None:
@@ -829,6 +844,164 @@ class Store:
         if count:
             self._wake.send()
         return count
+
+    def page_events(
+        self,
+        *,
+        limit: int = 50,
+        before: int | None = None,
+        source: str | None = None,
+        kind: str | None = None,
+        outcome: str | None = None,
+        text: str | None = None,
+        window: int = EVENT_SEARCH_WINDOW,
+    ) -> EventPage:
+        """One page of events, newest first, for the status page.
+
+        `before` is the cursor (an event id; the page holds older events).
+        `outcome` is one of EVENT_PAGE_OUTCOMES; `text` is looked for, ignoring
+        case, in the title, message, dedup key and entity id. Pages walk the
+        primary key backwards; a filtered page looks at no more than `window`
+        ids below the cursor, so that a filter that matches rarely costs a
+        bounded read instead of a scan of the table: the page then says how
+        far it looked (`searched_to`) and its `older` cursor goes on from there.
+        """
+        if outcome is not None and outcome not in EVENT_PAGE_OUTCOMES:
+            raise BadRequestError(f"outcome must be one of {', '.join(EVENT_PAGE_OUTCOMES)}")
+        for name, value in (("source", source), ("kind", kind), ("text", text)):
+            # PostgreSQL refuses NUL in text, and SQLite a LIKE pattern past 50,000 bytes.
+            if value is not None and (len(value) > MAX_KEY or "\x00" in value):
+                raise BadRequestError(f"{name} must be at most {MAX_KEY} characters, without NUL")
+        conditions: list[Any] = []
+        if source:
+            # `source || ''`: SQLite, which keeps no statistics, would otherwise read every event
+            # of the source through the dedup index and sort them, instead of walking the window.
+            conditions.append(events.c.source.concat("") == source)
+        if kind:
+            # Kinds are stored in canonical form; rows stored before that still match as written.
+            conditions.append(events.c.kind.in_({canonical_kind(kind), kind}))
+        if outcome == "linked":
+            conditions.append(events.c.links_planned > 0)
+        elif outcome == "matched_nothing":
+            conditions += [events.c.links_planned == 0, events.c.kind != "rejected"]
+        elif outcome == "rejected":
+            conditions.append(events.c.kind == "rejected")
+        elif outcome == "duplicate_conflict":
+            conditions.append(events.c.dedup_conflict.is_(True))
+        if text:
+            conditions.append(
+                sa.or_(
+                    *(
+                        column.icontains(text, autoescape=True)
+                        for column in (events.c.title, events.c.message, events.c.dedup_key, events.c.entity_id)
+                    )
+                )
+            )
+        query = sa.select(*_EVENT_SUMMARY_COLUMNS).order_by(events.c.id.desc()).limit(limit + 1)
+        if before is not None:
+            query = query.where(events.c.id < before)
+        with self.transaction(write=False) as connection:
+            floor = None
+            if conditions:
+                newest = sa.select(sa.func.max(events.c.id))
+                top = before - 1 if before is not None else connection.execute(newest).scalar()
+                if top is None:
+                    return EventPage([], None, None)
+                floor = top - window + 1
+                query = query.where(events.c.id >= floor, *conditions)
+            rows = [_event_summary(row._mapping) for row in connection.execute(query)]
+            lowest = connection.execute(sa.select(sa.func.min(events.c.id))).scalar() if floor is not None else None
+        if len(rows) > limit:
+            return EventPage(rows[:limit], rows[limit - 1]["id"], None)
+        if floor is not None and lowest is not None and floor > lowest:
+            return EventPage(rows, floor, floor)
+        return EventPage(rows, None, None)
+
+    def page_links(self, *, state: str | None = None, limit: int = 50, after: str | None = None) -> LinkPage:
+        """One page of links for the status page, with the cursor of the next one.
+
+        Without `state`: newest first, by id. With a state: by the time of the
+        next (or last scheduled) attempt, latest first, which the index on
+        (state, next_attempt_at) serves without reading other states' rows.
+        `after` is the `next` cursor of the previous page; a malformed one is
+        a BadRequestError.
+        """
+        if state is not None and state not in LINK_STATES:
+            raise BadRequestError(f"state must be one of {', '.join(LINK_STATES)}")
+        query = sa.select(links).limit(limit + 1)
+        if state is None:
+            query = query.order_by(links.c.id.desc())
+            if after is not None:
+                query = query.where(links.c.id < _cursor_id(after))
+        else:
+            query = query.where(links.c.state == state).order_by(links.c.next_attempt_at.desc(), links.c.id.desc())
+            if after is not None:
+                moment, link_id = _cursor_moment(after)
+                query = query.where(sa.tuple_(links.c.next_attempt_at, links.c.id) < sa.tuple_(moment, link_id))
+        with self.transaction(write=False) as connection:
+            rows = connection.execute(query).all()
+        records = [_link_record(row._mapping) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return LinkPage(records, None)
+        last = rows[limit - 1]
+        return LinkPage(records, str(last.id) if state is None else f"{last.next_attempt_at!r}_{last.id}")
+
+    def delivery_errors(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The links whose last delivery attempt failed (waiting to retry, or dead), latest first."""
+        query = (
+            sa.select(links)
+            .where(links.c.state.in_(("pending", "claimed", "dead")), links.c.last_error.is_not(None))
+            .order_by(links.c.updated_at.desc())
+            .limit(limit)
+        )
+        with self.transaction(write=False) as connection:
+            rows = connection.execute(query).all()
+        return [dict(_link_record(row._mapping), updated_at=_iso(row.updated_at)) for row in rows]
+
+    def rate_budgets(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Each Datadog rate limit the delivery processes learned, with what its current period used.
+
+        Shapes: {"name", "limit", "period" (seconds), "used" (requests counted in
+        the current calendar-aligned period), "resets_in" (seconds), "endpoints"}.
+        """
+        now = time.time() if now is None else now
+        with self.transaction(write=False) as connection:
+            learned = connection.execute(
+                sa.select(service_state.c.name, service_state.c.value).where(
+                    service_state.c.name.startswith("ratelimit:", autoescape=True)
+                )
+            ).all()
+            budgets: dict[str, dict[str, Any]] = {}
+            for key, value in learned:
+                try:
+                    name, limit, period = json.loads(value or "")
+                    limit, period = int(limit), float(period)
+                except (ValueError, TypeError):
+                    continue
+                if period <= 0:
+                    continue
+                budget = budgets.setdefault(
+                    name, {"name": name, "limit": limit, "period": period, "used": 0, "endpoints": []}
+                )
+                budget["endpoints"].append(key.removeprefix("ratelimit:"))
+            for budget in budgets.values():
+                number = int(now // budget["period"])
+                used = connection.execute(
+                    sa.select(rate_periods.c.used).where(
+                        rate_periods.c.name == budget["name"], rate_periods.c.period_number == number
+                    )
+                ).scalar()
+                budget["used"] = used or 0
+                budget["resets_in"] = round((number + 1) * budget["period"] - now, 1)
+        return sorted(budgets.values(), key=lambda budget: budget["name"])
+
+    def event_bounds(self) -> tuple[int | None, float | None]:
+        """The newest event's id and when it was received (Unix seconds), or (None, None)."""
+        with self.transaction(write=False) as connection:
+            row = connection.execute(
+                sa.select(events.c.id, events.c.received_at).order_by(events.c.id.desc()).limit(1)
+            ).first()
+        return (row.id, row.received_at) if row is not None else (None, None)
 
     def count_links(self) -> dict[str, int]:
         with self.transaction(write=False) as connection:
@@ -998,7 +1171,7 @@ class Store:
             delivered = delivered.where(links.c.delivered_at >= start)
         with self.transaction(write=False) as connection:
             counts = connection.execute(matched).all()
-            sent = dict(connection.execute(delivered).all())
+            sent: dict[str, int] = dict(connection.execute(delivered).all())
         stats = {
             rule: RuleStats(
                 rule=rule,
@@ -1574,6 +1747,27 @@ def _link_row(link: Any, dry_run: bool, now: float) -> dict[str, Any]:
 
 def _natural_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
     return (row["parent_type"], row["parent_ref"], row["relationship"], row["child_type"], row["child_ref"])
+
+
+_EVENT_SUMMARY_COLUMNS = (
+    events.c.id, events.c.source, events.c.kind, events.c.entity_type, events.c.entity_id, events.c.title,
+    events.c.received_at, events.c.links_planned, events.c.problem,
+)  # fmt: skip
+
+
+def _cursor_id(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError:
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
+
+
+def _cursor_moment(cursor: str) -> tuple[float, int]:
+    moment, _, link_id = cursor.partition("_")
+    try:
+        return float(moment), int(link_id)
+    except ValueError:
+        raise BadRequestError("the page cursor is not one caselink wrote; start from the first page") from None
 
 
 def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int, undigested: list[int]) -> str:

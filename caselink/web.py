@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from typing import overload
 
 from flask import Blueprint
 from flask import Flask
@@ -37,7 +38,8 @@ log = logs.get("web")
 
 
 def service() -> Service:
-    return current_app.extensions["caselink"]
+    found: Service = current_app.extensions["caselink"]
+    return found
 
 
 class WebhookEndpoint:
@@ -176,6 +178,10 @@ def retry_link(link_id: int) -> dict[str, Any]:
     return service().retry_link(link_id)
 
 
+@overload
+def _int_arg(name: str, default: int, *, maximum: int | None = None) -> int: ...
+@overload
+def _int_arg(name: str, default: None, *, maximum: int | None = None) -> int | None: ...
 def _int_arg(name: str, default: int | None, *, maximum: int | None = None) -> int | None:
     raw = request.args.get(name)
     if raw is None:

@@ -62,7 +62,7 @@ def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
 
 def _header(request: WebhookRequest, name: str) -> str | None:
     for prefix in _PREFIXES:
-        value = request.headers.get(f"{prefix}-{name}")
+        value: str | None = request.headers.get(f"{prefix}-{name}")
         if value and value.strip():
             return value.strip()
     return None

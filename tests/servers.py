@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 def base_env(**settings: Any) -> dict[str, str]:
-    env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if name in os.environ}
+    # COVERAGE_PROCESS_CONFIG: set by bin/test's coverage, so these processes are measured too.
+    passed_on = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "COVERAGE_PROCESS_CONFIG")
+    env = {name: os.environ[name] for name in passed_on if name in os.environ}
     env.update({name: str(value) for name, value in settings.items() if value is not None})
     return env
 
