@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import unicodedata
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ TEXT_FIELDS = ("title", "message", "severity", "priority", "status", "url")
 CASE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*-[0-9]+$")
 
 
-# Everything that is not a letter or a digit separates words of a kind's segment.
+# Everything that is not a letter, a digit or a combining mark separates words of a kind's segment.
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
 # fnmatch's wildcards: `*`, `?` and a closed `[…]` set (a `]` right after `[` or `[!` is part of the set).
 _GLOB_TOKEN = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
@@ -45,8 +46,29 @@ def canonical_kind(kind: str) -> str:
     `alert.no_data`; a canonical kind is its own canonical form. Words run
     together stay together (`AddNote` is `addnote`). Cached: kinds are few.
     """
-    segments = (_WORD_SEPARATORS.sub("_", segment.casefold()).strip("_") for segment in kind.split("."))
+    segments = (_words(segment).strip("_") for segment in kind.split("."))
     return ".".join(segment for segment in segments if segment)
+
+
+def _words(text: str) -> str:
+    """`text` folded (NFKD, case folding, NFKC) with each run of separators as one `_`.
+
+    A combining mark (Unicode category M*) belongs to the word before it:
+    folding `İ` gives `i` and a combining dot, which is not a word break.
+    """
+    # Decomposed before folding, composed after: canonical caseless matching (Unicode ch. 3.13).
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKD", text).casefold())
+    return _WORD_SEPARATORS.sub(_separator, folded)
+
+
+def _separator(run: re.Match[str]) -> str:
+    """A run of non-word characters as one `_`, except the marks right after a word, kept with it."""
+    found = run.group()
+    kept = 0
+    if run.start() > 0:
+        while kept < len(found) and unicodedata.category(found[kept]).startswith("M"):
+            kept += 1
+    return found[:kept] + ("_" if kept < len(found) else "")
 
 
 def canonical_kind_pattern(pattern: str) -> str:
@@ -71,7 +93,7 @@ def canonical_kind_pattern(pattern: str) -> str:
             position = token.end()
     canonical = []
     for pieces in segments:
-        words = [text if wildcard else _WORD_SEPARATORS.sub("_", text.casefold()) for wildcard, text in pieces]
+        words = [text if wildcard else _words(text) for wildcard, text in pieces]
         # Separators at a segment's ends go, as in canonical_kind; next to a wildcard they stay.
         words[0] = words[0].lstrip("_") if not pieces[0][0] else words[0]
         words[-1] = words[-1].rstrip("_") if not pieces[-1][0] else words[-1]

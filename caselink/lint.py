@@ -7,8 +7,10 @@ produces (`SenderKinds`, a handler's `KINDS`), and finds:
   matches every event it selects (shadowed);
 - two enabled rules that plan the same relationship between the same refs for
   the same events (duplicate work);
-- an `on.kind` that no selected source produces, and an `on.source` that selects
-  no source;
+- an `on.kind` that no selected source produces, an `on.kind` glob that can match
+  no canonical kind, and an `on.source` that selects no source;
+- a `when` condition that compares the `kind` field with a value not in canonical
+  form (`equals`, `in` and their negations), which events never carry;
 - a rule without `examples` (a note).
 
 It errs towards silence: `covers` and `implies` answer yes only when that holds
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from caselink.events import SenderKinds
+from caselink.events import canonical_kind
 from caselink.events import glob_prefix
 from caselink.rules import Condition
 from caselink.rules import Group
@@ -75,6 +80,7 @@ def lint(ruleset: RuleSet, kinds: Mapping[str, SenderKinds] | None = None) -> li
             (stops if rule.stop else same_link).add(rule)
         if kinds is not None:
             found.extend(_selection(path, rule, kinds))
+        found.extend(_kind_conditions(path, rule))
         if not rule.examples:
             message = "has no examples; `rules test` cannot check it"
             found.append(Finding(NOTE, "examples", path, rule.line, rule.name, message))
@@ -321,7 +327,14 @@ def _selection(path: str, rule: Rule, kinds: Mapping[str, SenderKinds]) -> list[
     named = "source " + selected[0] if len(selected) == 1 else "sources " + ", ".join(selected)
     for pattern in rule.kinds or ():
         producers = [source for source in selected if kinds[source].may_produce(pattern)]
-        if not producers:
+        impossible = _impossible_set(pattern)
+        if impossible:
+            message = (
+                f"on.kind {pattern!r} can match no canonical kind: its set {impossible} holds only characters"
+                " that canonical kinds never have (they are letters, digits, `_` and `.`); write `_` for a word break"
+            )
+            found.append(Finding(WARNING, "kind", path, rule.line, rule.name, message))
+        elif not producers:
             suggestion = _suggestion(pattern, [kinds[source] for source in selected])
             message = f"on.kind {pattern!r}: no handler produces this kind for {named}{suggestion}"
             found.append(Finding(WARNING, "kind", path, rule.line, rule.name, message))
@@ -342,3 +355,74 @@ def _suggestion(pattern: str, senders: list[SenderKinds]) -> str:
     possible = sorted({glob for sender in senders for glob in sender.possible})
     shown = possible or documented[:8] + (["…"] if len(documented) > 8 else [])
     return f" (it produces {', '.join(shown)})" if shown else ""
+
+
+# fnmatch's `[…]` sets, as canonical_kind_pattern keeps them (a `]` right after `[` or `[!` is a member).
+_GLOB_SET = re.compile(r"\[(!?)(\]?[^\]]*)\]")
+# A range wider than this is taken to hold some letter rather than walked.
+_WIDEST_RANGE = 4096
+
+
+def _impossible_set(pattern: str) -> str:
+    """The first `[…]` set of `pattern` that no character of a canonical kind is in; empty if none is."""
+    for match in _GLOB_SET.finditer(pattern):
+        negated, members = match.groups()
+        if not negated and not any(_in_kinds(character) for character in _set_members(members)):
+            return match.group()
+    return ""
+
+
+def _set_members(members: str) -> list[str]:
+    characters: list[str] = []
+    index = 0
+    while index < len(members):
+        if index + 2 < len(members) and members[index + 1] == "-":
+            low, high = ord(members[index]), ord(members[index + 2])
+            if high - low > _WIDEST_RANGE:
+                return ["a"]
+            characters.extend(chr(code) for code in range(low, high + 1))
+            index += 3
+        else:
+            characters.append(members[index])
+            index += 1
+    return characters
+
+
+def _in_kinds(character: str) -> bool:
+    """Whether a canonical kind may hold `character`: letters, digits, combining marks, `_` and `.`."""
+    return character.isalnum() or character in "_." or unicodedata.category(character).startswith("M")
+
+
+# ---------------------------------------------------------------------------
+# Conditions on the kind field
+
+# The operators that compare a whole value: a kind not in canonical form never equals an event's kind.
+_WHOLE_VALUE_OPERATORS = ("equals", "not_equals", "in", "not_in")
+
+
+def _kind_conditions(path: str, rule: Rule) -> list[Finding]:
+    found = []
+    for condition in _conditions(rule.when):
+        if condition.path.text != "kind" or condition.operator not in _WHOLE_VALUE_OPERATORS:
+            continue
+        values = condition.value if condition.operator in ("in", "not_in") else [condition.value]
+        for value in values:
+            if not isinstance(value, str):
+                continue
+            canonical = canonical_kind(value)
+            if canonical == (value.casefold() if condition.ignore_case else value):
+                continue
+            message = (
+                f"{condition.where}: kind {condition.operator} {value!r} compares with events' kinds, which are in"
+                f" canonical form, so {value!r} never matches; write {canonical!r}"
+            )
+            found.append(Finding(WARNING, "kind", path, rule.line, rule.name, message))
+    return found
+
+
+def _conditions(item: Condition | Group | None) -> list[Condition]:
+    if item is None:
+        return []
+    if isinstance(item, Condition):
+        return [item]
+    return [condition for child in item.items for condition in _conditions(child)]

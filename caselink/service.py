@@ -409,7 +409,8 @@ def _answer(stored: RecordedEvent) -> dict[str, Any]:
         "id": stored.id,
         "kind": stored.kind,
         "duplicate": stored.duplicate,
-        "links_planned": stored.links_planned,
+        # What this request planned, as the answer's total counts it: a duplicate plans nothing.
+        "links_planned": 0 if stored.duplicate else stored.links_planned,
     }
     if stored.dedup_conflict:
         answer["dedup_conflict"] = True
@@ -424,7 +425,8 @@ def preflight(settings: Settings, sources: Mapping[str, Any]) -> list[str]:
     finally:
         store.dispose()
     ruleset = load_rules(settings.rules_file, sources=tuple(sources))
-    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}", *ruleset.warnings]
+    # The "warning: " prefix makes the start-up log write them at level warning.
+    notes = [f"{len(ruleset.rules)} rules loaded from {ruleset.path}", *(f"warning: {w}" for w in ruleset.warnings)]
     if settings.dry_run:
         notes.append(f"dry-run: {settings.dry_run_reason}; links are planned and recorded, never sent to Datadog")
     else:

@@ -870,18 +870,19 @@ class Store:
                 raise NotFoundError(f"no event {event_id}")
             planned = self._planned_links(connection, row.trace)
             same_key = connection.execute(
-                sa.select(events.c.id)
+                sa.select(events.c.id, events.c.digest)
                 .where(events.c.source == row.source, events.c.dedup_key == row.dedup_key, events.c.id != row.id)
                 .order_by(events.c.id)
-            ).scalars()
-            same_key_events = list(same_key)
+            ).all()
+            same_key_events = [other for other, _ in same_key]
+            undigested = [other for other, digest in same_key if not digest and other < row.id]
         record = _event_summary(row._mapping)
         record.update(
             dedup_key=row.dedup_key,
             digest=row.digest,
             dedup_conflict=bool(row.dedup_conflict),
             same_key_events=same_key_events,
-            dedup=_dedup_note(row.dedup_key, bool(row.dedup_conflict), same_key_events, row.id),
+            dedup=_dedup_note(row.dedup_key, bool(row.dedup_conflict), same_key_events, row.id, undigested),
             message=row.message,
             severity=row.severity,
             priority=row.priority,
@@ -1809,16 +1810,18 @@ class _Statements:
         """INSERT of `count` events, leaving alone those stored already with the same content.
 
         A row's dedup_conflict is true when the batch marked it so (its key came
-        earlier in the batch with other content) or an event with its key is stored.
+        earlier in the batch with other content) or an event with its key is stored
+        with a known digest; one stored before digests (digest '') is no conflict.
         """
         statement = self._insert_events.get(count)
         if statement is None:
             rows = []
             for index in range(count):
                 columns = ", ".join(f":{column}_{index}" for column in _EVENT_COLUMNS[:-1])
+                # A stored digest '' (an event from before digests) means content unknown: no conflict.
                 conflict = (
                     f":dedup_conflict_{index} OR EXISTS (SELECT 1 FROM events"  # noqa: S608 - only bind names
-                    f" WHERE source = :same_source_{index} AND dedup_key = :same_key_{index})"
+                    f" WHERE source = :same_source_{index} AND dedup_key = :same_key_{index} AND digest <> '')"
                 )
                 rows.append(f"({columns}, {conflict})")
             values = ", ".join(rows)
@@ -1920,12 +1923,22 @@ def _cursor_moment(cursor: str) -> tuple[float, int]:
     return found
 
 
-def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int) -> str:
-    """What deduplication did with an event, for its explain record."""
+def _dedup_note(key: str, conflict: bool, same_key: list[int], event_id: int, undigested: list[int]) -> str:
+    """What deduplication did with an event, for its explain record.
+
+    `undigested` are the earlier events with its key stored before content
+    digests (digest ''): their content is unknown, so a repeat of one is no conflict.
+    """
     earlier = [other for other in same_key if other < event_id]
     if conflict:
         shown = ", ".join(f"#{other}" for other in earlier) or "an earlier event"
         return f"dedup key {key!r} repeated {shown} with different content: stored and evaluated as a new event"
+    if undigested:
+        shown = ", ".join(f"#{other}" for other in undigested)
+        return (
+            f"dedup key {key!r} repeated {shown}, which predates content digests: its content is unknown,"
+            " so this delivery was stored once more, not as a conflict"
+        )
     later = [other for other in same_key if other > event_id]
     if later:
         return f"the first event with dedup key {key!r}; later events with other content: " + ", ".join(

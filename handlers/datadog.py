@@ -8,6 +8,7 @@ body is the JSON template from the README, or Datadog's default payload; with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,8 @@ _OBJECTS = (
     ("page", "PAGE"),
     ("alert", None),
 )
+# A template variable Datadog left unfilled (`$ALERT_TRANSITION`, `$ID`): the field says nothing.
+_UNFILLED = re.compile(r"\$[A-Z][A-Z0-9_]*")
 
 
 def authenticate(request: WebhookRequest, policy: AuthPolicy) -> None:
@@ -73,9 +76,7 @@ def normalise(payload: Any, request: WebhookRequest) -> list[Event]:
     if not isinstance(payload, Mapping):
         return [unrecognised(SOURCE, payload, request, "the body is JSON but not an object")]
     name, entity_type, obj = _main_object(payload)
-    kind = text(payload.get("event")).strip()
-    if not canonical_kind(kind):
-        kind = _kind_without_event(name, obj, payload)
+    kind = _kind_field(payload.get("event")) or _kind_without_event(name, obj, payload)
     entity = _entity(entity_type, obj)
     fields = _text_fields(name, obj, payload)
     return [
@@ -100,14 +101,28 @@ def _main_object(payload: Mapping[str, Any]) -> tuple[str | None, str | None, Ma
     return None, None, {}
 
 
+def _filled(value: Any) -> str:
+    """The field's text, or empty when Datadog left a template variable in it unfilled."""
+    raw = text(value).strip()
+    return "" if raw.startswith("$") or _UNFILLED.search(raw) else raw
+
+
+def _kind_field(value: Any) -> str:
+    """The canonical kind a field names, or empty when it names none: missing, an unfilled
+    variable, or a last segment without a letter or digit (`alert.` from an empty
+    `$ALERT_TRANSITION`), so the caller falls back as if the field were missing."""
+    raw = _filled(value)
+    return canonical_kind(raw) if canonical_kind(raw.rpartition(".")[2]) else ""
+
+
 def _kind_without_event(name: str | None, obj: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
-    if name == "alert" and obj.get("transition"):
-        return "alert." + text(obj["transition"]).strip().lower().replace(" ", "_")
+    transition = _kind_field(obj.get("transition")) if name == "alert" else ""
+    if transition:
+        return "alert." + transition
     if name is not None:
         return f"{name}.notification"
     # Datadog's default payload names the event type in event_type.
-    event_type = text(payload.get("event_type")).strip()
-    return event_type if canonical_kind(event_type) else "notification"
+    return _kind_field(payload.get("event_type")) or "notification"
 
 
 def _entity(entity_type: str | None, obj: Mapping[str, Any]) -> EntityRef | None:
@@ -145,8 +160,9 @@ def _text_fields(name: str | None, obj: Mapping[str, Any], payload: Mapping[str,
 
 
 def _dedup_key(kind: str, payload: Mapping[str, Any], body: bytes) -> str:
-    ident = text(payload.get("id")).strip()
-    if ident and not ident.startswith("$"):
+    """The canonical kind + `$ID`, so `Incident.Created` and `incident.created` are one delivery."""
+    ident = _filled(payload.get("id"))
+    if ident:
         return f"{kind}:{ident}"
     # Without $ID in the template, identical bodies are the same delivery.
     return body_digest(body)

@@ -181,6 +181,12 @@ def _tags(data: Mapping[str, Any]) -> dict[str, list[str]]:
             # A list's elements are what its key names (`teams`), one level down.
             pending.extend((item, key, depth + 1) for item in value)
             continue
+        if isinstance(value, str):
+            # A reference written as its plain name (`"priority": "P2"`), as hand-written payloads do.
+            tag, name = _TAG_OF_KEY.get(key or ""), value.strip()
+            if tag and name and name not in found.setdefault(tag, []):
+                found[tag].append(name)
+            continue
         if not isinstance(value, Mapping):
             continue
         kind = value.get("type")

@@ -532,3 +532,33 @@ def test_a_body_left_unread_by_a_refusal_does_not_drop_the_kept_alive_connection
         assert refused.status_code == status
         # The same kept-alive connection carries the next webhook.
         assert web.http.post(web.url + "/webhooks/datadog", data=good, headers=headers, timeout=10).ok
+
+
+def test_intake_every_links_planned_of_a_duplicate_answer_counts_what_this_request_planned(stack):
+    web = stack.service(**dedup_secrets())
+    body = fixture_bytes("datadog", "incident-created.json")
+
+    first = web.post("datadog", body)
+    again = web.post("datadog", body)
+
+    assert first.status_code == 202, first.text
+    assert [event["links_planned"] for event in first.json()["events"]] == [first.json()["links_planned"]] == [1]
+    assert again.status_code == 200, again.text
+    [event] = again.json()["events"]
+    assert (event["duplicate"], event["links_planned"], again.json()["links_planned"]) == (True, 0, 0)
+    # What the stored event planned stays in its explain record.
+    assert web.api(f"/api/events/{event['id']}").json()["links_planned"] == 1
+
+
+def test_intake_a_datadog_kind_field_without_letters_or_left_unfilled_falls_back_as_if_missing(stack):
+    web = stack.service()
+    bodies = {
+        '{"id":"t1","alert":{"id":"1","title":"x","transition":"-"}}': "alert.notification",
+        '{"id":"t2","event":"alert.","alert":{"id":"1","title":"x"}}': "alert.notification",
+        '{"id":"t3","event":"alert.$ALERT_TRANSITION","alert":{"id":"1","title":"x"}}': "alert.notification",
+        '{"id":"t4","event":"alert.$ALERT_TRANSITION","alert":{"id":"1","transition":"No Data"}}': "alert.no_data",
+    }
+
+    kinds = {body: web.post("datadog", body.encode()).json()["events"][0]["kind"] for body in bodies}
+
+    assert kinds == bodies

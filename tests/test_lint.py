@@ -192,6 +192,57 @@ def test_a_kind_a_sender_may_produce_but_does_not_document_is_a_note():
     ]
 
 
+@pytest.mark.parametrize(
+    ("kind", "glob_set"),
+    [("'alert.No[ -]Data'", "[ -]"), ("'alert.no[-/]data'", "[-/]"), ("'incident.[ -,]*'", "[ -,]")],
+)
+def test_an_on_kind_glob_whose_set_holds_no_character_of_a_canonical_kind_is_a_warning(kind, glob_set):
+    found = findings(f"- name: r\n  on: {{source: datadog, kind: {kind}}}\n  {LINK}\n", "kind")
+
+    assert len(found) == 1
+    assert f"can match no canonical kind: its set {glob_set} holds only characters" in found[0]
+    assert ": warning: " in found[0]
+
+
+@pytest.mark.parametrize("kind", ["'alert.no[_-]data'", "'alert.[!-]*'", "'alert.re[ -_]triggered'", "'alert.[a-z]*'"])
+def test_an_on_kind_glob_whose_set_may_hold_a_canonical_character_is_no_such_warning(kind):
+    found = findings(f"- name: r\n  on: {{source: datadog, kind: {kind}}}\n  {LINK}\n", "kind")
+
+    assert not any("can match no canonical kind" in item for item in found)
+
+
+@pytest.mark.parametrize(
+    ("condition", "written", "canonical"),
+    [
+        ("{field: kind, equals: alert.No Data}", "alert.No Data", "alert.no_data"),
+        ("{field: kind, not_equals: Alert.Triggered}", "Alert.Triggered", "alert.triggered"),
+        ("{field: kind, in: [alert.no_data, alert.Re-Triggered]}", "alert.Re-Triggered", "alert.re_triggered"),
+        ("{field: kind, not_in: [incident.Created]}", "incident.Created", "incident.created"),
+        ("{field: kind, equals: alert.no data, ignore_case: true}", "alert.no data", "alert.no_data"),
+    ],
+)
+def test_a_when_condition_on_kind_with_a_value_not_in_canonical_form_is_a_warning(condition, written, canonical):
+    found = findings(f"- name: r\n  on: {{source: datadog}}\n  when: {{any: [{condition}]}}\n  {LINK}\n", "kind")
+
+    assert len(found) == 1
+    assert found[0].startswith("t.yaml:3: rule 'r': warning: ")
+    assert f"{written!r} never matches; write {canonical!r}" in found[0]
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "{field: kind, equals: alert.no_data}",
+        "{field: kind, in: [alert.no_data, alert.triggered]}",
+        "{field: kind, equals: Alert.No_Data, ignore_case: true}",
+        "{field: title, equals: alert.No Data}",
+        "{field: kind, contains: No}",
+    ],
+)
+def test_a_when_condition_on_kind_that_can_match_is_no_warning(condition):
+    assert findings(f"- name: r\n  on: {{source: datadog}}\n  when: [{condition}]\n  {LINK}\n", "kind") == []
+
+
 def test_an_on_source_that_selects_no_source_is_a_warning():
     # Loading with the sources refuses such a file; the lint says it of rules loaded without them.
     body = f"- name: r\n  on: {{source: [pagerduty, 'zen*']}}\n  {LINK}\n"

@@ -132,7 +132,9 @@ def test_events_stored_before_digests_keep_an_empty_digest_and_a_downgrade_keeps
         ruleset="abc",
         dry_run=True,
     )
-    assert [(event.duplicate, event.dedup_conflict) for event in recorded] == [(False, True), (False, True)]
+    # The old row's content is unknown: a retry of it is stored once more, no conflict; the
+    # second delivery repeats the first one's key with other content, which is one.
+    assert [(event.duplicate, event.dedup_conflict) for event in recorded] == [(False, False), (False, True)]
     store.dispose()
 
     command.downgrade(migrations.alembic_config(engine), "0002")

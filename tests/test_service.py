@@ -79,7 +79,7 @@ def test_rules_explain_counts_two_rules_planning_one_link_once(runner, tmp_path)
     assert len(json.loads(as_json.output)[0]["links"]) == 1
 
 
-def test_preflight_tells_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):
+def test_preflight_warns_the_operator_of_each_on_kind_not_in_canonical_form(app, settings, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         """version: 1
@@ -94,6 +94,7 @@ rules:
 
     assert notes[:2] == [
         f"1 rules loaded from {rules}",
-        f"{rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
+        # The "warning: " prefix is what makes the start-up log write it at level warning (gunicorn.conf.py).
+        f"warning: {rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
         " it matches as 'alert.no_data'",
     ]

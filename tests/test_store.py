@@ -568,3 +568,24 @@ def test_a_handler_digest_decides_what_counts_as_the_same_content(store):
 
     assert (same.id, same.duplicate) == (first.id, True)
     assert store.get_event(first.id)["digest"] == "a" * 64
+
+
+def test_a_retry_of_an_event_stored_before_digests_is_stored_once_more_and_is_no_conflict(store):
+    from caselink.schema import events
+
+    [old] = store.record([(event("k"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    with store.engine.begin() as connection:  # as the upgrade that brought digests left the row
+        connection.execute(sa.update(events).where(events.c.id == old.id).values(digest=""))
+
+    [retry] = store.record([(event("k"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    [again] = store.record([(event("k"), planning(("r1", causes())))], ruleset="x", dry_run=False)
+    record = store.get_event(retry.id)
+
+    assert (retry.duplicate, retry.dedup_conflict) == (False, False)
+    assert retry.id != old.id
+    assert (again.id, again.duplicate, again.dedup_conflict) == (retry.id, True, False)
+    assert record["dedup_conflict"] is False
+    assert record["same_key_events"] == [old.id]
+    assert f"#{old.id}, which predates content digests" in record["dedup"]
+    assert "different content" not in record["dedup"]
+    assert len(store.list_links()) == 1

@@ -6,6 +6,8 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from handlers import datadog
 from tests.conftest import fixture_bytes
@@ -66,3 +68,52 @@ def test_a_form_encoded_alert_gives_the_canonical_kind():
     [event] = events(datadog, request)
 
     assert event.kind == "alert.no_data"
+
+
+# A field that names no kind: separators only, an unfilled template variable, or an
+# empty `$ALERT_TRANSITION` in `alert.$ALERT_TRANSITION` (a last segment with no letter).
+NAMES_NO_KIND = ["-", " - ", "", "$ALERT_TRANSITION", "$EVENT_TYPE"]
+
+
+@pytest.mark.parametrize("transition", NAMES_NO_KIND)
+def test_a_transition_that_names_no_kind_falls_back_as_if_it_were_missing(transition):
+    payload = body(id="t1", alert={"id": "1", "title": "x", "transition": transition})
+
+    [event] = events(datadog, webhook("datadog", payload))
+
+    assert event.kind == "alert.notification"
+
+
+@pytest.mark.parametrize(
+    "value", ["alert.", "alert. - ", "alert.$ALERT_TRANSITION", "$EVENT_TYPE", "alert.$ALERT_TYPE", "alert.-"]
+)
+@pytest.mark.parametrize(
+    ("shape", "fallback"),
+    [
+        ({"alert": {"id": "1", "transition": "No Data"}}, "alert.no_data"),
+        ({"alert": {"id": "1", "transition": "$ALERT_TRANSITION"}}, "alert.notification"),
+        ({"incident": {"id": "x"}}, "incident.notification"),
+        ({"event_type": "$EVENT_TYPE"}, "notification"),
+        ({"event_type": "Query Alert Monitor"}, "query_alert_monitor"),
+    ],
+)
+def test_an_event_that_names_no_kind_falls_back_as_if_it_were_missing(value, shape, fallback):
+    [event] = events(datadog, webhook("datadog", body(id="t1", event=value, **shape)))
+
+    assert event.kind == fallback
+
+
+@given(filler=st.text(alphabet=st.characters(exclude_categories=("L", "N", "M", "Cs")), max_size=6))
+def test_an_event_whose_last_segment_has_no_letter_or_digit_is_the_kind_without_event(filler):
+    [event] = events(datadog, webhook("datadog", body(id="t1", event="alert." + filler, alert={"id": "1"})))
+
+    assert event.kind == "alert.notification"
+
+
+@given(kind=st.sampled_from(["incident.created", "alert.no_data", "alert.re_triggered"]), data=st.data())
+def test_the_dedup_key_is_the_canonical_kind_and_id_however_event_is_spelt(kind, data):
+    spelt = data.draw(st.sampled_from([kind, kind.upper(), kind.replace("_", " ").title(), kind.replace("_", "-")]))
+    [written] = events(datadog, webhook("datadog", body(id="7388", event=spelt)))
+    [canonical] = events(datadog, webhook("datadog", body(id="7388", event=kind)))
+
+    assert written.dedup_key == canonical.dedup_key == f"{kind}:7388"

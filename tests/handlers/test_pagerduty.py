@@ -427,3 +427,22 @@ def test_odd_json_never_raises(body):
     for event in events(pagerduty, webhook("pagerduty", body)):
         assert event.source == "pagerduty"
         assert event.dedup_key
+
+
+@pytest.mark.parametrize(
+    ("data", "tags"),
+    [
+        ({"type": "incident", "priority": "P2"}, {"priority": ["P2"]}),
+        ({"type": "incident", "service": "Checkout"}, {"service": ["Checkout"]}),
+        (
+            {"type": "incident", "escalation_policy": " Payments ", "teams": ["SRE", ""]},
+            {"team": ["SRE"], "escalation_policy": ["Payments"]},
+        ),
+        ({"incident": {"type": "incident_reference", "incident_type": "major"}}, {"incident_type": ["major"]}),
+    ],
+)
+def test_a_reference_written_as_a_plain_name_is_a_tag(data, tags):
+    [event] = events(pagerduty, webhook("pagerduty", body_of("incident.triggered", data)))
+
+    assert event.tags == tags
+    assert event.priority == tags.get("priority", [""])[0]
