@@ -56,9 +56,20 @@ def _words(text: str) -> str:
     A combining mark (Unicode category M*) belongs to the word before it:
     folding `İ` gives `i` and a combining dot, which is not a word break.
     """
+    # Words are told apart in the text as written and folded one by one: folding can turn one
+    # letter into a letter and punctuation (`Ŀ` is `l·`), which must not split the word.
+    words = _WORD_SEPARATORS.sub(_separator, text).split("_")
+    return "_".join(_WORD_SEPARATORS.sub(_within_word, _fold(word)) for word in words)
+
+
+def _fold(word: str) -> str:
     # Decomposed before folding, composed after: canonical caseless matching (Unicode ch. 3.13).
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKD", text).casefold())
-    return _WORD_SEPARATORS.sub(_separator, folded)
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKD", word).casefold())
+
+
+def _within_word(run: re.Match[str]) -> str:
+    """What folding made of a word that is not a letter or digit: its marks stay, the rest goes."""
+    return "".join(character for character in run.group() if unicodedata.category(character).startswith("M"))
 
 
 def _separator(run: re.Match[str]) -> str:
