@@ -103,7 +103,12 @@ def test_an_event_that_names_no_kind_falls_back_as_if_it_were_missing(value, sha
     assert event.kind == fallback
 
 
-@given(filler=st.text(alphabet=st.characters(exclude_categories=("L", "N", "M", "Cs")), max_size=6))
+# NUL is left out: a body holding it is refused whole (400), before any kind is read.
+@given(
+    filler=st.text(
+        alphabet=st.characters(exclude_categories=("L", "N", "M", "Cs"), exclude_characters="\x00"), max_size=6
+    )
+)
 def test_an_event_whose_last_segment_has_no_letter_or_digit_is_the_kind_without_event(filler):
     [event] = events(datadog, webhook("datadog", body(id="t1", event="alert." + filler, alert={"id": "1"})))
 
