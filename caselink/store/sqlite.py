@@ -114,6 +114,8 @@ class DatabaseFile:
         self.generation = 0
         # (descriptor, path, identity) of each -wal and -shm this process had open when last looked.
         self._held: list[tuple[int, str, tuple[int, int]]] = []
+        # The distinct (path, identity) pairs of those: what the paths must still hold.
+        self._expected: tuple[tuple[str, tuple[int, int]], ...] = ()
         self._look = True
         # Without /proc: the identity of each -wal and -shm when a connection first opened it.
         self._kept: dict[str, tuple[int, int]] = {}
@@ -172,17 +174,27 @@ class DatabaseFile:
     def stale_companion(self) -> str | None:
         """The name of a -wal or -shm file this process has open that is no longer the file at
         its path (deleted, or replaced), or None: a commit through it is lost at the next start."""
-        with self._lock:
-            if self._look:
-                self._held, self._look = self._open_companions(), False
-            held = self._held
-        if _first_stale(held) is None:
+        if self._look:
+            with self._lock:
+                self._remember(self._open_companions())
+        # Every connection has the same -wal and -shm open (unless they went): a stat(2) each.
+        for path, identity in self._expected:
+            if _identity(path) != identity:
+                break
+        else:
             # What was open when last looked: a descriptor closed since changes nothing here.
             return None
         # The old files may all have been closed since: look again before saying so.
         with self._lock:
-            self._held = held = self._open_companions()
-        return _first_stale(held)
+            self._remember(self._open_companions())
+            for path, identity in self._expected:
+                if _identity(path) != identity:
+                    return os.path.basename(path)
+        return None
+
+    def _remember(self, held: list[tuple[int, str, tuple[int, int]]]) -> None:
+        self._held, self._look = held, False
+        self._expected = tuple(sorted({(path, identity) for _, path, identity in held}))
 
     def refuse_if_stale(self) -> None:
         """StoreUnavailableError while this process holds a -wal or -shm that is no longer at its path."""
@@ -250,17 +262,6 @@ class DatabaseFile:
             if (opened.st_dev, opened.st_ino) == identity:
                 found[fd] = (path, identity)
         return [(fd, path, identity) for fd, (path, identity) in found.items()]
-
-
-def _first_stale(held: list[tuple[int, str, tuple[int, int]]]) -> str | None:
-    """The name of the first file in `held` that is not the file at its path, or None."""
-    at_path: dict[str, tuple[int, int] | None] = {}
-    for _, path, identity in held:
-        if path not in at_path:
-            at_path[path] = _identity(path)
-        if at_path[path] != identity:
-            return os.path.basename(path)
-    return None
 
 
 def _identity(path: str) -> tuple[int, int] | None:
