@@ -18,7 +18,6 @@ import argparse
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -100,9 +99,10 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
             bodies = harness.Bodies(args.fixture, servers[key].port, args.new_connections)
             m = harness.measure(servers[key], args.generator_used, args, number, key, bodies, args.workers)
             measurements.append(m)
-            print(f"round {number} {LABELS[key]:<18} {m.rps:>8.0f} req/s  p50 {show(m.p50_ms, '.3f')} ms  "
-                  f"p99 {show(m.p99_ms, '.3f')} ms  errors {m.errors}  statuses {m.statuses}  load average "
-                  f"{m.loadavg_before[0]:.2f}  connections per worker {harness.joined(m.connections_per_worker, 'd') or '-'}", flush=True)
+            split = harness.joined(m.connections_per_worker, "d") or "-"
+            print(f"round {number} {LABELS[key]:<18} {m.rps:>8.0f} req/s  p50 {show(m.p50_ms, '.3f')} ms  p99 "
+                  f"{show(m.p99_ms, '.3f')} ms  errors {m.errors}  statuses {m.statuses}  load average "
+                  f"{m.loadavg_before[0]:.2f}  connections per worker {split}", flush=True)
     checks = {}
     for key, database_url in databases.items():
         rows = [m for m in measurements if m.target == key]

@@ -23,16 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-
-from ack_throughput import ADMIN_TOKEN  # noqa: E402
-from ack_throughput import FAKE_API_KEY  # noqa: E402
-from ack_throughput import FAKE_APP_KEY  # noqa: E402
-from ack_throughput import WEBHOOK_SECRET  # noqa: E402
-from ack_throughput import default_fixture  # noqa: E402
+from harness import ADMIN_TOKEN
+from harness import FAKE_KEYS
+from harness import FIXTURE
+from harness import ROOT
+from harness import WEBHOOK_SECRET
 
 
 def main() -> int:
@@ -42,7 +37,7 @@ def main() -> int:
     parser.add_argument("--sort", choices=("cumulative", "tottime"), default="cumulative")
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--live", action="store_true", help="set Datadog keys (nothing is called: no worker runs)")
-    parser.add_argument("--fixture", type=Path, default=default_fixture())
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--no-profile", action="store_true", help="only time the requests, without cProfile")
     parser.add_argument("--dump", type=Path, help="also write the raw profile here (for snakeviz, gprof2dot, …)")
     args = parser.parse_args()
@@ -56,7 +51,7 @@ def main() -> int:
         PROMETHEUS_MULTIPROC_DIR=str(workdir),
     )
     if args.live:
-        os.environ.update(DD_API_KEY=FAKE_API_KEY, DD_APP_KEY=FAKE_APP_KEY, DD_API_URL="http://127.0.0.1:9")
+        os.environ.update(FAKE_KEYS, DD_API_URL="http://127.0.0.1:9")
     # caselink logs one line per webhook to stdout; under gunicorn that goes to a file or pipe.
     log = (workdir / "stdout.log").open("w")
     real_stdout, sys.stdout = sys.stdout, log
