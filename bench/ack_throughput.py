@@ -107,7 +107,7 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     for key, database_url in databases.items():
         rows = [m for m in measurements if m.target == key]
         checks[key] = harness.store_check(servers[key].url, database_url, sum(m.accepted_total for m in rows),
-                                          sum(m.unanswered for m in rows), args.generator_used == "wrk")
+                                          sum(m.unanswered for m in rows), args.generator_used == "wrk", key == "live")
         if key == "live" and fake:
             # Every request names the same incident and case, so every one plans the same link: one creation.
             state = fake.get("/_fake/state")
