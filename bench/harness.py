@@ -711,6 +711,7 @@ class Run:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"caselink-bench-{name}-"))
         self.databases = Databases(self.workdir, getattr(args, "postgres_url", DEFAULT_POSTGRES))
         self.processes: list[Process] = []
+        self.servers: list[Server] = []  # a server's process changes when it restarts
         self.document: dict[str, Any] = {
             "benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -719,9 +720,8 @@ class Run:
         }
 
     def serve(self, server: Server) -> Server:
-        server.start()
-        self.processes.append(server.process)
-        return server
+        self.servers.append(server)
+        return server.start()
 
     def started(self, process: Process) -> Process:
         self.processes.append(process)
@@ -729,10 +729,10 @@ class Run:
 
     def stop(self, *servers: Server | Process) -> None:
         for item in servers:
-            process = item.process if isinstance(item, Server) else item
-            process.stop()
-            if process in self.processes:
-                self.processes.remove(process)
+            item.process.stop() if isinstance(item, Server) else item.stop()
+            for started in (self.servers, self.processes):
+                if item in started:
+                    started.remove(item)  # type: ignore[arg-type]
 
     def __enter__(self) -> Run:
         def _exit(signum: int, _frame: Any) -> None:
@@ -746,7 +746,7 @@ class Run:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             for log in sorted(self.workdir.glob("*.log")):
                 print(f"----- {log.name} (tail) -----\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-        for process in reversed(self.processes):
+        for process in [*(server.process for server in self.servers), *self.processes][::-1]:
             process.stop()
         self.databases.drop_all()
         signal.signal(signal.SIGTERM, self._previous)

@@ -1,21 +1,13 @@
 """Hostile rules (issue 13 §4): how fast `rules check` refuses each one, and what the worst
 accepted rule costs a webhook through real gunicorn, side by side with the default rules.
 
+Part 1 runs `flask --app app rules check FILE` in a new process on every file of
+tests/hostile_rules.py (and, with `--baseline DIR`, in an older tree too): wall time, peak RSS,
+what it said. Part 2 serves caselink with rules.yaml, and with tests/hostile_rules.WORST_ACCEPTED
+in front of it, taking turns over rounds of webhooks: p50 and p99 of each, and their ratio.
+
     python bench/hostile_rules.py                         # about a minute
     python bench/hostile_rules.py --baseline /tmp/base    # also time `rules check` of an older tree
-
-Part 1 runs `flask --app app rules check FILE` (a new process each time, as an operator or a
-release step does) on every file of tests/hostile_rules.py, with a timeout (`--check-timeout`, 20 s),
-and reports wall time, peak memory of the process and the first line it printed. With
-`--baseline DIR` (a tree made by `git archive <commit> | tar -x -C DIR`, sharing this .venv)
-the same files are checked there too, in the same run, file by file.
-
-Part 2 starts caselink under gunicorn (the repo's gunicorn.conf.py, dry-run, a fresh SQLite
-file) twice: with the default rules.yaml, and with the worst accepted rule
-(tests/hostile_rules.WORST_ACCEPTED, which matches every webhook) in front of them. Both take turns
-over `--rounds` rounds of `--requests` webhooks on `--connections` keep-alive connections; the
-webhook is the sample incident with a title made to make a backtracking engine work hardest.
-It reports the median over rounds of p50 and p99 latency for each, and their ratio.
 """
 
 from __future__ import annotations
