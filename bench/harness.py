@@ -493,6 +493,8 @@ def measure(server: Server, generator: str, args: argparse.Namespace, round_numb
         result = load(server.port, bodies, args, cpu or server.process.cpu_seconds)
     finally:
         halfway.cancel()
+        if processes:
+            halfway.join()
     server.check_running()
     statuses = result["statuses"]
     return Measurement(

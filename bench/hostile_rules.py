@@ -164,7 +164,7 @@ def part2(run: harness.Run, rounds: int, requests: int, connections: int) -> dic
             load(servers[name], 50, connections)  # warm-up
             latencies = sorted(load(servers[name], requests, connections))
             figures[name]["p50"].append(statistics.median(latencies))
-            figures[name]["p99"].append(latencies[int(len(latencies) * 0.99) - 1])
+            figures[name]["p99"].append(harness.percentile(latencies, 99))
     summary = {name: {key: round(statistics.median(values) * 1000, 2) for key, values in figure.items()}
                for name, figure in figures.items()}
     default, worst = summary.values()

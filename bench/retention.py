@@ -128,7 +128,7 @@ class Timed:
         if not ordered:
             return {"median": None, "max": None, "batches": 0}
         return {"median": round(statistics.median(ordered) * 1000, 2),
-                "p99": round(ordered[int(len(ordered) * 0.99)] * 1000, 2),
+                "p99": harness.ms(harness.percentile(ordered, 99)),
                 "max": round(ordered[-1] * 1000, 2), "batches": len(ordered)}
 
 
