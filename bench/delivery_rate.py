@@ -1,12 +1,8 @@
-"""Links delivered per second by one delivery worker, against the fake Datadog, with and without a rate limit.
+"""Links delivered per second by the delivery worker, against the fake Datadog, with and without a rate limit.
 
-Each run plans its links straight into a fresh, migrated database through Store.record (the
-webhook path minus HTTP), then starts `flask --app app worker` with the queue full and measures
-from the fake's first link creation to its last. Scenarios: `unlimited`, `limited` (--limit per
---period, calendar aligned, 429s beyond it, as Datadog does) and `storm` (--storm-links links to
---storm-cases cases). Reports links/s, the fraction of the limit achieved (target >= 0.95), 429s
-after the first period (target: none), Datadog calls per link (storm target <= 1.2), and checks
-that every planned link reached the fake exactly once and is stored as delivered.
+Links are planned straight into a fresh database (the webhook path minus HTTP), then `flask --app app
+worker` starts with the queue full. Scenarios `unlimited`, `limited` (429s beyond --limit per --period)
+and `storm` (one outage's burst): links/s, share of the limit, 429s, calls per link, exactly-once check.
 
     python bench/delivery_rate.py [--rounds 3] [--stores sqlite,postgresql] [--limit 50 --period 1 --periods 20]
     python bench/delivery_rate.py --scenarios storm --baseline 7197a0d   # calls per link, then and now

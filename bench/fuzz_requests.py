@@ -1,9 +1,7 @@
 """Hostile requests through real gunicorn: how many of N generated requests got a 5xx (the answer must be 0).
 
-The requests are tests/hostile_requests.py's (every webhook source, mostly authenticated,
-with hostile values planted in real payloads, and the admin API); one in 20 is
-also a chunked webhook whose framing is broken, sent on a raw socket. Each store
-gets its own caselink (dry-run, a fresh database). Run:
+The requests are tests/hostile_requests.py's; one in 20 is also a chunked webhook with broken
+framing on a raw socket. Each store gets its own caselink (dry-run, a fresh database).
 
     python bench/fuzz_requests.py                      # 10,000 requests per store, SQLite and PostgreSQL
     python bench/fuzz_requests.py --requests 2000 --stores sqlite

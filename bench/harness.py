@@ -1,11 +1,8 @@
 """What every benchmark shares, so that each script reads as what it measures.
 
-Processes (gunicorn, the fake Datadog, the delivery worker) on free loopback ports with
-environments built from scratch, started `deployed` (PYTHONUNBUFFERED=1, output through a pipe
-that another process drains) or `plain` (output into a file); throwaway SQLite files and
-PostgreSQL databases, migrated; the load generators (wrk with bench/wrk_ack.lua, or asyncio in
-this process) with CPU per request and how gunicorn's processes shared the connections (`ss`);
-the store check (one event stored per 202); medians, rounds, tables and the results file.
+Servers on loopback with environments built from scratch (`deployed` or `plain`), the fake Datadog,
+throwaway databases with migrations, the load generators with CPU per request and the connection
+split, the store check, rounds, medians and the results file. See bench/README.md.
 """
 
 from __future__ import annotations

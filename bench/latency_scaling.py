@@ -1,13 +1,8 @@
 """Webhook-to-link latency with an idle queue (SQLite, PostgreSQL), and acknowledgements per second by web processes.
 
-Part `latency`: caselink with default settings, live against the fake Datadog, in four topologies
-(sqlite, sqlite-1web with WEB_CONCURRENCY=1, postgresql, postgresql-worker with IN_PROCESS_WORKER=false
-and `flask --app app worker`). Webhooks go one at a time, each on a new connection and each planning
-one new link; the next only after the fake recorded the link and a random pause. Latency is from
-just before sending to the fake's own timestamp of the creation.
-
-Part `scaling`: acknowledgements per second on PostgreSQL with 1, 2 and 4 web processes, under the
-load of bench/ack_throughput.py; IN_PROCESS_WORKER=false with Datadog keys, or --scaling-dry-run.
+Part `latency`: one webhook at a time, each on a new connection and planning a new link, to caselink in
+four topologies (sqlite, sqlite-1web, postgresql, postgresql-worker), live against the fake Datadog; from
+sending to the fake's creation of the link. Part `scaling`: acks/s on PostgreSQL with 1, 2, 4 web processes.
 
     python bench/latency_scaling.py [--parts latency,scaling] [--webhooks 200] [--rounds 3] [--duration 10]
 

@@ -1,11 +1,7 @@
 """How fast the status page answers with 100,000 events stored: p50 / p95 / max per page.
 
-Fills a throwaway database (SQLite, and PostgreSQL with --stores sqlite,postgresql)
-with `--events` events evaluated by the repo's rules.yaml, the links they plan in
-every state, and a learned rate limit; starts caselink under gunicorn on loopback
-(dry-run, so nothing changes the links while it is measured); signs in with the
-admin token; then asks each page `--requests` times, one request at a time, after
-a few warm-up requests.
+Fills a throwaway database as webhooks would (links in every state, a learned rate limit), serves
+it with caselink in dry-run, signs in, and asks each page `--requests` times, one at a time.
 
     python bench/pages.py                       # SQLite, 100,000 events, 40 requests per page
     python bench/pages.py --stores sqlite,postgresql --events 100000

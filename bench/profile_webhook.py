@@ -24,11 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import ADMIN_TOKEN
-from harness import FAKE_KEYS
 from harness import FIXTURE
-from harness import ROOT
 from harness import WEBHOOK_SECRET
+from harness import caselink_env
 
 
 def main() -> int:
@@ -46,15 +44,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="caselink-profile-"))
     # Removed at exit, after caselink's metrics flush their counts into it (atexit runs last-registered first).
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{workdir / 'caselink.db'}",
-        DATADOG_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        RULES_FILE=str(ROOT / "rules.yaml"),
-        PROMETHEUS_MULTIPROC_DIR=str(workdir),
-    )
-    if args.live:
-        os.environ.update(FAKE_KEYS, DD_API_URL="http://127.0.0.1:9")
+    # Live: Datadog keys set, but nothing is called (no worker runs here).
+    fake_url = "http://127.0.0.1:9" if args.live else None
+    os.environ.update(caselink_env(f"sqlite:///{workdir / 'caselink.db'}", fake_url, PROMETHEUS_MULTIPROC_DIR=workdir))
     # caselink logs one line per webhook to stdout; under gunicorn that goes to a file or pipe.
     log = (workdir / "stdout.log").open("w")
     real_stdout, sys.stdout = sys.stdout, log

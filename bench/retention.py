@@ -1,17 +1,13 @@
 """Retention: the database's size over simulated months, and webhook acks while events are pruned.
 
-Size: `--events` events over `--days` simulated days, written through Store.record (the webhook
-path's own write, not HTTP) with simulated times; after each day the housekeeping round runs on the
-simulated clock (per-rule statistics, then pruning past `--retention`), and on PostgreSQL a plain
-VACUUM (autovacuum would not run in a simulated day). Reported: size by day, growth after day
-`retention + 1`, bytes per retained event, housekeeping batch and write-transaction times.
-
-Acks: caselink under gunicorn (dry-run) on a copy of a database seeded with `--backlog` events 40
-days old; with EVENT_RETENTION=30d it prunes them under load, with 3650d it has nothing to prune.
-The two take turns over `--rounds`; the figure is the median ratio of acks/s.
+Size: `--events` events over `--days` simulated days through Store.record, housekeeping after each day on
+the simulated clock. Acks: caselink on a copy of a database with `--backlog` old events, pruning them
+(EVENT_RETENTION=30d) or not (3650d), taking turns; the median ratio of acks/s.
 
     python bench/retention.py                      # a few minutes: 100,000 events, SQLite and PostgreSQL
     python bench/retention.py --events 1000000     # the full run of issue 14
+
+See bench/README.md.
 """
 
 from __future__ import annotations

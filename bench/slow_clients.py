@@ -1,10 +1,8 @@
 """Slow clients: is caselink still answering while hundreds of connections trickle in a byte a second?
 
-Each round starts caselink afresh (dry-run, SQLite, deployed), measures acknowledgements per second,
-then opens `--slow` connections sending a request a byte a second (half stuck in the head, half in
-a 1,000-byte body; one the server closes is opened again at once) and, with them open, probes
-`GET /healthz` and a webhook on new connections every `--probe-interval` seconds while it measures
-again. Targets: probes' p99 at most 1 s, and throughput with the slow clients at least 0.8 of that without.
+Each round: acks/s on a fresh caselink, then again with `--slow` connections trickling a request
+(half in the head, half in the body) while probes ask /healthz and post a webhook on new connections.
+Targets: probes' p99 at most 1 s; acks/s with the slow clients at least 0.8 of those without.
 
     python bench/slow_clients.py [--slow 200] [--rounds 3] [--duration 5]
 
