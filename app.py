@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         background=True,
     )
     metrics.RULES_LOADED.set(0 if rules.error else 1)
+    # From the start, not only from the first check a few seconds in.
+    metrics.RULES_FILE_IN_FORCE.set(1 if rules.file_in_force() else 0)
     store = Store(settings.database_url)
     client = None
     if not settings.dry_run:

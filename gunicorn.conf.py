@@ -72,6 +72,7 @@ def on_starting(server):
 
     # This process's sample of a gauge every process reports; the rules just loaded.
     metrics.RULES_LOADED.set(1)
+    metrics.RULES_FILE_IN_FORCE.set(1)
     log = logs.get("start")
     for note in notes:
         if note.startswith("warning: "):
@@ -92,6 +93,8 @@ def post_worker_init(worker):
     # Everything built so far lives as long as the process; keep the garbage
     # collector from walking it again and again under load.
     gc.freeze()
+    # A worker no request reaches still follows the rules file (readiness, gauges, reloads).
+    worker.wsgi.extensions["caselink"].rules.watch()
     # A transaction under load waits for the webhooks of the process's other
     # requests to join it: one per request thread, or per connection the process
     # holds when it holds fewer (gunicorn deals connections out unevenly, and a

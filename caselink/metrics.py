@@ -69,7 +69,9 @@ RULES_FILE_IN_FORCE = Gauge(
     "caselink_rules_file_in_force",
     "1 when the rules file on disk is the one the rules in force came from; 0 while it differs"
     " (being loaded, or refused: see caselink_rules_last_reload_successful and /readyz).",
-    multiprocess_mode="min",
+    # Live processes only, as above: a dead worker's last sample (or the master's before its
+    # preflight set it) must not hold the figure at 0 for good.
+    multiprocess_mode="livemin",
 )
 
 

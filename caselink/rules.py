@@ -858,6 +858,23 @@ class LiveRules:
                     self._load_then_release(stamp)
         return self.ruleset
 
+    def watch(self) -> threading.Thread:
+        """Check the file every `check_every` seconds from a daemon thread of its own.
+
+        Requests check it too, but a process that gets none (all of a load balancer's
+        connections on another worker) would otherwise report, through its readiness and
+        the `caselink_rules_file_in_force` gauge, a file it last saw long ago.
+        """
+
+        def check_forever() -> None:
+            while True:
+                time.sleep(self.check_every)
+                self.current()
+
+        watcher = threading.Thread(target=check_forever, name="caselink-rules-watch", daemon=True)
+        watcher.start()
+        return watcher
+
     @property
     def loading(self) -> bool:
         """True while a new file is being read."""

@@ -156,6 +156,27 @@ def test_rules_reload_gauge_reads_1_under_gunicorn_with_good_rules_and_per_rule_
     assert metric(text, "caselink_rule_matches_total", '{rule="page-escalates-to-mentioned-case"}') == 0
 
 
+def test_the_file_in_force_gauge_reads_1_under_gunicorn_until_the_file_on_disk_differs_and_again_once_restored(
+    stack, tmp_path: Path
+):
+    rules = tmp_path / "rules.yaml"
+    good = (ROOT / "rules.yaml").read_text(encoding="utf-8")
+    rules.write_text(good, encoding="utf-8")
+    web = stack.service(WEB_CONCURRENCY="2", DD_API_KEY="", DD_APP_KEY="", RULES_FILE=str(rules))
+
+    def gauge_reads(value: float) -> bool:
+        # Webhooks make each worker look at the file (every 2 s at most); the scrape sums them all.
+        web.post("datadog", incident(int(time.time() * 1000) % 10**9, "OPS-42"))
+        text = web.http.get(web.url + "/metrics", timeout=10).text
+        return metric(text, "caselink_rules_file_in_force") == value
+
+    assert metric(web.http.get(web.url + "/metrics", timeout=10).text, "caselink_rules_file_in_force") == 1.0
+    rules.write_text(good + "\n  - name: broken\n    whn: []\n", encoding="utf-8")
+    wait_for(lambda: gauge_reads(0.0), timeout=20, interval=0.3, message="the gauge at 0 while the file is refused")
+    rules.write_text(good, encoding="utf-8")
+    wait_for(lambda: gauge_reads(1.0), timeout=20, interval=0.3, message="the gauge at 1 once the file is restored")
+
+
 def _path_without_venv() -> str:
     return os.pathsep.join(part for part in os.environ["PATH"].split(os.pathsep) if ".venv" not in part)
 

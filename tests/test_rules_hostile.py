@@ -90,8 +90,15 @@ def test_a_backtracking_pattern_runs_in_linear_time(pattern, where, title):
     if where == "when":
         rules = ruleset(a_rule(when=[{"field": "title", "matches": pattern}]))
     else:
-        rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
-            "type": "CASE", "find": {"in": ["title"], "pattern": pattern}}}))
+        rules = ruleset(
+            a_rule(
+                link={
+                    "relationship": "CAUSES",
+                    "parent": "event",
+                    "child": {"type": "CASE", "find": {"in": ["title"], "pattern": pattern}},
+                }
+            )
+        )
     event = an_event(title=title)
 
     seconds, _ = elapsed(lambda: rules.evaluate(event))
@@ -126,8 +133,15 @@ def test_a_pattern_re2_cannot_run_is_refused_at_check_with_its_line_and_a_hint(p
 
 
 def test_a_named_ref_group_still_picks_the_token():
-    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
-        "type": "CASE", "find": {"in": ["title"], "pattern": r"case (?P<ref>[A-Z]+-\d+)"}}}))
+    rules = ruleset(
+        a_rule(
+            link={
+                "relationship": "CAUSES",
+                "parent": "event",
+                "child": {"type": "CASE", "find": {"in": ["title"], "pattern": r"case (?P<ref>[A-Z]+-\d+)"}},
+            }
+        )
+    )
 
     outcome = outcome_of(rules, an_event(title="see case OPS-42 and OPS-7"))
 
@@ -309,8 +323,15 @@ def test_any_template_is_refused_at_load_or_renders_within_its_bounds(template):
 
 
 def test_a_found_ref_longer_than_any_id_is_skipped_with_a_short_problem():
-    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
-        "type": "CASE", "find": {"in": ["title"], "pattern": "x+"}}}))
+    rules = ruleset(
+        a_rule(
+            link={
+                "relationship": "CAUSES",
+                "parent": "event",
+                "child": {"type": "CASE", "find": {"in": ["title"], "pattern": "x+"}},
+            }
+        )
+    )
 
     evaluation = rules.evaluate(an_event(title="x" * 1_000_000))
 
@@ -319,8 +340,15 @@ def test_a_found_ref_longer_than_any_id_is_skipped_with_a_short_problem():
 
 
 def test_a_search_finding_thousands_of_refs_uses_the_first_hundred_and_says_so():
-    rules = ruleset(a_rule(link={"relationship": "CAUSES", "parent": "event", "child": {
-        "type": "CASE", "find": {"in": ["title"], "pattern": r"OPS-\d+"}}}))
+    rules = ruleset(
+        a_rule(
+            link={
+                "relationship": "CAUSES",
+                "parent": "event",
+                "child": {"type": "CASE", "find": {"in": ["title"], "pattern": r"OPS-\d+"}},
+            }
+        )
+    )
     title = " ".join(f"OPS-{n}" for n in range(10_000))
 
     seconds, evaluation = elapsed(lambda: rules.evaluate(an_event(title=title)))
@@ -520,8 +548,33 @@ def test_reloading_a_10_mb_rules_file_costs_no_memory_worth_the_name(tmp_path):
 
     probe = subprocess.run(
         [sys.executable, "-c", RSS_PROBE, str(path), str(big)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
 
     grown_kib = int(probe.stdout.split()[-1])
     assert grown_kib < 64 * 1024, f"peak memory grew by {grown_kib / 1024:.0f} MiB"
+
+
+def test_a_watched_file_is_followed_without_any_request_asking_for_the_rules(tmp_path):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    seen: list[bool] = []
+    live = LiveRules(path, check_every=0.05, on_check=seen.append, background=True)
+    live.watch()
+
+    write_rules(path, "second")
+    deadline = time.monotonic() + 5
+    while (
+        not (live.ruleset and [rule.name for rule in live.ruleset.rules] == ["second"]) and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    while (not seen or not seen[-1]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    assert [rule.name for rule in live.ruleset.rules] == ["second"]
+    assert False in seen  # the change was seen before it was loaded
+    assert seen[-1] is True
