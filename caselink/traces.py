@@ -36,7 +36,7 @@ from caselink.rules import parse_rules
 # The lengths the events table keeps of these fields: an event with a longer one is not read
 # back as it was evaluated, so its trace is stored in full.
 _CUT_FIELDS = {"kind": 255, "severity": 255, "priority": 255, "status": 255, "occurred_at": 64}
-RULE_SETS_KEPT = 4  # rule sets parsed from their stored text, kept for the next read
+RULE_SETS_KEPT = 2  # the rules in force and the last set read: a replaced rule set is not held for long
 
 
 def stored_form(event: Event, evaluation: Evaluation) -> list[dict[str, Any]] | dict[str, Any]:
