@@ -95,6 +95,25 @@ class RuleIndex:
         for position, found in keys.items():
             self._key[position] = max(found, key=lambda key: len(spread[key.path.text, key.ignore_case]), default=None)
         self._selections: OrderedDict[tuple[str, str], _Selection] = OrderedDict()
+        # The conditions of rules whose `when` is a plain list (or absent), each with a key that is
+        # the same for the same test written in another rule, so an event answers it once.
+        self._plain: dict[int, tuple[tuple[Condition, tuple[Any, ...]], ...] | None] = {
+            position: _plain_conditions(self.rules[position]) for position in self._enabled
+        }
+
+    def holds(self, position: int, fields: Mapping[str, Any], shared: dict[Any, Any]) -> bool:
+        """Whether the `when` of an enabled rule holds; `shared` keeps the answers of one event."""
+        plain = self._plain[position]
+        if plain is None:
+            when = self.rules[position].when
+            return when is None or when.first_failure(fields) is None
+        for condition, key in plain:
+            held = shared.get(key)
+            if held is None:
+                held = shared[key] = condition.holds(fields)
+            if not held:
+                return False
+        return True
 
     def candidates(self, event: Event, fields: Mapping[str, Any]) -> list[int]:
         """Positions of the rules that may match `event`, in file order; every other enabled rule cannot."""
@@ -137,6 +156,21 @@ class RuleIndex:
         if len(self._selections) > SELECTIONS_KEPT:
             self._selections.popitem(last=False)
         return selection
+
+
+def _plain_conditions(rule: Rule) -> tuple[tuple[Condition, tuple[Any, ...]], ...] | None:
+    """A rule's conditions when its `when` is absent or all plain conditions (it holds when each does), else None."""
+    from caselink.rules import Condition
+
+    if rule.when is None:
+        return ()
+    if rule.when.mode != "all" or not all(isinstance(item, Condition) for item in rule.when.items):
+        return None
+    return tuple(
+        (item, ("condition", item.path.text, item.operator, repr(item.value), item.ignore_case))
+        for item in rule.when.items
+        if isinstance(item, Condition)
+    )
 
 
 @dataclass

@@ -366,6 +366,20 @@ class RefSpec:
     def is_event(self) -> bool:
         return self.type is None
 
+    def shared_refs(
+        self, event: Event, names: Mapping[str, Any], problems: list[str], shared: dict[Any, Any] | None
+    ) -> list[EntityRef]:
+        """`refs`, found once per event for every side written the same way (many rules share one `find`)."""
+        if shared is None:
+            return self.refs(event, names, problems)
+        key = (self.where, self.type, self.template_text, self.fields, self.pattern.pattern if self.pattern else None)
+        found = shared.get(key)
+        if found is None:
+            own: list[str] = []
+            found = shared[key] = (self.refs(event, names, own), own)
+        problems.extend(found[1])
+        return list(found[0])
+
     def refs(self, event: Event, names: Mapping[str, Any], problems: list[str]) -> list[EntityRef]:
         if self.type is None:
             if event.entity is None:
@@ -473,10 +487,13 @@ class Rule:
     def _kind_globs(self) -> Callable[[str], object]:
         return _globs(self.kinds or ())
 
-    def plan(self, event: Event, names: Mapping[str, Any]) -> tuple[list[PlannedLink], list[str]]:
+    def plan(
+        self, event: Event, names: Mapping[str, Any], shared: dict[Any, Any] | None = None
+    ) -> tuple[list[PlannedLink], list[str]]:
+        """The links the rule plans for the event; `shared` keeps one event's ref searches for rules repeating them."""
         problems: list[str] = []
-        parents = self.link.parent.refs(event, names, problems)
-        children = self.link.child.refs(event, names, problems)
+        parents = self.link.parent.shared_refs(event, names, problems, shared)
+        children = self.link.child.shared_refs(event, names, problems, shared)
         links: list[PlannedLink] = []
         for parent in parents:
             for child in children:
@@ -602,12 +619,14 @@ class RuleSet:
 
         names = event.fields()
         matched: dict[int, RuleOutcome] = {}
+        # What one rule found out about this event that another rule asks again (conditions, ref searches).
+        shared: dict[Any, Any] = {}
         for position in self.index.candidates(event, names):
             rule = self.rules[position]
             # A candidate is enabled and selected by `on`: only its conditions are left to ask.
-            if rule.when is not None and rule.when.first_failure(names) is not None:
+            if not self.index.holds(position, names, shared):
                 continue
-            links, problems = rule.plan(event, names)
+            links, problems = rule.plan(event, names, shared)
             matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
             if rule.stop:
                 break
