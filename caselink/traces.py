@@ -46,8 +46,18 @@ def stored_form(event: Event, evaluation: Evaluation) -> list[dict[str, Any]] | 
         return evaluation.trace()
     return {
         "rule_set": ruleset.digest,
-        "matched": [{"index": position, **outcome.as_dict()} for position, outcome in evaluation.positions.items()],
+        "matched": [_entry(position, outcome.as_dict()) for position, outcome in evaluation.positions.items()],
     }
+
+
+def _entry(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
+    """A matched rule's record as the compact form keeps it: its position, not its outcome (the list says it)."""
+    return {"index": position, **{key: value for key, value in record.items() if key != "outcome"}}
+
+
+def _matched(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A compact matched entry as the full form lists it."""
+    return {"rule": entry["rule"], "outcome": "matched", **_without_index(entry)}
 
 
 def _kept_whole(event: Event) -> bool:
@@ -57,7 +67,7 @@ def _kept_whole(event: Event) -> bool:
 def matched_entries(stored: Any) -> Iterator[dict[str, Any]]:
     """The entries of rules that matched (and of `replay --apply`), with their links: enough to count and queue."""
     if isinstance(stored, Mapping):
-        yield from stored.get("matched", ())
+        yield from (_matched(entry) for entry in stored.get("matched", ()))
         yield from stored.get("added", ())
         return
     for entry in stored or ():
@@ -85,7 +95,7 @@ def render(stored: Any, event: Event, ruleset: RuleSet | None) -> list[dict[str,
     """
     if not isinstance(stored, Mapping):
         return list(stored or ())
-    entries = [_without_index(entry) for entry in stored.get("matched", ())]
+    entries = [_matched(entry) for entry in stored.get("matched", ())]
     if ruleset is None:
         unknown = {
             "rule": "(other rules)",
@@ -203,9 +213,7 @@ def compacted(stored: Any, event: Event, ruleset: RuleSet) -> dict[str, Any] | N
     compact: dict[str, Any] = {
         "rule_set": ruleset.digest,
         "matched": [
-            {"index": position, **entry}
-            for position, entry in enumerate(evaluated)
-            if entry.get("outcome") == "matched"
+            _entry(position, entry) for position, entry in enumerate(evaluated) if entry.get("outcome") == "matched"
         ],
     }
     if added:

@@ -87,10 +87,7 @@ class Ingest(Database):
                 self._store_rule_set(evaluation.ruleset, now)
         work = _Work(
             [_event_row(event, evaluation, ruleset, now) for event, evaluation in items],
-            [
-                [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in evaluation.planned]
-                for _, evaluation in items
-            ],
+            [_event_link_rows(evaluation, dry_run, now) for _, evaluation in items],
             now,
         )
         recorded: list[RecordedEvent] = self._group.submit(work)
@@ -524,6 +521,17 @@ class _Statements:
             )
             statement = self._insert_events[count] = RowsStatement(sql, self._dialect, _EVENT_BINDS)
         return statement
+
+
+def _event_link_rows(evaluation: Evaluation, dry_run: bool, now: float) -> list[dict[str, Any]]:
+    """One row per link an event plans: rules planning the same link plan it once (pending over dry-run)."""
+    rows: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+    for outcome, link in evaluation.planned:
+        row = _link_row(link, dry_run or outcome.dry_run, now)
+        key = _natural_key(row)
+        if key not in rows or row["state"] == "pending":
+            rows[key] = row
+    return list(rows.values())
 
 
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:
