@@ -16,6 +16,7 @@ loop gives (tests/test_rule_index.py checks that for random rule sets and events
 from __future__ import annotations
 
 import heapq
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class RuleIndex:
         for position, found in keys.items():
             self._key[position] = max(found, key=lambda key: len(spread[key.path.text, key.ignore_case]), default=None)
         self._selections: OrderedDict[tuple[str, str], _Selection] = OrderedDict()
+        self._changing = threading.Lock()
         # The conditions of rules whose `when` is a plain list (or absent), each with a key that is
         # the same for the same test written in another rule, so an event answers it once.
         self._plain: dict[int, tuple[tuple[Condition, tuple[Any, ...]], ...] | None] = {
@@ -138,7 +140,6 @@ class RuleIndex:
         pair = (event.source, event.kind)
         selection = self._selections.get(pair)
         if selection is not None:
-            self._selections.move_to_end(pair)
             return selection
         selection = _Selection()
         for position in self._enabled:
@@ -152,9 +153,12 @@ class RuleIndex:
             by_value = selection.keyed.setdefault((key.path, key.ignore_case), {})
             for choice in key.choices:
                 by_value.setdefault(choice, []).append(position)
-        self._selections[pair] = selection
-        if len(self._selections) > SELECTIONS_KEPT:
-            self._selections.popitem(last=False)
+        # Request threads share the index: reads take no lock, changes one at a time. The
+        # oldest pair goes first; a pair seen again after that is worked out again.
+        with self._changing:
+            self._selections[pair] = selection
+            while len(self._selections) > SELECTIONS_KEPT:
+                self._selections.popitem(last=False)
         return selection
 
 

@@ -143,10 +143,10 @@ def _bench_like(size: int) -> RuleSet:
     return parse_rules(json.dumps({"version": 1, "rules": rules}))
 
 
-def _incident(**fields: Any) -> Event:
+def _incident(kind: str = "incident.created", **fields: Any) -> Event:
     return Event(
         "datadog",
-        "incident.created",
+        kind,
         "k",
         entity=INCIDENT,
         **{"title": "payments down, OPS-7", "severity": "SEV-1", "tags": {"service": ["payments-api"]}, **fields},
@@ -224,3 +224,15 @@ def test_a_stop_rule_ends_the_visit_and_the_rest_read_as_skipped():
         "reason": "rule 'service-100' has stop: true",
     }
     assert evaluation.trace() == stopping.evaluate_linear(event).trace()
+
+
+def test_a_source_and_kind_seen_again_after_being_forgotten_selects_the_same_rules(monkeypatch):
+    from caselink import rule_index
+
+    monkeypatch.setattr(rule_index, "SELECTIONS_KEPT", 2)
+    ruleset = _bench_like(200)
+    kinds = ["incident.created", "incident.updated", "alert.triggered", "incident.created"]
+
+    selected = [ruleset.index.candidates(event, event.fields()) for event in (_incident(kind=kind) for kind in kinds)]
+
+    assert selected == [[0, 100], [0, 100], [], [0, 100]]
