@@ -27,7 +27,6 @@ from caselink.config import parse_duration
 from caselink.errors import CaselinkError
 from caselink.errors import RulesError
 from caselink.errors import StoreUnavailableError
-from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import Headers
 from caselink.events import WebhookRequest
@@ -44,6 +43,8 @@ from caselink.store import EVENT_OUTCOMES
 from caselink.store import RuleStats
 from caselink.store import Store
 from caselink.store import database_error
+from caselink.traces import event_from_row
+from caselink.traces import matched_entries
 
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")
@@ -315,12 +316,12 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
         if row["kind"] == "rejected":
             continue  # a body caselink could not read holds nothing for rules to see
         events += 1
-        event = _stored_event(row)
+        event = event_from_row(row)
         evaluation = ruleset.evaluate(event)
         planned = {str(link): (outcome, link) for outcome, link in evaluation.planned}
         before = {
             f"{link['parent']} {link['relationship']} {link['child']}"
-            for outcome in row["trace"]
+            for outcome in matched_entries(row["trace"])
             for link in outcome.get("links", [])
         }
         new = [key for key in planned if key not in before]
@@ -342,26 +343,6 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
     click.echo(f"{events} events since {since}: {verb} {added} link(s), {dropped} no longer planned")
     if not events:
         _say_if_empty(svc.store)
-
-
-def _stored_event(row: dict[str, Any]) -> Event:
-    entity = EntityRef(row["entity_type"], row["entity_id"]) if row["entity_type"] else None
-    return Event(
-        source=row["source"],
-        kind=row["kind"],
-        dedup_key=row["dedup_key"],
-        entity=entity,
-        title=row["title"],
-        message=row["message"],
-        severity=row["severity"],
-        priority=row["priority"],
-        status=row["status"],
-        url=row["url"],
-        tags=row["tags"] or {},
-        occurred_at=row["occurred_at"],
-        payload=row["payload"],
-        problem=row["problem"],
-    )
 
 
 @click.command("worker")
@@ -479,7 +460,8 @@ def db_upgrade(verbose: bool) -> None:
     store = _reading(verbose, check=False, create=True)
     migrations.create(store.engine)
     before = migrations.current_revision(store.engine)
-    migrations.upgrade(store.engine)
+    # The rules in force: traces they made can be stored compactly (migration 0005).
+    migrations.upgrade(store.engine, rule_set=_service().rules.current())
     after = migrations.current_revision(store.engine)
     click.echo(f"database schema: {before or 'empty'} -> {after}")
 
@@ -580,9 +562,7 @@ def events_show(event_id: int, as_json: bool, verbose: bool) -> None:
         click.echo(json.dumps(record, indent=2))
         return
     about = f" about {record['entity']}" if record["entity"] else ""
-    _say(
-        f"event #{record['id']} {record['kind']} from {record['source']}{about}, received {record['received_at']}"
-    )
+    _say(f"event #{record['id']} {record['kind']} from {record['source']}{about}, received {record['received_at']}")
     _say(f"  title: {record['title']}")
     _say(f"  dedup key: {record['dedup_key']}")
     if record["problem"]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeGuard
 from typing import cast
@@ -47,6 +48,9 @@ from caselink.regex import compile_rule_regex
 from caselink.templates import TemplateEnvironment
 from caselink.templates import render
 from caselink.templates import unbounded_constants
+
+if TYPE_CHECKING:
+    from caselink.rule_index import RuleIndex
 
 STRING_OPERATORS = (
     "equals",
@@ -362,6 +366,20 @@ class RefSpec:
     def is_event(self) -> bool:
         return self.type is None
 
+    def shared_refs(
+        self, event: Event, names: Mapping[str, Any], problems: list[str], shared: dict[Any, Any] | None
+    ) -> list[EntityRef]:
+        """`refs`, found once per event for every side written the same way (many rules share one `find`)."""
+        if shared is None:
+            return self.refs(event, names, problems)
+        key = (self.where, self.type, self.template_text, self.fields, self.pattern.pattern if self.pattern else None)
+        found = shared.get(key)
+        if found is None:
+            own: list[str] = []
+            found = shared[key] = (self.refs(event, names, own), own)
+        problems.extend(found[1])
+        return list(found[0])
+
     def refs(self, event: Event, names: Mapping[str, Any], problems: list[str]) -> list[EntityRef]:
         if self.type is None:
             if event.entity is None:
@@ -469,10 +487,13 @@ class Rule:
     def _kind_globs(self) -> Callable[[str], object]:
         return _globs(self.kinds or ())
 
-    def plan(self, event: Event, names: Mapping[str, Any]) -> tuple[list[PlannedLink], list[str]]:
+    def plan(
+        self, event: Event, names: Mapping[str, Any], shared: dict[Any, Any] | None = None
+    ) -> tuple[list[PlannedLink], list[str]]:
+        """The links the rule plans for the event; `shared` keeps one event's ref searches for rules repeating them."""
         problems: list[str] = []
-        parents = self.link.parent.refs(event, names, problems)
-        children = self.link.child.refs(event, names, problems)
+        parents = self.link.parent.shared_refs(event, names, problems, shared)
+        children = self.link.child.shared_refs(event, names, problems, shared)
         links: list[PlannedLink] = []
         for parent in parents:
             for child in children:
@@ -524,13 +545,44 @@ class RuleOutcome:
         return record
 
 
-@dataclass
 class Evaluation:
-    outcomes: list[RuleOutcome]
+    """What a rule set did with one event: the rules that matched, and every rule's outcome.
+
+    An indexed evaluation knows only the rules that matched; the others' outcomes (the
+    explain record) are made when first asked for, from the rule set and the event.
+    `ruleset` is the rule set evaluated, when the trace may refer to it rather than list it.
+    """
+
+    def __init__(
+        self,
+        outcomes: list[RuleOutcome] | None = None,
+        *,
+        matched: Mapping[int, RuleOutcome] | None = None,
+        explain: Callable[[], list[RuleOutcome]] | None = None,
+        ruleset: RuleSet | None = None,
+    ) -> None:
+        if outcomes is None and explain is None:
+            raise ValueError("an evaluation needs its outcomes or a way to explain them")
+        self._outcomes = outcomes
+        self._explain = explain
+        self.positions: dict[int, RuleOutcome] = dict(matched or {})
+        self._matched = (
+            list(self.positions.values())
+            if matched is not None
+            else [outcome for outcome in outcomes or () if outcome.outcome == "matched"]
+        )
+        self.ruleset = ruleset
+
+    @property
+    def outcomes(self) -> list[RuleOutcome]:
+        if self._outcomes is None:
+            assert self._explain is not None
+            self._outcomes = self._explain()
+        return self._outcomes
 
     @property
     def matched(self) -> list[RuleOutcome]:
-        return [outcome for outcome in self.outcomes if outcome.outcome == "matched"]
+        return self._matched
 
     @property
     def planned(self) -> list[tuple[RuleOutcome, PlannedLink]]:
@@ -552,8 +604,37 @@ class RuleSet:
     digest: str = ""
     # What `rules check` points out but the rules work despite, with file:line like problems.
     warnings: tuple[str, ...] = ()
+    # The file's text, stored once per rule set so that traces can refer to it (caselink.traces).
+    text: str = ""
+
+    @cached_property
+    def index(self) -> RuleIndex:
+        from caselink.rule_index import RuleIndex
+
+        return RuleIndex(self.rules)
 
     def evaluate(self, event: Event) -> Evaluation:
+        """The rules that can apply to the event, from the index, evaluated in file order."""
+        from caselink.rule_index import explain
+
+        names = event.fields()
+        matched: dict[int, RuleOutcome] = {}
+        # What one rule found out about this event that another rule asks again (conditions, ref searches).
+        shared: dict[Any, Any] = {}
+        for position in self.index.candidates(event, names):
+            rule = self.rules[position]
+            # A candidate is enabled and selected by `on`: only its conditions are left to ask.
+            if not self.index.holds(position, names, shared):
+                continue
+            links, problems = rule.plan(event, names, shared)
+            matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
+            if rule.stop:
+                break
+        rules = self.rules
+        return Evaluation(matched=matched, explain=lambda: explain(rules, event, matched), ruleset=self)
+
+    def evaluate_linear(self, event: Event) -> Evaluation:
+        """Every rule asked in turn: what `evaluate` must agree with, and the reference for its tests."""
         names = event.fields()
         outcomes: list[RuleOutcome] = []
         stopped_by: str | None = None
@@ -615,7 +696,7 @@ def parse_rules(source_text: str, filename: str = "<rules>", *, sources: Sequenc
     if validator.problems:
         raise RulesError(validator.problems)
     digest = hashlib.sha256(encoded).hexdigest()
-    return RuleSet(tuple(rules), filename, digest, tuple(validator.warnings))
+    return RuleSet(tuple(rules), filename, digest, tuple(validator.warnings), source_text)
 
 
 def _too_big(filename: str, size: int) -> str:

@@ -138,3 +138,16 @@ rule_links = sa.Table(
     sa.Column("rule", sa.String(255), primary_key=True),
     sa.Column("link_id", _id, primary_key=True, autoincrement=False),
 )
+
+# Each rule set that evaluated an event, once: an event's trace names its digest and lists
+# only the rules that matched, and the others are explained from this text when read, so
+# an old event's record still reads right after the rules changed (caselink/traces.py).
+rule_sets = sa.Table(
+    "rule_sets",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    # When an event was first stored with this rule set: it was in force from then on.
+    sa.Column("first_seen_at", _time, nullable=False),
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,8 @@ from alembic.runtime.migration import MigrationContext
 
 from caselink import migrations
 from caselink.errors import SchemaError
+from caselink.events import Event
+from caselink.rules import parse_rules
 from caselink.schema import metadata
 from caselink.store import Store
 from tests.servers import flask
@@ -146,3 +149,74 @@ def test_events_stored_before_digests_keep_an_empty_digest_and_a_downgrade_keeps
     assert len({key for _, key in keys}) == 3
     assert all(key.startswith("k1#") and len(key) == len("k1#") + 64 for _, key in keys[1:])
     engine.dispose()
+
+
+def test_traces_stored_in_full_are_compacted_by_0005_when_their_rule_set_is_in_force_and_read_the_same(url):
+    from caselink.schema import events
+    from caselink.schema import rule_sets
+    from caselink.traces import event_from_row
+    from tests.test_traces import incident
+    from tests.test_traces import rules_text
+
+    ruleset = parse_rules(rules_text(150))
+    other = parse_rules(rules_text(3))
+    engine = sa.create_engine(url)
+    migrations.upgrade(engine, "0004")
+    added = {"rule": "later", "outcome": "matched", "reason": "planned by `replay --apply`", "links": []}
+    made = {
+        "k1": (ruleset.digest, ruleset.evaluate_linear(incident("k1")).trace()),
+        "k2": (ruleset.digest, [*ruleset.evaluate_linear(incident("k2")).trace(), added]),
+        # Made by rules whose text nobody kept: left in full.
+        "k3": (other.digest, other.evaluate_linear(incident("k3")).trace()),
+    }
+    with engine.begin() as connection:
+        for key, (digest, trace) in made.items():
+            row = traces_row(incident(key))
+            connection.execute(events.insert().values(**row, ruleset=digest, trace=trace))
+
+    migrations.upgrade(engine, rule_set=ruleset)
+
+    store = Store(url)
+    with engine.connect() as connection:
+        stored = {row.dedup_key: row for row in connection.execute(sa.select(events)).all()}
+        kept = connection.execute(sa.select(rule_sets.c.digest, rule_sets.c.text)).all()
+    assert kept == [(ruleset.digest, ruleset.text)]
+    assert isinstance(stored["k1"].trace, dict)
+    assert isinstance(stored["k2"].trace, dict)
+    assert stored["k3"].trace == made["k3"][1]
+    for key, (_, trace) in made.items():
+        assert store.get_event(stored[key].id)["rules"] == trace
+    assert event_from_row(dict(stored["k1"]._mapping)).title == "payments down, OPS-7"
+    store.dispose()
+
+    migrations.downgrade(engine, "0004")
+
+    with engine.connect() as connection:
+        after = dict(connection.execute(sa.select(events.c.dedup_key, events.c.trace)).all())
+    assert after == {key: trace for key, (_, trace) in made.items()}
+    engine.dispose()
+
+
+def traces_row(event: Event) -> dict[str, Any]:
+    """An events row at revision 0004, as the store wrote one."""
+    return {
+        "source": event.source,
+        "dedup_key": event.dedup_key,
+        "digest": event.dedup_key,
+        "dedup_conflict": False,
+        "kind": event.kind,
+        "entity_type": event.entity.type,
+        "entity_id": event.entity.id,
+        "title": event.title,
+        "message": event.message,
+        "severity": event.severity,
+        "priority": event.priority,
+        "status": event.status,
+        "url": event.url,
+        "tags": dict(event.tags),
+        "occurred_at": event.occurred_at,
+        "payload": event.payload,
+        "problem": event.problem,
+        "received_at": 1.0,
+        "links_planned": 0,
+    }

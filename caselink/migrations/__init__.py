@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -11,13 +12,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+if TYPE_CHECKING:
+    from caselink.rules import RuleSet
+
 _HERE = Path(__file__).resolve().parent
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine, rule_set: RuleSet | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_HERE))
     config.attributes["engine"] = engine
+    # The rules in force, so that 0005 can compact the traces they made.
+    config.attributes["rule_set"] = rule_set
     return config
 
 
@@ -46,7 +52,12 @@ def create(engine: Engine) -> None:
         create_sqlite_file(engine.url)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision`, creating a SQLite database that is not there yet."""
+def upgrade(engine: Engine, revision: str = "head", *, rule_set: RuleSet | None = None) -> None:
+    """Bring the schema to `revision`, creating a SQLite database that is not there yet; `rule_set` is
+    the rules in force, whose traces 0005 compacts."""
     create(engine)
-    command.upgrade(alembic_config(engine), revision)
+    command.upgrade(alembic_config(engine, rule_set), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    command.downgrade(alembic_config(engine), revision)

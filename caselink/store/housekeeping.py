@@ -18,6 +18,7 @@ from caselink.schema import rule_links
 from caselink.schema import rule_stats
 from caselink.schema import service_state
 from caselink.store.engine import Database
+from caselink.traces import matched_entries
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,7 @@ class Housekeeping(Database):
         planned: set[tuple[str, str, str, str]] = set()
         for row in counted:
             hour = int(row.received_at // 3600)
-            for outcome in row.trace or ():
-                if outcome.get("outcome") != "matched":
-                    continue
+            for outcome in matched_entries(row.trace):
                 rule = str(outcome["rule"])[:255]
                 entry = sums.setdefault((rule, hour), [0, 0, 0.0])
                 entry[0] += 1
@@ -230,7 +229,7 @@ class Housekeeping(Database):
             trace = traces.get(row.id) or ()
             if any(
                 (link["parent"], link["relationship"], link["child"]) in busy
-                for outcome in trace
+                for outcome in matched_entries(trace)
                 for link in outcome.get("links", ())
             ):
                 kept += 1

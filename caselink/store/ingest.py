@@ -15,15 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
 
 from caselink import jsontext
+from caselink import traces
 from caselink.errors import BadRequestError
 from caselink.errors import CaselinkError
 from caselink.errors import StoreUnavailableError
 from caselink.events import Event
 from caselink.rules import Evaluation
+from caselink.rules import RuleSet
 from caselink.schema import MAX_KEY
 from caselink.schema import events
+from caselink.schema import rule_sets
 from caselink.store.engine import Database
 from caselink.store.engine import RowsStatement
 from caselink.store.engine import Statement
@@ -52,6 +57,8 @@ class Ingest(Database):
         self._statements = _Statements(self.engine.dialect)
         self._group = _GroupCommit(self._write_batch)
         self._known_links = _KnownLinks()
+        # The rule sets this process has seen stored: a trace may then refer to them.
+        self._stored_rule_sets: set[str] = set()
 
     def expect_concurrent_writers(self, count: int | Callable[[], int]) -> None:
         """How many requests this process serves at once, or a function that says how many
@@ -75,16 +82,29 @@ class Ingest(Database):
         its rows, so a 202 always means stored.
         """
         now = time.time() if now is None else now
+        for _, evaluation in items:
+            if evaluation.ruleset is not None and evaluation.ruleset.digest not in self._stored_rule_sets:
+                self._store_rule_set(evaluation.ruleset, now)
         work = _Work(
             [_event_row(event, evaluation, ruleset, now) for event, evaluation in items],
-            [
-                [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in evaluation.planned]
-                for _, evaluation in items
-            ],
+            [_event_link_rows(evaluation, dry_run, now) for _, evaluation in items],
             now,
         )
         recorded: list[RecordedEvent] = self._group.submit(work)
         return recorded
+
+    def _store_rule_set(self, ruleset: RuleSet, now: float) -> None:
+        """Keep the rule set's text before the first trace that refers to it; once per process and rule set."""
+        if ruleset.digest and ruleset.text:
+            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            with self.transaction() as connection:
+                connection.execute(
+                    insert(rule_sets)
+                    .values(digest=ruleset.digest, path=ruleset.path, text=ruleset.text, first_seen_at=now)
+                    .on_conflict_do_nothing(index_elements=["digest"])
+                )
+        traces.RULE_SETS.remember(ruleset)
+        self._stored_rule_sets.add(ruleset.digest)
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
         unknown = self._unknown_links(batch)
@@ -245,7 +265,10 @@ class Ingest(Database):
             connection.execute(
                 events.update()
                 .where(events.c.id == event_id)
-                .values(trace=[*trace, *entries.values()], links_planned=events.c.links_planned + len(planned))
+                .values(
+                    trace=traces.with_added(trace, list(entries.values())),
+                    links_planned=events.c.links_planned + len(planned),
+                )
             )
         with self._raw_transaction() as cursor:
             rows = [_link_row(link, dry_run or outcome.dry_run, now) for outcome, link in planned]
@@ -500,6 +523,17 @@ class _Statements:
         return statement
 
 
+def _event_link_rows(evaluation: Evaluation, dry_run: bool, now: float) -> list[dict[str, Any]]:
+    """One row per link an event plans: rules planning the same link plan it once (pending over dry-run)."""
+    rows: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
+    for outcome, link in evaluation.planned:
+        row = _link_row(link, dry_run or outcome.dry_run, now)
+        key = _natural_key(row)
+        if key not in rows or row["state"] == "pending":
+            rows[key] = row
+    return list(rows.values())
+
+
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:
     payload = jsontext.dumps(event.payload)
     return {
@@ -520,7 +554,7 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "problem": event.problem,
         "received_at": now,
         "ruleset": ruleset,
-        "trace": jsontext.dumps(evaluation.trace()),
+        "trace": jsontext.dumps(traces.stored_form(event, evaluation)),
         "links_planned": len(evaluation.links),
         # What the event was built from: the payload as stored, unless the handler says otherwise.
         "digest": event.digest or hashlib.sha256(payload.encode()).hexdigest(),

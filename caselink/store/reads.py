@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from caselink import traces
 from caselink.errors import BadRequestError
 from caselink.errors import NotFoundError
 from caselink.events import EntityRef
@@ -20,6 +21,7 @@ from caselink.schema import LINK_STATES
 from caselink.schema import MAX_KEY
 from caselink.schema import events
 from caselink.schema import links
+from caselink.schema import rule_sets
 from caselink.store.engine import LARGEST_ID
 from caselink.store.engine import Database
 from caselink.store.engine import storable_id
@@ -87,7 +89,14 @@ class Reads(Database):
             row = connection.execute(sa.select(events).where(events.c.id == event_id)).first()
             if row is None:
                 raise NotFoundError(f"no event {event_id}")
-            planned = self._planned_links(connection, row.trace)
+            planned = self._planned_links(connection, list(traces.matched_entries(row.trace)))
+            digest = traces.rule_set_of(row.trace)
+            ruleset = (
+                traces.RULE_SETS.get(digest, lambda wanted: self._rule_set_text(connection, wanted))
+                if digest is not None
+                else None
+            )
+            rendered = traces.render(row.trace, traces.event_from_row(dict(row._mapping)), ruleset)
             same_key = connection.execute(
                 sa.select(events.c.id, events.c.digest)
                 .where(events.c.source == row.source, events.c.dedup_key == row.dedup_key, events.c.id != row.id)
@@ -110,7 +119,7 @@ class Reads(Database):
             tags=row.tags,
             occurred_at=row.occurred_at,
             ruleset=row.ruleset,
-            rules=row.trace,
+            rules=rendered,
             links=planned,
             payload=row.payload,
         )
@@ -122,6 +131,10 @@ class Reads(Database):
             rows = connection.execute(query).all()
         for row in rows:
             yield dict(row._mapping)
+
+    def _rule_set_text(self, connection: Connection, digest: str) -> str | None:
+        text: str | None = connection.execute(sa.select(rule_sets.c.text).where(rule_sets.c.digest == digest)).scalar()
+        return text
 
     def _planned_links(self, connection: Connection, trace: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The links an event's rules planned, each with the state of its row in the queue."""

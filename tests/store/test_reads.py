@@ -349,3 +349,34 @@ def test_an_event_whose_dedup_key_repeated_with_other_content_is_found_as_a_dupl
     assert again.dedup_conflict
     assert found == [again.id]
     assert first not in found
+
+
+def test_an_events_explain_record_reads_in_full_from_its_stored_rule_set_after_the_rules_changed(store, monkeypatch):
+    import json
+
+    import sqlalchemy as sa
+
+    from caselink import traces
+    from caselink.rules import parse_rules
+    from caselink.schema import events
+    from caselink.schema import rule_sets
+    from tests.test_traces import incident
+    from tests.test_traces import rules_text
+
+    ruleset = parse_rules(rules_text(300))
+    happened = incident()
+    [stored] = store.record([(happened, ruleset.evaluate(happened))], ruleset=ruleset.digest, dry_run=True, now=NOW)
+    # The rules change, and this process forgets the old ones: only the rule_sets table has them.
+    newer = parse_rules(rules_text(5))
+    store.record([(incident(dedup_key="k2"), newer.evaluate(incident("k2")))], ruleset=newer.digest, dry_run=True)
+    monkeypatch.setattr(traces, "RULE_SETS", traces.RuleSetCache())
+
+    record = store.get_event(stored.id)
+
+    assert record["rules"] == ruleset.evaluate_linear(happened).trace()
+    assert {link["child"] for link in record["links"]} == {"CASE:OPS-7"}
+    with store.engine.connect() as connection:
+        trace = connection.execute(sa.select(events.c.trace).where(events.c.id == stored.id)).scalar_one()
+        kept = connection.execute(sa.select(rule_sets.c.digest, rule_sets.c.text)).all()
+    assert len(json.dumps(trace)) < 2048
+    assert sorted(kept) == sorted([(ruleset.digest, ruleset.text), (newer.digest, newer.text)])
