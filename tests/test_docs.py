@@ -1,8 +1,10 @@
-"""The README and docs/ hold together: every relative link points at a file that exists, and at a heading in it."""
+"""The README and docs/ hold together: every relative link finds its file and heading, and the first webhook works."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -10,7 +12,11 @@ import pytest
 
 from tests.docs import DOCS
 from tests.docs import README
+from tests.docs import section
 from tests.servers import ROOT
+from tests.servers import Process
+from tests.servers import free_port
+from tests.servers import wait_for
 
 FENCE = re.compile(r"^```.*?^```", flags=re.MULTILINE | re.DOTALL)
 # [text](target) and ![alt](target); a target has no spaces and may carry a "title".
@@ -96,3 +102,30 @@ def test_a_link_to_a_missing_file_or_heading_is_reported(tmp_path):
         "other.md#inside-a-fence: no heading #inside-a-fence in other.md",
         "#there: no heading #there in page.md",
     ]
+
+
+def test_the_readmes_first_webhook_gets_the_answers_the_readme_shows(stack, tmp_path):
+    """The README's start command in dry-run (no Datadog keys, no webhook secret), then its curl, run as written."""
+    [curl] = re.findall(r"^```sh\n(curl .*?)^```", section(README, "A first webhook"), flags=re.MULTILINE | re.DOTALL)
+    shown = [line.removeprefix("# ") for line in curl.splitlines() if line.startswith("# ")]
+    port = free_port()
+    unset = dict.fromkeys(("DD_API_KEY", "DD_APP_KEY", "DD_API_URL", "DATADOG_WEBHOOK_SECRET", "ADMIN_TOKEN"))
+    serve = Process("serve", [str(ROOT / "bin" / "serve")], stack.env(PORT=str(port), **unset), tmp_path)
+    stack.processes.append(serve)
+    serve.start()
+    wait_for(lambda: "Listening at" in serve.logs(), timeout=120, interval=0.1, message="bin/serve listening")
+
+    def send() -> list[str]:
+        command = curl.replace("localhost:8000", f"localhost:{port}")
+        run = subprocess.run(["sh", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+        lines = run.stdout.splitlines()
+        return [lines[0].strip(), lines[-1]]
+
+    first, again = send(), send()
+
+    assert first == shown
+    assert again[0] == "HTTP/1.1 200 OK"
+    assert json.loads(again[1]) == {
+        "events": [{"id": 1, "kind": "incident.created", "duplicate": True, "links_planned": 0}],
+        "links_planned": 0,
+    }
