@@ -97,15 +97,19 @@ def _say(line: str, *, err: bool = False) -> None:
     click.echo(printable(line), err=err)
 
 
-def _reading(verbose: bool, *, check: bool = True) -> Store:
+def _reading(verbose: bool, *, check: bool = True, create: bool = False) -> Store:
     """The store, after saying which database it is when asked, and checking its schema
-    (a database that is not caselink's, or not yet migrated, is named, not a traceback)."""
+    (a database that is not caselink's, not yet migrated, or not there, is named, not a
+    traceback). Only a command that `create`s may go on without a SQLite file there."""
     store = _service().store
     if verbose:
         click.echo(f"database: {store.describe()}", err=True)
-    if check:
+    if check or not create:
         try:
-            store.check_schema()
+            if check:
+                store.check_schema()
+            else:
+                store.check_exists()
         except StoreUnavailableError:
             raise  # said in one line naming DATABASE_URL (_plain_errors)
         except CaselinkError as exc:
@@ -472,7 +476,8 @@ def db_upgrade(verbose: bool) -> None:
     """Bring the database schema up to this release."""
     from caselink import migrations
 
-    store = _reading(verbose, check=False)
+    store = _reading(verbose, check=False, create=True)
+    migrations.create(store.engine)
     before = migrations.current_revision(store.engine)
     migrations.upgrade(store.engine)
     after = migrations.current_revision(store.engine)

@@ -18,6 +18,8 @@ from caselink.cli import printable
 from caselink.config import PROJECT_ROOT
 from caselink.config import Settings
 from tests.conftest import ROOT
+from tests.servers import base_env
+from tests.servers import flask
 from tests.test_cli_operations import invoke
 from tests.test_cli_operations import receive_at
 
@@ -140,3 +142,50 @@ def test_a_relative_sqlite_path_is_under_the_project_root_from_any_directory(
     settings = Settings.from_env({"DATABASE_URL": given_url})
 
     assert settings.database_url == expected
+
+
+READING_COMMANDS = [
+    ("events", "list"),
+    ("events", "list", "--outcome", "linked"),
+    ("events", "show", "1"),
+    ("links", "list"),
+    ("rules", "stats"),
+    ("rules", "stats", "--json"),
+    ("db", "current"),
+    ("db", "prune", "--dry-run"),
+    ("replay",),
+]
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS)
+def test_a_reading_command_pointed_at_a_missing_sqlite_file_creates_nothing_and_says_so_in_one_line(
+    tmp_path, command
+):
+    folder = tmp_path / "not-here"
+    settings = Settings(database_url=f"sqlite:///{folder / 'caselink.db'}", rules_file=ROOT / "rules.yaml")
+    app = create_app(settings)
+    result = app.test_cli_runner().invoke(args=list(command))
+    app.extensions["caselink"].store.dispose()
+
+    assert result.exit_code != 0, result.output
+    [line] = result.output.splitlines()
+    assert "DATABASE_URL" in line
+    assert str(folder / "caselink.db") in line
+    assert "run `bin/caselink db upgrade` to create it" in line
+    assert not folder.exists()
+
+
+def test_flask_events_list_on_a_missing_sqlite_file_leaves_no_file_and_db_upgrade_creates_it(tmp_path):
+    database = tmp_path / "not-here" / "caselink.db"
+    env = base_env(DATABASE_URL=f"sqlite:///{database}", RULES_FILE=str(ROOT / "rules.yaml"))
+
+    listed = flask(env, "events", "list")
+
+    assert listed.returncode != 0
+    assert "DATABASE_URL" in listed.stderr
+    assert "Traceback" not in listed.stderr
+    assert not database.parent.exists()
+    upgraded = flask(env, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert database.exists()
+    assert flask(env, "events", "list").returncode == 0

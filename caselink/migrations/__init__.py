@@ -38,5 +38,15 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def create(engine: Engine) -> None:
+    """Create the SQLite database file (and its folder) if it is not there: only upgrading does."""
+    from caselink.store.sqlite import create_sqlite_file
+
+    if engine.dialect.name == "sqlite":
+        create_sqlite_file(engine.url)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision`, creating a SQLite database that is not there yet."""
+    create(engine)
     command.upgrade(alembic_config(engine), revision)

@@ -9,12 +9,16 @@ relationship, child) both as planned and as resolved to UUIDs.
 One module per concern, each a part of `Store` built on `engine.Database`:
 
 - `engine`: the engine, transactions, the schema check, what a database error means
-- `sqlite`: SQLite's file, write lock file and worker wake-ups
+- `sqlite`: SQLite's files (the database, its -wal and -shm), write lock file and worker wake-ups
 - `ingest`: the webhook path's group commit, compiled statements and deduplication
 - `queue`: claims, leases, fence tokens, backoff and dead letters of the delivery queue
 - `ratelimit`: the Datadog rate-limit budget every process shares
 - `reads`: the admin API's, command line's and status page's reads, pages and cursors
 - `housekeeping`: per-rule statistics and retention
+- `records`: how stored rows read out (shared by `reads` and `queue`)
+
+Data flows one way: `sqlite` ← `engine` ← the concerns ← `Store`; `ingest` takes the
+notification channel's name from `queue`, and nothing imports back up.
 """
 
 from __future__ import annotations

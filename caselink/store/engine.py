@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +56,9 @@ class Database:
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._wake = Wakeup(url if self.dialect == "sqlite" else None)
+        # The connection ingest batches keep between them; None while a batch uses it.
         self._ingest_connection: Any = None
+        self._ingest_lock = threading.Lock()
         self._writable_until = 0.0
         self._reported: dict[str, float] = {}
         self._start()
@@ -83,13 +86,18 @@ class Database:
                             connection = connection.execution_options(caselink_read_only=True)
                         with connection.begin():
                             yield connection
+                        if write:
+                            # While the connection is at hand: one that wrote through files
+                            # no longer at their path is closed below, not used again.
+                            self._check_file(committed=True)
                     except DBAPIError as exc:
                         if is_unavailable(exc):
                             # A connection SQLite opened read-only stays read-only: never reuse it.
                             connection.invalidate()
                         raise
-                if write:
-                    self._check_file(committed=True)
+                    finally:
+                        if not connection.invalidated and self._outdated(connection.info):
+                            connection.invalidate()
         except DBAPIError as exc:
             if not is_unavailable(exc):
                 raise
@@ -97,24 +105,29 @@ class Database:
 
     def _check_file(self, *, committed: bool = False) -> None:
         """Refuse to write (or to count as stored what was just committed) unless the
-        SQLite file at the configured path is the one the connections have open and
-        can be written; a new file there is opened afresh."""
+        SQLite files at the configured path (the database, its -wal and -shm) are the
+        ones the connections have open and can be written; a new database file there
+        is opened afresh, and new -wal and -shm files once no connection holds the old."""
         if self._file is None:
             return
         try:
             replaced = self._file.check()
+            stale = None if replaced else self._file.stale_companion()
         except StoreUnavailableError as exc:
             self._report(exc)
             raise
+        if stale is not None:
+            # The connections write through a -wal or -shm that a restart will not find: close
+            # them all (the last copies what they committed into the database file), and open
+            # none until this process holds none of the old files.
+            self._let_go()
+            error = self._file.stale_error(stale)
+            self._report(error)
+            raise error
         if not replaced:
             return
         # Every pooled connection points at the old file: close them all.
-        if self._ingest_connection is not None:
-            with contextlib.suppress(Exception):
-                self._ingest_connection.invalidate()
-            self._ingest_connection = None
-        self.engine.dispose()
-        self._writable_until = 0.0
+        self._let_go()
         error = StoreUnavailableError(
             "the database file was replaced while caselink ran; try again",
             operator=f"{describe_url(self.url)}: the file was replaced while caselink ran; "
@@ -124,6 +137,22 @@ class Database:
         if committed:
             # The commit went to the file that was replaced, not to the one now at the path.
             raise error
+
+    def _let_go(self) -> None:
+        """Close the connections not in use; those in use are closed when their transaction ends."""
+        if self._file is not None:
+            self._file.let_go()
+        with self._ingest_lock:
+            idle, self._ingest_connection = self._ingest_connection, None
+        if idle is not None:
+            with contextlib.suppress(Exception):
+                idle.invalidate()
+        self.engine.dispose()
+        self._writable_until = 0.0
+
+    def _outdated(self, info: dict[str, Any]) -> bool:
+        """Whether a connection was opened before this process let go of the files it had open."""
+        return self._file is not None and self._file.outdated(info)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         """The error for a database that cannot be used: a sender's message without host,
@@ -160,18 +189,29 @@ class Database:
         self._writable_until = time.monotonic() + 1.0
 
     def dispose(self) -> None:
-        if self._ingest_connection is not None:
-            self._ingest_connection.close()
-            self._ingest_connection = None
+        with self._ingest_lock:
+            idle, self._ingest_connection = self._ingest_connection, None
+        if idle is not None:
+            idle.close()
         self.engine.dispose()
         if self._write_lock is not None:
             self._write_lock.close()
         self._wake.close()
 
+    def check_exists(self) -> None:
+        """Raise SchemaError when DATABASE_URL names a SQLite file that is not there: nothing but
+        `db upgrade` creates one, so that a command pointed at the wrong path leaves none behind."""
+        if self._file is not None and self._file.missing():
+            raise SchemaError(
+                "the database has no caselink schema; run `bin/caselink db upgrade` to create it "
+                "(no file is at the path DATABASE_URL names)"
+            )
+
     def check_schema(self) -> None:
         """Raise SchemaError unless the database is at this release's migration head."""
         from caselink import migrations
 
+        self.check_exists()
         self._check_file()
         try:
             current = migrations.current_revision(self.engine)
@@ -206,22 +246,34 @@ class Database:
         dbapi = self.engine.dialect.loaded_dbapi
         guard = self._write_lock if self._write_lock is not None else nullcontext()
         connection = None
+        if ingest:
+            # Taken while in use, so that letting go of the files (another thread) leaves it be.
+            with self._ingest_lock:
+                connection, self._ingest_connection = self._ingest_connection, None
         try:
             with guard:
-                self._check_file()
-                connection = self._ingest_connection if ingest else None
-                if connection is None:
-                    connection = self.engine.raw_connection()
-                cursor = connection.cursor()
-                if self.dialect == "sqlite" and begin:
-                    cursor.execute("BEGIN IMMEDIATE")
                 try:
-                    yield cursor
-                except BaseException:
-                    connection.rollback()
-                    raise
-                connection.commit()
-                self._check_file(committed=True)
+                    self._check_file()
+                    if connection is None or self._outdated(connection.info):
+                        if connection is not None:
+                            connection.invalidate()
+                        connection = self.engine.raw_connection()
+                    cursor = connection.cursor()
+                    if self.dialect == "sqlite" and begin:
+                        cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield cursor
+                    except BaseException:
+                        connection.rollback()
+                        raise
+                    connection.commit()
+                    self._check_file(committed=True)
+                finally:
+                    # Still under the write lock: what an outdated connection committed is copied
+                    # into the database file as it closes, before another writer goes on.
+                    if connection is not None and self._outdated(connection.info):
+                        connection.invalidate()
+                        connection = None
         except (dbapi.Error, DBAPIError) as exc:
             if connection is not None:
                 # Whatever state it is in, a connection that failed is not used again.
@@ -231,9 +283,10 @@ class Database:
                 raise self._unavailable(exc) from exc
             raise
         finally:
-            if ingest:
-                # Kept unless it failed, or was invalidated because the file was replaced.
-                self._ingest_connection = connection if connection is not None and connection.is_valid else None
+            if ingest and connection is not None and connection.is_valid:
+                # Kept unless it failed, or was invalidated because the files changed.
+                with self._ingest_lock:
+                    self._ingest_connection = connection
             elif connection is not None:
                 connection.close()
 

@@ -6,10 +6,13 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from caselink.store import Store
@@ -295,3 +298,40 @@ def test_a_full_disk_gets_503s_and_readyz_not_ready_and_writes_resume_by_themsel
         web.stop()
         # Every 202 was stored, full disk or not.
         assert acknowledged <= stored_event_ids(stack.database_url)
+
+
+def test_deleting_only_the_wal_and_shm_files_while_webhooks_flow_never_acknowledges_an_event_it_loses(stack):
+    web = stack.service(WEB_CONCURRENCY="2")
+    database, wal, shm = sqlite_files(stack)
+    answers: dict[int, int] = {}
+
+    def send(index: int) -> None:
+        try:
+            answers[index] = web.post("datadog", incident(index)).status_code
+        except requests.RequestException:
+            answers[index] = 0
+
+    # 300 webhooks at 50 a second; 1.5 s in, the -wal and -shm files go (the database file stays).
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for index in range(300):
+            time.sleep(max(0.0, started + index / 50 - time.monotonic()))
+            if index == 75:
+                for path in (wal, shm):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            pool.submit(send, index)
+
+    # It recovers by itself once the files it relies on are consistent again: 202s and ready.
+    wait_for(lambda: web.post("datadog", incident(300)).status_code == 202, timeout=20, message="a 202 again")
+    answers[300] = 202
+    wait_for(lambda: readyz(web)[0] == 200, timeout=20, message="ready again")
+    web.stop()
+
+    acknowledged = {f"incident.created:evt-{index}" for index, status in answers.items() if status == 202}
+    lost = acknowledged - stored_event_ids(stack.database_url)
+    assert not lost, f"{len(lost)} events answered 202 are not in the database: {sorted(lost)[:10]}"
+    # Answers were 202 or 503 (never an error page), and the batches whose files went got 503s.
+    assert set(answers.values()) == {202, 503}, answers
+    assert database.exists()
+    assert "-wal was deleted or replaced" in web.logs() or "-shm was deleted or replaced" in web.logs()
