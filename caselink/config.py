@@ -161,7 +161,7 @@ def _rooted_sqlite(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything caselink can be configured with. See the README's table."""
+    """Everything caselink can be configured with. See the table in docs/configuration.md."""
 
     dd_api_key: Secret | None = None
     dd_app_key: Secret | None = None

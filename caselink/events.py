@@ -120,9 +120,9 @@ UNRECOGNISED = "unrecognised"
 
 @dataclass(frozen=True)
 class SenderKinds:
-    """The kinds one sender's events can have (canonical), as the README's "Event kinds" table lists them.
+    """The kinds one sender's events can have (canonical), as the "Event kinds" table of docs/senders.md lists them.
 
-    `documented`: the kinds the sender documents (or the README's templates use).
+    `documented`: the kinds the sender documents (or the templates in docs/senders.md use).
     `possible`: globs of the other kinds it can still produce: names its users
     choose (a Datadog template's `event`, a Standard Webhooks `type`, an Opsgenie
     custom action) or types the sender adds later. Every sender also produces

@@ -340,7 +340,7 @@ def _selection(path: str, rule: Rule, kinds: Mapping[str, SenderKinds]) -> list[
             found.append(Finding(WARNING, "kind", path, rule.line, rule.name, message))
         elif all(kinds[source].documented and not kinds[source].documents(pattern) for source in producers):
             message = (
-                f"on.kind {pattern!r} is not among the kinds {named} documents (README, Event kinds);"
+                f"on.kind {pattern!r} is not among the kinds {named} documents (docs/senders.md, Event kinds);"
                 " it may still come from a name of your own or a type the sender added later"
             )
             found.append(Finding(NOTE, "kind", path, rule.line, rule.name, message))

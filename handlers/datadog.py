@@ -2,7 +2,7 @@
 
 Datadog does not sign webhooks, so the sender presents DATADOG_WEBHOOK_SECRET
 as a Bearer token, a basic-auth password or an X-Webhook-Token header. The
-body is the JSON template from the README, or Datadog's default payload; with
+body is the JSON template from docs/senders.md, or Datadog's default payload; with
 "encode as form" its top-level keys arrive as form fields.
 """
 
@@ -29,7 +29,7 @@ from caselink.normalise import iso_from_epoch
 from caselink.normalise import unrecognised
 
 SOURCE = "datadog"
-# The kinds of the README's templates and of bodies without `event`; a template of
+# The kinds of the templates in docs/senders.md and of bodies without `event`; a template of
 # your own may send any `event`, and Datadog's default payload its `$EVENT_TYPE`.
 KINDS = SenderKinds(
     documented=(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import re
 import unicodedata
-from pathlib import Path
 
 import pytest
 from hypothesis import example
@@ -16,6 +15,8 @@ from caselink.events import Event
 from caselink.events import canonical_kind
 from caselink.events import canonical_kind_pattern
 from caselink.rules import parse_rules
+from tests.docs import SENDERS
+from tests.docs import section as doc_section
 
 CANONICAL = re.compile(r"[^\W_A-Z]+(?:_[^\W_A-Z]+)*(?:\.[^\W_A-Z]+(?:_[^\W_A-Z]+)*)*")
 
@@ -166,9 +167,8 @@ def test_an_event_keeps_its_kind_canonical_whoever_builds_it():
     assert Event("datadog", "alert.No Data", "k").kind == "alert.no_data"
 
 
-def test_the_readme_kinds_table_lists_canonical_kinds():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Event kinds") : readme.index("## rules.yaml")]
+def test_the_docs_kinds_table_lists_canonical_kinds():
+    section = doc_section(SENDERS, "Event kinds")
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     listed = [kind for row in rows[1:] for kind in re.findall(r"`([^`$]+)`", row[-1])]
 

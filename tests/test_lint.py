@@ -188,7 +188,7 @@ def test_a_kind_a_sender_may_produce_but_does_not_document_is_a_note():
 
     assert found == [
         "t.yaml:3: rule 'r': note: on.kind 'incident.created' is not among the kinds source pagerduty documents"
-        " (README, Event kinds); it may still come from a name of your own or a type the sender added later"
+        " (docs/senders.md, Event kinds); it may still come from a name of your own or a type the sender added later"
     ]
 
 

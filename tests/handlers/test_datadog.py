@@ -24,7 +24,7 @@ def body(**payload: object) -> bytes:
 @pytest.mark.parametrize(
     ("payload", "kind"),
     [
-        # The README's monitor template: `"event": "alert.$ALERT_TRANSITION"`, as Datadog fills it.
+        # The monitor template of docs/senders.md: `"event": "alert.$ALERT_TRANSITION"`, as Datadog fills it.
         ({"event": "alert.No Data", "alert": {**ALERT, "transition": "No Data"}}, "alert.no_data"),
         ({"event": "alert.Triggered", "alert": {**ALERT, "transition": "Triggered"}}, "alert.triggered"),
         ({"event": "alert.Re-Triggered", "alert": {**ALERT, "transition": "Re-Triggered"}}, "alert.re_triggered"),

@@ -1,4 +1,4 @@
-"""Each handler's `KINDS` (what the rules lint knows) agrees with the README's kinds table and with real payloads."""
+"""Each handler's `KINDS` (what the rules lint knows) agrees with docs/senders.md' kinds table and real payloads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 from caselink.events import canonical_kind
 from handlers import REGISTRY
 from tests.conftest import FIXTURES
+from tests.docs import SENDERS as SENDERS_DOC
+from tests.docs import section as doc_section
 from tests.handlers.conftest import events
 from tests.handlers.conftest import webhook
-from tests.servers import ROOT
 
-# The README's name of each sender in the kinds table.
+# The docs' name of each sender in the kinds table.
 SENDERS = {
     "Datadog": "datadog",
     "PagerDuty": "pagerduty",
@@ -26,10 +27,9 @@ SENDERS = {
 INTAKE = {"dd": "datadog", "pd": "pagerduty", "og": "opsgenie", "grafana": "grafana"}
 
 
-def readme_kinds() -> dict[str, list[str]]:
-    """The kinds the README's table lists for each source (a sender's own names as examples included)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Event kinds") : readme.index("## rules.yaml")]
+def documented_kinds() -> dict[str, list[str]]:
+    """The kinds the docs' table lists for each source (a sender's own names as examples included)."""
+    section = doc_section(SENDERS_DOC, "Event kinds")
     listed: dict[str, list[str]] = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split(" | ")]
@@ -43,15 +43,15 @@ def readme_kinds() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("source", sorted(REGISTRY))
-def test_every_kind_the_readme_lists_for_a_sender_is_one_its_handler_may_produce(source):
+def test_every_kind_the_docs_list_for_a_sender_is_one_its_handler_may_produce(source):
     kinds = REGISTRY[source].KINDS
 
-    assert [kind for kind in readme_kinds()[source] if not kinds.may_produce(kind)] == []
+    assert [kind for kind in documented_kinds()[source] if not kinds.may_produce(kind)] == []
 
 
 @pytest.mark.parametrize("source", sorted(REGISTRY))
-def test_every_kind_a_handler_documents_is_in_the_readme_table(source):
-    assert set(REGISTRY[source].KINDS.documented) - set(readme_kinds()[source]) == set()
+def test_every_kind_a_handler_documents_is_in_the_docs_table(source):
+    assert set(REGISTRY[source].KINDS.documented) - set(documented_kinds()[source]) == set()
 
 
 def test_the_documented_kinds_are_canonical_and_the_possible_ones_are_globs():

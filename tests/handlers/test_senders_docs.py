@@ -1,4 +1,4 @@
-"""The README's section on senders stays true: its rules load and pass their examples, its signing snippet signs."""
+"""docs/senders.md stays true: its rules load and pass their examples, its signing snippet signs."""
 
 from __future__ import annotations
 
@@ -14,20 +14,16 @@ from caselink.rules import load_rules
 from handlers import REGISTRY
 from handlers import generic
 from tests.conftest import FIXTURES
+from tests.docs import SENDERS as SENDERS_DOC
+from tests.docs import section
 from tests.handlers.conftest import policy
 from tests.handlers.conftest import webhook
-from tests.servers import ROOT
 
-README = ROOT / "README.md"
-SECTION = "## Other senders"
 SENDERS = ("pagerduty", "opsgenie", "alertmanager", "grafana", "generic")
 
 
 def senders_section() -> str:
-    text = README.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
-    return text[start : end if end != -1 else len(text)]
+    return section(SENDERS_DOC, "Other senders")
 
 
 def code_blocks(language: str) -> list[str]:
@@ -76,7 +72,7 @@ def test_the_python_signing_snippet_signs_as_the_handler_checks(monkeypatch):
     fake_requests = types.SimpleNamespace(post=lambda url, **kwargs: sent.update(url=url, **kwargs))
     monkeypatch.setitem(sys.modules, "requests", fake_requests)
 
-    exec(compile(snippet, str(README), "exec"), {})  # noqa: S102 - the doc's own example, run as a reader would
+    exec(compile(snippet, str(SENDERS_DOC), "exec"), {})  # noqa: S102 - the doc's own example, run as a reader would
 
     request = webhook("generic", sent["data"].encode(), sent["headers"], received_at=time.time())
     generic.authenticate(request, policy("generic", secret, now=time.time()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from caselink.rules import PlannedLink
 from caselink.rules import RuleOutcome
 from caselink.store import EVENT_OUTCOMES
 from caselink.store import Store
+from tests.docs import OPERATIONS
+from tests.docs import section
 from tests.store.builders import DAY
 from tests.store.builders import NOW
 from tests.store.builders import causes
@@ -175,8 +178,11 @@ def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected
     assert [row["id"] for row in store.find_events(outcome=outcome)] == want
 
 
-def test_the_outcomes_are_the_five_the_readme_documents():
-    assert EVENT_OUTCOMES == ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+def test_the_outcomes_are_the_five_docs_operations_documents():
+    table = section(OPERATIONS, "The operator's questions").split("| outcome | the event |")[1]
+    documented = tuple(re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.MULTILINE))
+
+    assert EVENT_OUTCOMES == documented == ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
 
 
 def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(store):
