@@ -172,7 +172,7 @@ def test_worker_once_with_rejected_keys_stops_at_once_and_exits_non_zero_saying_
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Datadog rejects the keys (DD_API_KEY, DD_APP_KEY)" in result.stderr
-    assert "1 link(s) wait" in result.stderr
+    assert "1 link(s) remain undelivered" in result.stderr
     assert "Traceback" not in result.stderr
     assert fake_datadog.api_key not in result.stdout + result.stderr
     assert len(fake_datadog.requests) <= 2
