@@ -410,7 +410,7 @@ def worker(once: bool, grace: float) -> None:
         finally:
             running.stop(grace)
         if signalled and "stopped" in report.reasons:
-            report.note("stopped", f"by {signalled[0]}")
+            report.note("stopped", f"by {signalled[0]}", first=False)
         _say_once(svc.store, report)
         return
     housekeeper = Housekeeper(svc.store, svc.settings.event_retention)

@@ -84,11 +84,14 @@ class PassReport:
         """Every link that was due is delivered or final."""
         return not self.reasons
 
-    def note(self, reason: str, said: str, until: float | None = None) -> None:
+    def note(self, reason: str, said: str, until: float | None = None, *, first: bool = True) -> None:
+        """Add a reason; the first words said for it stay unless `first` is false."""
         known = self.reasons.get(reason)
-        # The earliest moment delivery may go on is what an operator waits for.
-        if known is not None and known[1] is not None and (until is None or known[1] <= until):
-            until = known[1]
+        if known is not None:
+            said = known[0] if first else said
+            # The earliest moment delivery may go on is what an operator waits for.
+            if known[1] is not None and (until is None or known[1] <= until):
+                until = known[1]
         self.reasons[reason] = (said, until)
 
     def why(self) -> str:
@@ -338,7 +341,8 @@ class DeliveryWorker:
                 report.note("stopped", "asked to stop")
                 break
             if self.pause is not None:
-                report.note("keys rejected", self.pause.reason)
+                # What Datadog answered, not "delivery paused" as the deliveries after it were told.
+                report.note("keys rejected", self.pause.reason, first=False)
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 report.note("stopped", f"the pass ran out of its {timeout:g}s")
@@ -380,6 +384,9 @@ class DeliveryWorker:
                 elif result.outcome != "lease_lost":
                     reason = _REASON_OF.get(result.outcome, "error")
                     report.note(reason, result.error or result.outcome, result.retry_at)
+            if self.pause is not None:
+                report.note("keys rejected", self.pause.reason, first=False)
+                break
             if not progressed:
                 # Nothing got through this round: the next would fare no better now.
                 break
