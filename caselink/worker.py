@@ -384,8 +384,10 @@ class DeliveryWorker:
                 elif result.outcome != "lease_lost":
                     reason = _REASON_OF.get(result.outcome, "error")
                     report.note(reason, result.error or result.outcome, result.retry_at)
-            if self.pause is not None:
-                report.note("keys rejected", self.pause.reason, first=False)
+            # Read anew (not narrowed from the check above): a delivery of this round may have paused.
+            pause = self._current_pause()
+            if pause is not None:
+                report.note("keys rejected", pause.reason, first=False)
                 break
             if not progressed:
                 # Nothing got through this round: the next would fare no better now.
@@ -576,6 +578,10 @@ class DeliveryWorker:
         if was_paused:
             log.info("Datadog accepts the credentials again; delivery resumed", extra={"fields": {"worker": self.name}})
         self._wake.set()
+
+    def _current_pause(self) -> Pause | None:
+        with self._lock:
+            return self.pause
 
     def _credentials_work(self) -> None:
         if self.pause is not None:
