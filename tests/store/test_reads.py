@@ -1,4 +1,4 @@
-"""The store's reads for the status page, on SQLite and on PostgreSQL: cursors, filters, bounded searches."""
+"""The admin API's, command line's and status page's reads: explain records, pages, filters."""
 
 from __future__ import annotations
 
@@ -17,18 +17,13 @@ from caselink.rules import PlannedLink
 from caselink.rules import RuleOutcome
 from caselink.store import EVENT_OUTCOMES
 from caselink.store import Store
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path: Path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
-    built = Store(url)
-    migrations.upgrade(built.engine)
-    yield built
-    built.dispose()
+from tests.store.builders import DAY
+from tests.store.builders import NOW
+from tests.store.builders import causes
+from tests.store.builders import event
+from tests.store.builders import planning
+from tests.store.builders import receive
+from tests.store.builders import unmatched
 
 
 def link_to(case: str) -> PlannedLink:
@@ -55,6 +50,65 @@ def record(
 
 def ids(page) -> list[int]:
     return [event["id"] for event in page.events]
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path):
+    built = Store(f"sqlite:///{tmp_path / 'plans.db'}")
+    migrations.upgrade(built.engine)
+    yield built
+    built.dispose()
+
+
+def query_plans(store: Store, read) -> list[tuple[str, list[str]]]:
+    """Each SELECT that `read` runs, with SQLite's plan for it (one line per step)."""
+    statements: list[tuple[str, Any]] = []
+
+    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    sa_event.listen(store.engine, "before_cursor_execute", keep)
+    try:
+        read()
+    finally:
+        sa_event.remove(store.engine, "before_cursor_execute", keep)
+    with store.engine.connect() as connection:
+        return [
+            (statement, [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)])
+            for statement, parameters in statements
+        ]
+
+
+def test_the_explain_record_shows_the_trace_and_the_link_states(store):
+    evaluation = planning(("r1", causes()))
+    evaluation.outcomes.append(RuleOutcome("r2", "not_matched", "when[0]: severity in ['SEV-1']: severity is 'SEV-4'"))
+    [recorded] = store.record([(event(), evaluation)], ruleset="abc", dry_run=False)
+
+    record = store.get_event(recorded.id)
+
+    assert [rule["outcome"] for rule in record["rules"]] == ["matched", "not_matched"]
+    assert record["rules"][1]["reason"].startswith("when[0]")
+    assert [(link["child"], link["state"], link["rule"]) for link in record["links"]] == [
+        ("CASE:OPS-42", "pending", "r1")
+    ]
+
+
+def test_the_explain_record_says_a_repeated_key_with_other_content_was_stored_as_a_new_event(store):
+    [first] = store.record([(event("k"), planning())], ruleset="x", dry_run=False)
+    [other] = store.record([(event("k", payload={"id": "k", "v": 2}), planning())], ruleset="x", dry_run=False)
+
+    record = store.get_event(other.id)
+    original = store.get_event(first.id)
+
+    assert record["dedup_conflict"] is True
+    assert record["same_key_events"] == [first.id]
+    assert record["dedup"] == (
+        f"dedup key 'k' repeated #{first.id} with different content: stored and evaluated as a new event"
+    )
+    assert record["digest"] != original["digest"]
+    assert original["dedup_conflict"] is False
+    assert f"#{other.id}" in original["dedup"]
 
 
 def test_event_pages_walk_back_by_cursor_until_the_oldest(store):
@@ -230,53 +284,6 @@ def test_delivery_errors_are_the_failing_links_latest_first(store):
     ]
 
 
-def test_rate_budgets_count_the_current_period_of_every_limit_learned(store):
-    store.learn_rate_limit("POST /api/v2/cases/link", "cases_link_create", 100, 10.0)
-    store.learn_rate_limit("GET /api/v2/cases/link", "cases_link_read", 50, 60.0)
-    store.learn_rate_limit("GET /api/v2/cases/{key}", "cases_link_read", 50, 60.0)
-    now = 1_000_005.0
-    for _ in range(3):
-        store.take_rate_slot("cases_link_create", int(now // 10), 100)
-    store.take_rate_slot("cases_link_create", int(now // 10) - 1, 100)  # an earlier period: not counted
-
-    budgets = store.rate_budgets(now=now)
-
-    assert budgets == [
-        {"name": "cases_link_create", "limit": 100, "period": 10.0, "used": 3, "resets_in": 5.0,
-         "endpoints": ["POST /api/v2/cases/link"]},
-        {"name": "cases_link_read", "limit": 50, "period": 60.0, "used": 0, "resets_in": 15.0,
-         "endpoints": ["GET /api/v2/cases/link", "GET /api/v2/cases/{key}"]},
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def sqlite_store(tmp_path: Path):
-    built = Store(f"sqlite:///{tmp_path / 'plans.db'}")
-    migrations.upgrade(built.engine)
-    yield built
-    built.dispose()
-
-
-def query_plans(store: Store, read) -> list[tuple[str, list[str]]]:
-    """Each SELECT that `read` runs, with SQLite's plan for it (one line per step)."""
-    statements: list[tuple[str, Any]] = []
-
-    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, parameters))
-
-    sa_event.listen(store.engine, "before_cursor_execute", keep)
-    try:
-        read()
-    finally:
-        sa_event.remove(store.engine, "before_cursor_execute", keep)
-    with store.engine.connect() as connection:
-        return [
-            (statement, [row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)])
-            for statement, parameters in statements
-        ]
-
-
 @pytest.mark.parametrize(
     "read",
     [
@@ -305,3 +312,40 @@ def test_the_status_pages_reads_walk_an_index_and_never_scan_a_table(sqlite_stor
         if any(step.startswith("SCAN") and "COVERING INDEX" not in step for step in steps):
             assert "WHERE" not in statement, (statement, steps)
             assert "LIMIT" in statement, (statement, steps)
+
+
+def test_events_are_found_by_source_kind_outcome_and_window(store):
+    linked = receive(store, "a", NOW - DAY)
+    quiet = receive(store, "b", NOW - 2 * DAY, unmatched())
+    [unreadable] = store.record(
+        [(Event(source="datadog", kind="unrecognised", dedup_key="c", problem="not JSON"), Evaluation([]))],
+        ruleset="abc",
+        dry_run=False,
+        now=NOW - 3 * DAY,
+    )
+
+    def ids(**filters):
+        return [row["id"] for row in store.find_events(**filters)]
+
+    assert ids() == [unreadable.id, quiet, linked]
+    assert ids(outcome="linked") == [linked]
+    assert ids(outcome="not-linked") == [quiet]
+    assert ids(outcome="unrecognised") == [unreadable.id]
+    assert ids(outcome="duplicate-conflict") == []
+    assert ids(since=NOW - 2.5 * DAY) == [quiet, linked]
+    assert ids(kind="unrecognised", source="datadog") == [unreadable.id]
+    assert ids(source="pagerduty") == []
+    assert ids(limit=1) == [unreadable.id]
+
+
+def test_an_event_whose_dedup_key_repeated_with_other_content_is_found_as_a_duplicate_conflict(store):
+    first = receive(store, "same", NOW - DAY)
+    [again] = store.record(
+        [(event("same", digest="f" * 64), planning(("r1", causes())))], ruleset="abc", dry_run=False, now=NOW
+    )
+
+    found = [row["id"] for row in store.find_events(outcome="duplicate-conflict")]
+
+    assert again.dedup_conflict
+    assert found == [again.id]
+    assert first not in found

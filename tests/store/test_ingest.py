@@ -1,4 +1,4 @@
-"""The store on SQLite and on PostgreSQL: dedup, link uniqueness, claims, leases, results."""
+"""The webhook path on SQLite and on PostgreSQL: group commit, deduplication, link planning."""
 
 from __future__ import annotations
 
@@ -6,60 +6,15 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from caselink import migrations
-from caselink.events import EntityRef
-from caselink.events import Event
-from caselink.rules import Evaluation
-from caselink.rules import PlannedLink
-from caselink.rules import RuleOutcome
+from caselink.errors import BadRequestError
 from caselink.store import Store
-
-INCIDENT = "01c03111-172a-50c7-8df3-d61e64b0e74b"
-OTHER_INCIDENT = "3b1f0c2e-9a7d-4e55-8c21-6f0e2d9a1b44"
-CASE_UUID = "9daaa414-8843-46e2-8360-c36d3713285f"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path: Path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
-    built = Store(url)
-    migrations.upgrade(built.engine)
-    yield built
-    built.dispose()
-
-
-def event(dedup_key: str = "d1", incident: str = INCIDENT, **fields) -> Event:
-    return Event(
-        source="datadog",
-        kind="incident.created",
-        dedup_key=dedup_key,
-        entity=EntityRef("INCIDENT", incident),
-        **{"title": "see OPS-42", "payload": {"id": dedup_key}, **fields},
-    )
-
-
-def planning(*links: tuple[str, PlannedLink], dry_run: bool = False) -> Evaluation:
-    outcomes = {}
-    for rule, link in links:
-        outcomes.setdefault(rule, RuleOutcome(rule, "matched", dry_run=dry_run)).links.append(link)
-    return Evaluation(list(outcomes.values()))
-
-
-def causes(incident: str = INCIDENT, case: str = "OPS-42") -> PlannedLink:
-    return PlannedLink(EntityRef("INCIDENT", incident), "CAUSES", EntityRef.checked("CASE", case))
-
-
-def event_ids(store: Store) -> dict[str, int]:
-    from caselink.schema import events
-
-    with store.engine.connect() as connection:
-        return dict(connection.execute(sa.select(events.c.dedup_key, events.c.id)).all())
+from tests.store.builders import causes
+from tests.store.builders import event
+from tests.store.builders import event_ids
+from tests.store.builders import planning
 
 
 def test_an_event_is_stored_once_per_source_and_dedup_key(store):
@@ -95,9 +50,9 @@ def test_one_batch_of_new_stored_and_repeated_events_gets_each_its_own_outcome(s
 
 
 def test_a_webhook_of_more_events_than_one_statement_holds_is_stored_whole(store, monkeypatch):
-    import caselink.store
+    import caselink.store.ingest
 
-    monkeypatch.setattr(caselink.store, "_ROWS_PER_INSERT", 3)
+    monkeypatch.setattr(caselink.store.ingest, "_ROWS_PER_INSERT", 3)
     store.record([(event("k4"), planning())], ruleset="x", dry_run=False)
 
     recorded = store.record([(event(f"k{n}"), planning()) for n in range(8)], ruleset="x", dry_run=False)
@@ -155,136 +110,8 @@ def test_global_dry_run_plans_links_that_are_never_claimed(store):
     assert store.list_links()[0]["state"] == "dry_run"
 
 
-def test_two_workers_never_claim_the_same_link(store):
-    for index in range(40):
-        incident = f"00000000-0000-4000-8000-{index:012d}"
-        store.record([(event(f"e{index}", incident), planning(("r", causes(incident))))], ruleset="x", dry_run=False)
-    claimed: list[list[int]] = []
-    barrier = threading.Barrier(4)
-
-    def take(name: str) -> None:
-        barrier.wait()
-        mine = []
-        while batch := store.claim(name, 3, lease=30):
-            mine.extend(job.id for job in batch)
-        claimed.append(mine)
-
-    threads = [threading.Thread(target=take, args=(f"w{n}",)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    everything = [link_id for mine in claimed for link_id in mine]
-    assert sorted(everything) == list(range(1, 41))
-
-
-def test_a_claim_whose_lease_ran_out_is_taken_over_and_the_old_holder_is_fenced(store):
-    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
-    now = time.time()
-    [first] = store.claim("a", 1, lease=5, now=now)
-    assert store.claim("b", 1, lease=5, now=now + 1) == []
-
-    [second] = store.claim("b", 1, lease=5, now=now + 6)
-
-    assert second.id == first.id
-    assert second.attempts == 2
-    assert store.delivered(first, "late", existed=False) is False
-    assert store.delivered(second, "link-1", existed=False) is True
-    assert store.get_link(first.id)["datadog_link_id"] == "link-1"
-
-
-def test_a_transient_failure_waits_for_its_time_and_counts_an_attempt(store):
-    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
-    now = time.time()
-    [job] = store.claim("a", 1, lease=30, now=now)
-
-    assert store.retry_later(job, "503", at=now + 60, status=503, now=now) is True
-
-    assert store.claim("a", 1, lease=30, now=now + 1) == []
-    [again] = store.claim("a", 1, lease=30, now=now + 61)
-    assert again.attempts == 2
-    assert store.get_link(job.id)["last_error"] == "503"
-
-
-def test_a_release_that_does_not_count_leaves_attempts_unchanged(store):
-    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
-    [job] = store.claim("a", 1, lease=30)
-
-    store.retry_later(job, "credentials rejected", at=time.time(), count_attempt=False)
-
-    assert store.get_link(job.id)["attempts"] == 0
-
-
-def test_dead_letters_keep_their_reason_and_can_be_retried(store):
-    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
-    [job] = store.claim("a", 1, lease=30)
-    store.dead(job, "case OPS-42 does not exist", status=404)
-
-    [dead] = store.list_links(state="dead")
-    assert (dead["last_error"], dead["last_status"], dead["attempts"]) == ("case OPS-42 does not exist", 404, 1)
-    assert store.retry_dead() == 1
-    assert store.list_links(state="pending")[0]["attempts"] == 0
-
-
-def test_two_plans_that_resolve_to_the_same_uuids_become_one_link(store):
-    by_key = PlannedLink(EntityRef("INCIDENT", INCIDENT), "CAUSES", EntityRef("CASE", "OPS-42"))
-    by_uuid = PlannedLink(EntityRef("INCIDENT", INCIDENT), "CAUSES", EntityRef("CASE", CASE_UUID))
-    store.record([(event("a"), planning(("r", by_uuid)))], ruleset="x", dry_run=False)
-    store.record([(event("b"), planning(("r", by_key)))], ruleset="x", dry_run=False)
-    jobs = {job.child.id: job for job in store.claim("w", 10, lease=30)}
-
-    held, twin = store.prepare(jobs["OPS-42"], INCIDENT, CASE_UUID, lease=30)
-
-    assert (held, twin) == (True, jobs[CASE_UUID].id)
-    assert store.get_link(jobs["OPS-42"].id)["state"] == "merged"
-
-
-def test_the_explain_record_shows_the_trace_and_the_link_states(store):
-    evaluation = planning(("r1", causes()))
-    evaluation.outcomes.append(RuleOutcome("r2", "not_matched", "when[0]: severity in ['SEV-1']: severity is 'SEV-4'"))
-    [recorded] = store.record([(event(), evaluation)], ruleset="abc", dry_run=False)
-
-    record = store.get_event(recorded.id)
-
-    assert [rule["outcome"] for rule in record["rules"]] == ["matched", "not_matched"]
-    assert record["rules"][1]["reason"].startswith("when[0]")
-    assert [(link["child"], link["state"], link["rule"]) for link in record["links"]] == [
-        ("CASE:OPS-42", "pending", "r1")
-    ]
-
-
-def test_a_shared_rate_period_admits_at_most_its_limit_whatever_the_number_of_takers(store):
-    taken: list[bool] = []
-    barrier = threading.Barrier(6)
-
-    def take() -> None:
-        barrier.wait()
-        for _ in range(10):
-            taken.append(store.take_rate_slot("cases_link_create", 1000, 25))
-
-    threads = [threading.Thread(target=take) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert taken.count(True) == 25
-    assert store.take_rate_slot("cases_link_create", 1001, 25) is True
-    assert store.take_rate_slot("another_limit", 1000, 1) is True
-    assert store.take_rate_slot("another_limit", 1000, 1) is False
-
-
-def test_a_rate_limit_learned_by_one_process_is_known_to_the_others(store):
-    assert store.known_rate_limit("POST /api/v2/cases/link") is None
-
-    store.learn_rate_limit("POST /api/v2/cases/link", "cases_link_create", 50, 1.0)
-
-    assert store.known_rate_limit("POST /api/v2/cases/link") == ("cases_link_create", 50, 1.0)
-
-
 def test_concurrent_writes_share_transactions_and_each_request_gets_its_own_result():
-    from caselink.store import _GroupCommit
+    from caselink.store.ingest import _GroupCommit
 
     batches: list[list[int]] = []
 
@@ -312,7 +139,7 @@ def test_concurrent_writes_share_transactions_and_each_request_gets_its_own_resu
 
 def test_a_failed_transaction_fails_every_request_that_rode_on_it():
     from caselink.errors import StoreUnavailableError
-    from caselink.store import _GroupCommit
+    from caselink.store.ingest import _GroupCommit
 
     def run(batch: list[int]) -> list[int]:
         time.sleep(0.005)
@@ -368,7 +195,7 @@ def test_a_link_removed_by_hand_is_planned_again_once_the_process_forgets_it(sto
 
 
 def test_a_busy_process_commits_concurrent_writes_together():
-    from caselink.store import _GroupCommit
+    from caselink.store.ingest import _GroupCommit
 
     batches: list[list[int]] = []
     group = _GroupCommit(lambda batch: batches.append(list(batch)) or [work for work in batch])  # type: ignore[arg-type]
@@ -389,7 +216,7 @@ def test_a_busy_process_commits_concurrent_writes_together():
 
 
 def test_a_process_that_takes_one_request_at_a_time_stops_waiting_for_company():
-    from caselink.store import _GroupCommit
+    from caselink.store.ingest import _GroupCommit
 
     group = _GroupCommit(lambda batch: list(batch))  # type: ignore[arg-type]
     waits: list[float | None] = []
@@ -442,7 +269,7 @@ def test_a_batch_that_plans_only_links_stored_already_is_one_statement_that_comm
 
 
 def test_a_batch_of_as_many_writes_as_the_process_serves_now_commits_without_waiting_more():
-    from caselink.store import _GroupCommit
+    from caselink.store.ingest import _GroupCommit
 
     batches: list[list[int]] = []
     group = _GroupCommit(lambda batch: batches.append(list(batch)) or [work for work in batch])  # type: ignore[arg-type]
@@ -468,7 +295,6 @@ def test_a_batch_of_as_many_writes_as_the_process_serves_now_commits_without_wai
 
 
 def test_a_webhook_the_database_cannot_store_fails_alone_and_as_the_senders_fault(store):
-    from caselink.errors import BadRequestError
 
     # What each store refuses: a lone surrogate (neither encodes it), NUL (PostgreSQL's text and jsonb).
     unstorable = ["\ud800"] + (["\x00"] if store.dialect == "postgresql" else [])
@@ -539,23 +365,6 @@ def test_one_batch_holding_a_key_twice_with_other_content_stores_both_and_marks_
     assert recorded[2].id == recorded[0].id
     assert len(store.list_events()) == 2
     assert len(store.list_links()) == 1
-
-
-def test_the_explain_record_says_a_repeated_key_with_other_content_was_stored_as_a_new_event(store):
-    [first] = store.record([(event("k"), planning())], ruleset="x", dry_run=False)
-    [other] = store.record([(event("k", payload={"id": "k", "v": 2}), planning())], ruleset="x", dry_run=False)
-
-    record = store.get_event(other.id)
-    original = store.get_event(first.id)
-
-    assert record["dedup_conflict"] is True
-    assert record["same_key_events"] == [first.id]
-    assert record["dedup"] == (
-        f"dedup key 'k' repeated #{first.id} with different content: stored and evaluated as a new event"
-    )
-    assert record["digest"] != original["digest"]
-    assert original["dedup_conflict"] is False
-    assert f"#{other.id}" in original["dedup"]
 
 
 def test_a_handler_digest_decides_what_counts_as_the_same_content(store):
