@@ -1,9 +1,7 @@
 """Hostile requests through real gunicorn: how many of N generated requests got a 5xx (the answer must be 0).
 
-The requests are tests/hostile_requests.py's (every webhook source, mostly authenticated,
-with hostile values planted in real payloads, and the admin API); one in 20 is
-also a chunked webhook whose framing is broken, sent on a raw socket. Each store
-gets its own caselink (dry-run, a fresh database). Run:
+The requests are tests/hostile_requests.py's; one in 20 is also a chunked webhook with broken
+framing on a raw socket. Each store gets its own caselink (dry-run, a fresh database).
 
     python bench/fuzz_requests.py                      # 10,000 requests per store, SQLite and PostgreSQL
     python bench/fuzz_requests.py --requests 2000 --stores sqlite
@@ -16,9 +14,7 @@ import collections
 import http.client
 import socket
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import harness
 from hypothesis import HealthCheck
@@ -48,7 +44,7 @@ def raw_chunked(port: int, body: bytes) -> int | None:
         return None
 
 
-def run(port: int, count: int) -> tuple[collections.Counter[str], list[str]]:
+def run_requests(port: int, count: int) -> tuple[collections.Counter[str], list[str]]:
     # http.client sends header values as they are (requests refuses some it finds odd, such as a leading space).
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     statuses: collections.Counter[str] = collections.Counter()
@@ -102,41 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000, help="generated requests per store")
     parser.add_argument("--stores", default="sqlite,postgresql")
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES)
-    parser.add_argument("--output", type=Path)
+    harness.add_run_options(parser, postgres=True)
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="caselink-fuzz-"))
-    databases = harness.Databases(workdir, args.postgres_url)
-    processes: list[harness.Process] = []
     results = {}
-    with harness.terminate_on_sigterm(), harness.in_workdir(workdir, keep=False), harness.cleanup(
-        processes, databases
-    ):
-        for store in args.stores.split(","):
-            env = harness.caselink_env(databases.new(store, "fuzz"), None, **hostile.ENV, LOG_LEVEL="WARNING")
-            harness.migrate(env)
-            server, port = harness.web(f"web-{store}", env, workdir)
-            processes.append(server)
+    with harness.Run("fuzz-requests", args, argv) as run:
+        for store in harness.listed(parser, "--stores", args.stores, ("sqlite", "postgresql")):
+            server, _ = harness.caselink(f"web-{store}", run, store, **hostile.ENV, LOG_LEVEL="WARNING")
             started = time.monotonic()
-            statuses, examples = run(port, args.requests)
-            logs = server.logs(tail=10**9)
+            statuses, examples = run_requests(server.port, args.requests)
             results[store] = {
                 "requests": sum(n for status, n in statuses.items() if not status.startswith("sent again")),
-                "seconds": round(time.monotonic() - started, 1),
-                "statuses": dict(sorted(statuses.items())),
+                "seconds": round(time.monotonic() - started, 1), "statuses": dict(sorted(statuses.items())),
                 "5xx": sum(n for status, n in statuses.items() if status.startswith("5")),
-                "no_answer": statuses["no answer"],
-                "dropped_connections": statuses["sent again on a new connection"],
-                "unhandled_errors_logged": logs.count("unhandled error"),
-                "examples": examples,
-            }
+                "no_answer": statuses["no answer"], "dropped_connections": statuses["sent again on a new connection"],
+                "unhandled_errors_logged": server.process.logs(tail=10**9).count("unhandled error"),
+                "examples": examples}
             print(f"{store}: {results[store]}", flush=True)
-    path = harness.write_results("fuzz-requests", {"machine": harness.machine(), "results": results}, args.output)
-    failed = sum(
-        result["5xx"] + result["no_answer"] + result["dropped_connections"] + result["unhandled_errors_logged"]
-        for result in results.values()
-    )
-    print(f"5xx: {sum(result['5xx'] for result in results.values())}; results in {harness.shown(path)}")
+    print(f"5xx: {sum(result['5xx'] for result in results.values())}")
+    run.write(results=results)
+    failed = sum(r["5xx"] + r["no_answer"] + r["dropped_connections"] + r["unhandled_errors_logged"]
+                 for r in results.values())
     return 1 if failed else 0
 
 

@@ -1,21 +1,13 @@
 """Hostile rules (issue 13 §4): how fast `rules check` refuses each one, and what the worst
 accepted rule costs a webhook through real gunicorn, side by side with the default rules.
 
+Part 1 runs `flask --app app rules check FILE` in a new process on every file of
+tests/hostile_rules.py (and, with `--baseline DIR`, in an older tree too): wall time, peak RSS,
+what it said. Part 2 serves caselink with rules.yaml, and with tests/hostile_rules.WORST_ACCEPTED
+in front of it, taking turns over rounds of webhooks: p50 and p99 of each, and their ratio.
+
     python bench/hostile_rules.py                         # about a minute
     python bench/hostile_rules.py --baseline /tmp/base    # also time `rules check` of an older tree
-
-Part 1 runs `flask --app app rules check FILE` (a new process each time, as an operator or a
-release step does) on every file of tests/hostile_rules.py, with a timeout (`--check-timeout`, 20 s),
-and reports wall time, peak memory of the process and the first line it printed. With
-`--baseline DIR` (a tree made by `git archive <commit> | tar -x -C DIR`, sharing this .venv)
-the same files are checked there too, in the same run, file by file.
-
-Part 2 starts caselink under gunicorn (the repo's gunicorn.conf.py, dry-run, a fresh SQLite
-file) twice: with the default rules.yaml, and with the worst accepted rule
-(tests/hostile_rules.WORST_ACCEPTED, which matches every webhook) in front of them. Both take turns
-over `--rounds` rounds of `--requests` webhooks on `--connections` keep-alive connections; the
-webhook is the sample incident with a title made to make a backtracking engine work hardest.
-It reports the median over rounds of p50 and p99 latency for each, and their ratio.
 """
 
 from __future__ import annotations
@@ -27,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -162,38 +153,29 @@ def load(port: int, requests: int, connections: int) -> list[float]:
     return latencies
 
 
-def part2(workdir: Path, rounds: int, requests: int, connections: int) -> dict[str, Any]:
-    targets = {"default rules": ROOT / "rules.yaml", "worst accepted rule + default rules": rules_with_worst(workdir)}
+def part2(run: harness.Run, rounds: int, requests: int, connections: int) -> dict[str, Any]:
+    worst = rules_with_worst(run.workdir)
+    targets = {"default rules": ROOT / "rules.yaml", "worst accepted rule + default rules": worst}
+    servers = {name: harness.caselink(f"web{index}", run, RULES_FILE=path)[0].port
+               for index, (name, path) in enumerate(targets.items())}
     figures: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p99": []} for name in targets}
-    processes: list[Any] = []
-    with harness.cleanup(processes, None):
-        servers = {}
-        for index, (name, rules_file) in enumerate(targets.items()):
-            env = harness.caselink_env(f"sqlite:///{workdir / f'bench{index}.db'}", None, RULES_FILE=rules_file)
-            harness.migrate(env)
-            process, port = harness.web(f"web{index}", env, workdir)
-            processes.append(process)
-            servers[name] = port
-        for round_number in range(rounds):
-            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
-            for name in order:
-                load(servers[name], 50, connections)  # warm-up
-                latencies = sorted(load(servers[name], requests, connections))
-                figures[name]["p50"].append(statistics.median(latencies))
-                figures[name]["p99"].append(latencies[int(len(latencies) * 0.99) - 1])
-    summary = {
-        name: {key: round(statistics.median(values) * 1000, 2) for key, values in figure.items()}
-        for name, figure in figures.items()
-    }
+    for number in range(1, rounds + 1):
+        for name in harness.rotated(list(servers), number):
+            load(servers[name], 50, connections)  # warm-up
+            latencies = sorted(load(servers[name], requests, connections))
+            figures[name]["p50"].append(statistics.median(latencies))
+            figures[name]["p99"].append(harness.percentile(latencies, 99))
+    summary = {name: {key: round(statistics.median(values) * 1000, 2) for key, values in figure.items()}
+               for name, figure in figures.items()}
     default, worst = summary.values()
     ratios = {key: round(worst[key] / default[key], 2) for key in ("p50", "p99")}
     for name, figure in summary.items():
         print(f"{name:38} p50 {figure['p50']:7.2f} ms   p99 {figure['p99']:7.2f} ms")
     print(f"{'ratio (worst / default)':38} p50 {ratios['p50']:7.2f}      p99 {ratios['p99']:7.2f}")
-    return {"milliseconds": summary, "ratio": ratios, "rounds": {k: v for k, v in figures.items()}}
+    return {"milliseconds": summary, "ratio": ratios, "rounds": figures}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="an older tree to time `rules check` in too")
     parser.add_argument("--check-timeout", type=float, default=20.0)
@@ -201,18 +183,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--skip-webhooks", action="store_true")
-    parser.add_argument("--output", type=Path)
-    arguments = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="caselink-hostile-"))
-    document: dict[str, Any] = {"machine": harness.machine()}
-    with harness.in_workdir(workdir, keep=False):
+    harness.add_run_options(parser)
+    args = parser.parse_args(argv)
+    content: dict[str, Any] = {}
+    with harness.Run("hostile-rules", args, argv) as run:
         print("== rules check on each hostile file ==")
-        document["rules_check"] = part1(workdir, arguments.baseline, arguments.check_timeout)
-        if not arguments.skip_webhooks:
-            print(f"== webhook latency through gunicorn: {arguments.rounds} rounds x {arguments.requests} webhooks"
-                  f" on {arguments.connections} connections ==")
-            document["webhooks"] = part2(workdir, arguments.rounds, arguments.requests, arguments.connections)
-    print(f"results: {harness.shown(harness.write_results('hostile-rules', document, arguments.output))}")
+        content["rules_check"] = part1(run.workdir, args.baseline, args.check_timeout)
+        if not args.skip_webhooks:
+            print(f"== webhook latency through gunicorn: {args.rounds} rounds x {args.requests} webhooks"
+                  f" on {args.connections} connections ==")
+            content["webhooks"] = part2(run, args.rounds, args.requests, args.connections)
+    run.write(**content)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,7 @@
 """How fast the status page answers with 100,000 events stored: p50 / p95 / max per page.
 
-Fills a throwaway database (SQLite, and PostgreSQL with --stores sqlite,postgresql)
-with `--events` events evaluated by the repo's rules.yaml, the links they plan in
-every state, and a learned rate limit; starts caselink under gunicorn on loopback
-(dry-run, so nothing changes the links while it is measured); signs in with the
-admin token; then asks each page `--requests` times, one request at a time, after
-a few warm-up requests.
+Fills a throwaway database as webhooks would (links in every state, a learned rate limit), serves
+it with caselink in dry-run, signs in, and asks each page `--requests` times, one at a time.
 
     python bench/pages.py                       # SQLite, 100,000 events, 40 requests per page
     python bench/pages.py --stores sqlite,postgresql --events 100000
@@ -17,9 +13,7 @@ import argparse
 import random
 import re
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -41,10 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=40, help="measured requests per page (default 40)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured requests per page first (default 3)")
     parser.add_argument("--stores", default="sqlite", help="comma-separated: sqlite, postgresql")
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES)
-    parser.add_argument("--output", type=Path, help="results JSON (default bench/results/pages-<time>.json)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, logs)")
-    return parser.parse_args(argv)
+    harness.add_run_options(parser, postgres=True)
+    args = parser.parse_args(argv)
+    args.stores = harness.listed(parser, "--stores", args.stores, ("sqlite", "postgresql"))
+    return args
 
 
 def fill(database_url: str, count: int, seed: int = 14) -> dict[str, Any]:
@@ -165,39 +159,29 @@ def measure(session: requests.Session, url: str, warmup: int, count: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stores = [store.strip() for store in args.stores.split(",") if store.strip()]
-    workdir = Path(tempfile.mkdtemp(prefix="caselink-bench-pages-"))
-    databases = harness.Databases(workdir, args.postgres_url)
-    if "postgresql" in stores:
-        databases.check_postgres()
-    processes: list[harness.Process] = []
-    results: dict[str, Any] = {"machine": harness.machine(), "events": args.events, "stores": {}}
-    with (
-        harness.terminate_on_sigterm(),
-        harness.in_workdir(workdir, keep=args.keep),
-        harness.cleanup(processes, databases),
-    ):
-        for store in stores:
-            database_url = databases.new(store, "pages")
-            env = harness.caselink_env(database_url, None, WEB_CONCURRENCY="2", LOG_LEVEL="WARNING")
+    results: dict[str, Any] = {}
+    with harness.Run("pages", args, argv) as run:
+        if "postgresql" in args.stores:
+            run.databases.check_postgres()
+        for store in args.stores:
+            database_url = run.databases.new(store, "pages")
+            # Two processes, so that nothing moves the links while the pages are measured.
+            env = harness.caselink_env(database_url, WEB_CONCURRENCY="2", LOG_LEVEL="WARNING")
             harness.migrate(env)
             print(f"{store}: storing {args.events} events …", flush=True)
             filled = fill(database_url, args.events)
             print(f"{store}: stored in {filled['seconds']} s; links {filled['links']}", flush=True)
-            process, port = harness.web(f"web-{store}", env, workdir)
-            processes.append(process)
-            base = f"http://127.0.0.1:{port}"
-            session = signed_in(base)
+            server = run.serve(harness.Server(f"web-{store}", env, run.workdir))
+            session = signed_in(server.url)
             figures = {}
-            for name, path in pages(session, base, filled["newest_event"]).items():
-                figures[name] = dict(measure(session, base + path, args.warmup, args.requests), path=path)
-                row = figures[name]
+            for name, path in pages(session, server.url, filled["newest_event"]).items():
+                row = figures[name] = dict(measure(session, server.url + path, args.warmup, args.requests), path=path)
                 print(f"  {store:<10} {name:<40} p50 {row['p50_ms']:>6} ms  p95 {row['p95_ms']:>6} ms", flush=True)
-            process.stop()
-            results["stores"][store] = {"fill": filled, "pages": figures}
-    path = harness.write_results("pages", results, args.output)
-    worst = max(row["p95_ms"] for store in results["stores"].values() for row in store["pages"].values())
-    print(f"worst p95 {worst} ms (budget {BUDGET_MS:g} ms); results in {harness.shown(path)}")
+            run.stop(server)
+            results[store] = {"fill": filled, "pages": figures}
+    worst = max(row["p95_ms"] for store in results.values() for row in store["pages"].values())
+    print(f"worst p95 {worst} ms (budget {BUDGET_MS:g} ms)")
+    run.write(events=args.events, stores=results)
     return 0 if worst <= BUDGET_MS else 1
 
 

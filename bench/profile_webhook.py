@@ -12,6 +12,7 @@ acknowledgement, which is what limits throughput when the machine is busy.
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import io
 import json
@@ -23,16 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-
-from ack_throughput import ADMIN_TOKEN  # noqa: E402
-from ack_throughput import FAKE_API_KEY  # noqa: E402
-from ack_throughput import FAKE_APP_KEY  # noqa: E402
-from ack_throughput import WEBHOOK_SECRET  # noqa: E402
-from ack_throughput import default_fixture  # noqa: E402
+from harness import FIXTURE
+from harness import WEBHOOK_SECRET
+from harness import caselink_env
 
 
 def main() -> int:
@@ -42,21 +36,17 @@ def main() -> int:
     parser.add_argument("--sort", choices=("cumulative", "tottime"), default="cumulative")
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--live", action="store_true", help="set Datadog keys (nothing is called: no worker runs)")
-    parser.add_argument("--fixture", type=Path, default=default_fixture())
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--no-profile", action="store_true", help="only time the requests, without cProfile")
     parser.add_argument("--dump", type=Path, help="also write the raw profile here (for snakeviz, gprof2dot, …)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="caselink-profile-"))
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{workdir / 'caselink.db'}",
-        DATADOG_WEBHOOK_SECRET=WEBHOOK_SECRET,
-        ADMIN_TOKEN=ADMIN_TOKEN,
-        RULES_FILE=str(ROOT / "rules.yaml"),
-        PROMETHEUS_MULTIPROC_DIR=str(workdir),
-    )
-    if args.live:
-        os.environ.update(DD_API_KEY=FAKE_API_KEY, DD_APP_KEY=FAKE_APP_KEY, DD_API_URL="http://127.0.0.1:9")
+    # Removed at exit, after caselink's metrics flush their counts into it (atexit runs last-registered first).
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    # Live: Datadog keys set, but nothing is called (no worker runs here).
+    fake_url = "http://127.0.0.1:9" if args.live else None
+    os.environ.update(caselink_env(f"sqlite:///{workdir / 'caselink.db'}", fake_url, PROMETHEUS_MULTIPROC_DIR=workdir))
     # caselink logs one line per webhook to stdout; under gunicorn that goes to a file or pipe.
     log = (workdir / "stdout.log").open("w")
     real_stdout, sys.stdout = sys.stdout, log
@@ -89,7 +79,6 @@ def main() -> int:
     finally:
         sys.stdout = real_stdout
         log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
     how = "without a profiler" if args.no_profile else "under cProfile (which itself roughly doubles the time)"
     print(
         f"{args.requests} webhooks in {elapsed:.2f} s {how}: {elapsed / args.requests * 1000:.2f} ms each, "

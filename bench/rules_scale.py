@@ -130,41 +130,25 @@ def print_table(results: dict[str, dict[int, dict[str, Any]]]) -> None:
             print(f"{'':>6} {'ratio':<5} {'':>7} {ratios}")
 
 
-def acks(big_rules: Path, rounds: int, duration: float) -> None:
+def acks(big_rules: Path, args: argparse.Namespace) -> None:
     """Webhook acks/s through gunicorn (dry-run, SQLite), default rules against `big_rules`, taking turns."""
     sys.path.insert(0, str(ROOT / "bench"))
     import harness
-    from ack_throughput import Bodies
-    from ack_throughput import IdCounter
-    from ack_throughput import PythonGenerator
 
-    workdir = Path(tempfile.mkdtemp(prefix="rules-acks-"))
-    processes: list[Any] = []
-    rates: dict[str, list[float]] = {"default rules": [], f"{big_rules.stem}": []}
-    files = dict(zip(rates, (ROOT / "rules.yaml", big_rules), strict=True))
-    with harness.in_workdir(workdir, keep=False), harness.cleanup(processes, None):
-        ids = IdCounter()
-        servers = {}
-        for label, path in files.items():
-            env = harness.caselink_env(
-                f"sqlite:///{workdir / (label.replace(' ', '-') + '.db')}", None, RULES_FILE=path
-            )
-            harness.migrate(env)
-            process, port = harness.web(label.replace(" ", "-"), env, workdir)
-            processes.append(process)
-            servers[label] = (process, port)
-        for round_number in range(rounds):
-            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
-            for label in order:
-                process, port = servers[label]
-                generator = PythonGenerator(32, Bodies(ROOT / FIXTURE, port), ids)
-                result = generator.run(port, 1.0, duration, process.cpu_seconds)
-                rates[label].append(result["requests"] / result["seconds"])
+    files = {"default rules": ROOT / "rules.yaml", big_rules.stem: big_rules}
+    args.warmup, args.connections, args.fixture = 1.0, 32, ROOT / FIXTURE
+    rates: dict[str, list[float]] = {label: [] for label in files}
+    with harness.Run("rules-acks", args, None) as run:
+        servers = {label: harness.caselink(label.replace(" ", "-"), run, RULES_FILE=path)[0]
+                   for label, path in files.items()}
+        for number in range(1, args.rounds + 1):
+            for label in harness.rotated(list(servers), number):
+                rates[label].append(harness.measure(servers[label], "python", args, number).rps)
     medians = {label: statistics.median(values) for label, values in rates.items()}
     for label, values in rates.items():
         print(f"acks/s {label:>14}: median {medians[label]:.0f} (rounds {', '.join(f'{v:.0f}' for v in values)})")
-    big, default = medians[f"{big_rules.stem}"], medians["default rules"]
-    print(f"acks/s {big_rules.stem} / default rules: {big / default:.2f} (target >= 0.8)")
+    print(f"acks/s {big_rules.stem} / default rules: {medians[big_rules.stem] / medians['default rules']:.2f} "
+          "(target >= 0.8)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.acks:
             big = Path(folder) / "1000-rules.yaml"
             big.write_text(rules_text(1000))
-            acks(big, args.rounds, args.duration)
+            acks(big, args)
     return 0
 
 

@@ -1,15 +1,8 @@
 """Slow clients: is caselink still answering while hundreds of connections trickle in a byte a second?
 
-Each round starts caselink afresh (dry-run, a fresh SQLite file, the repo's gunicorn.conf.py, in the
-deployed environment: PYTHONUNBUFFERED=1, its output read through a pipe),
-measures webhook acknowledgements per second with the ack benchmark's generator, then opens
-`--slow` connections that send a request a byte per second, half of them stuck in the head
-(`POST /webhooks/datadog HTTP/1.1`, `Host: x`, then one header byte a second) and half in the
-body (`Content-Length: 1000`, then one body byte a second); a connection the server closes is
-opened again at once. With them open it probes `GET /healthz` and an authenticated webhook
-(a new id each time) on new connections, every `--probe-interval` seconds, and measures the
-acknowledgements per second again. Targets: probes answered in 1 s or less at p99, and
-throughput with the slow clients at least 0.8 of that without them.
+Each round: acks/s on a fresh caselink, then again with `--slow` connections trickling a request
+(half in the head, half in the body) while probes ask /healthz and post a webhook on new connections.
+Targets: probes' p99 at most 1 s; acks/s with the slow clients at least 0.8 of those without.
 
     python bench/slow_clients.py [--slow 200] [--rounds 3] [--duration 5]
 
@@ -23,34 +16,22 @@ import asyncio
 import contextlib
 import http.client
 import itertools
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import harness
-from ack_throughput import Bodies
-from ack_throughput import IdCounter
-from ack_throughput import PythonGenerator
-from ack_throughput import WrkGenerator
-from ack_throughput import default_fixture
+from harness import percentile
 
-TARGET_P99_S = 1.0
-TARGET_RATIO = 0.8
-PROBE_TIMEOUT = 10.0
+TARGET_P99_S, TARGET_RATIO, PROBE_TIMEOUT = 1.0, 0.8, 10.0
 
 
 class SlowClients:
     """`count` connections trickling a request a byte a second, in an asyncio loop on its own thread."""
 
     def __init__(self, port: int, count: int) -> None:
-        self.port = port
-        self.count = count
-        self.open = 0
-        self.reopened = 0
+        self.port, self.count, self.open, self.reopened = port, count, 0, 0
         self.answers: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -74,27 +55,28 @@ class SlowClients:
         if not in_head:
             head += b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
         trickle = itertools.cycle(b"X-Slow: a\r\n" if in_head else b"{}")
-        first = True
-        while not self._stop.is_set():
+        for attempt in itertools.count():
+            if self._stop.is_set():
+                return
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
             self.open += 1
-            if not first:
-                self.reopened += 1
-            first = False
+            self.reopened += attempt > 0
             try:
                 writer.write(head)
                 while not self._stop.is_set():
                     await writer.drain()
-                    answer = await _answer_within(reader, 1.0)
-                    if answer is not None:
-                        key = answer.split(b" ", 2)[1].decode() if answer else "closed"
-                        self.answers[key] = self.answers.get(key, 0) + 1
-                        break
-                    writer.write(bytes([next(trickle)]))
+                    try:  # the status line the server sent (b"" when it closed), or nothing within a second
+                        answer = await asyncio.wait_for(reader.readline(), 1.0)
+                    except TimeoutError:
+                        writer.write(bytes([next(trickle)]))
+                        continue
+                    key = answer.split(b" ", 2)[1].decode() if answer else "closed"
+                    self.answers[key] = self.answers.get(key, 0) + 1
+                    break
             except OSError:
                 pass
             finally:
@@ -102,26 +84,15 @@ class SlowClients:
                 writer.close()
 
 
-async def _answer_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
-    """The status line the server sent (b"" when it closed), or None when it sent nothing in time."""
-    try:
-        return await asyncio.wait_for(reader.readline(), seconds)
-    except TimeoutError:
-        return None
-
-
 class Probes:
     """GET /healthz and an authenticated webhook, each on a new connection, every `interval` seconds."""
 
-    def __init__(self, port: int, bodies: Bodies, interval: float) -> None:
-        self.port = port
-        self.bodies = bodies
-        self.interval = interval
+    def __init__(self, port: int, bodies: harness.Bodies, interval: float) -> None:
+        self.port, self.bodies, self.interval = port, bodies, interval
         self.latencies: dict[str, list[float]] = {"healthz": [], "webhook": []}
         self.failures: dict[str, int] = {"healthz": 0, "webhook": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ids = itertools.count(1)
 
     def __enter__(self) -> Probes:
         self._thread.start()
@@ -132,11 +103,11 @@ class Probes:
         self._thread.join(PROBE_TIMEOUT * 2 + 5)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        for number in itertools.count(1):
+            if self._stop.is_set():
+                return
             self._probe("healthz", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200)
-            # 2 followed by 18 digits: never an id the generators send.
-            request = self.bodies.request(0).replace(b"1" + b"0" * 18, b"2%018d" % next(self._ids), 1)
-            self._probe("webhook", request, 202)
+            self._probe("webhook", self.bodies.request(number, first_digit=2), 202)
             self._stop.wait(self.interval)
 
     def _probe(self, name: str, request: bytes, expected: int) -> None:
@@ -151,101 +122,53 @@ class Probes:
             if response.status != expected:
                 raise OSError(f"{name}: {response.status}")
             self.latencies[name].append(time.perf_counter() - started)
-        except OSError:
+        except OSError:  # a probe with no answer within PROBE_TIMEOUT counts as PROBE_TIMEOUT
             self.failures[name] += 1
             self.latencies[name].append(PROBE_TIMEOUT)
         finally:
             connection.close()
 
 
-def measure(generator: Any, port: int, args: argparse.Namespace, process: Any) -> float:
-    result = generator.run(port, args.warmup, args.duration, process.cpu_seconds)
-    return result["requests"] / result["seconds"] if result["seconds"] else 0.0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slow", type=int, default=200, help="slow connections, half in the head, half in the body")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each on a freshly started caselink")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load measured, with and without")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--connections", type=int, default=32, help="the load generator's keep-alive connections")
     parser.add_argument("--probe-interval", type=float, default=0.1)
-    parser.add_argument("--generator", choices=("auto", "python", "wrk"), default="auto")
-    parser.add_argument("--output", type=Path, help="JSON results file (default: bench/results/slow-<time>.json)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, server logs)")
+    harness.add_load_options(parser, duration=5.0, warmup=1.0, rounds=3)
+    harness.add_run_options(parser)
     args = parser.parse_args(argv)
-    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
-    workdir = Path(tempfile.mkdtemp(prefix="caselink-slow-"))
-    processes: list[harness.Process] = []
+    args.generator_used = harness.generator_used(parser, args.generator)
     rounds: list[dict[str, Any]] = []
-    ids = IdCounter()
-    with harness.terminate_on_sigterm(), harness.in_workdir(workdir, keep=args.keep), harness.cleanup(processes, None):
+    with harness.Run("slow", args, argv) as run:
         for number in range(1, args.rounds + 1):
-            env = harness.caselink_env(f"sqlite:///{workdir / f'round-{number}.db'}", None)
-            harness.migrate(env)
-            process, port = harness.web(f"caselink-{number}", env, workdir, deployed=True)
-            processes.append(process)
-            bodies = Bodies(default_fixture(), port)
-            if use_wrk:
-                generator: Any = WrkGenerator(args.connections, 2, bodies, workdir)
-            else:
-                generator = PythonGenerator(args.connections, bodies, ids)
-            alone = measure(generator, port, args, process)
-            with SlowClients(port, args.slow) as slow, Probes(port, bodies, args.probe_interval) as probes:
+            server, _ = harness.caselink(f"caselink-{number}", run, deployed=True)
+            alone = harness.measure(server, args.generator_used, args, number, "without").rps
+            probing = Probes(server.port, harness.Bodies(args.fixture, server.port), args.probe_interval)
+            with SlowClients(server.port, args.slow) as slow, probing as probes:
                 opened = slow.open
-                loaded = measure(generator, port, args, process)
-            row = {
-                "round": number,
-                "slow_connections_open": opened,
-                "slow_connections_reopened": slow.reopened,
-                "slow_connection_answers": slow.answers,
-                "acks_per_s_without": round(alone, 1),
-                "acks_per_s_with": round(loaded, 1),
-                "ratio": round(loaded / alone, 3) if alone else None,
-                "probe_failures": probes.failures,
-            }
+                loaded = harness.measure(server, args.generator_used, args, number, "with").rps
+            run.stop(server)
+            row: dict[str, Any] = {
+                "round": number, "slow_connections_open": opened, "slow_connections_reopened": slow.reopened,
+                "slow_connection_answers": slow.answers, "acks_per_s_without": alone, "acks_per_s_with": loaded,
+                "ratio": round(loaded / alone, 3) if alone else None, "probe_failures": probes.failures}
             for name, values in probes.latencies.items():
-                ordered = sorted(values)
-                row[f"{name}_probes"] = len(ordered)
-                row[f"{name}_p50_s"] = harness.percentile(ordered, 50)
-                row[f"{name}_p99_s"] = harness.percentile(ordered, 99)
+                row.update({f"{name}_probes": len(values), f"{name}_p50_s": percentile(sorted(values), 50),
+                            f"{name}_p99_s": percentile(sorted(values), 99)})
             rounds.append(row)
-            print(
-                f"round {number}: {opened} slow connections open; acks/s {alone:.0f} without, {loaded:.0f} with "
-                f"({row['ratio']}); /healthz p99 {_s(row['healthz_p99_s'])}, webhook p99 {_s(row['webhook_p99_s'])} "
-                f"({row['healthz_probes']} + {row['webhook_probes']} probes, failed {probes.failures}); "
-                f"slow connections answered {slow.answers}",
-                flush=True,
-            )
-            process.stop()
-            processes.remove(process)
-    summary = {
-        "ratio_median": harness.median([r["ratio"] for r in rounds]),
-        "healthz_p99_s_worst": max(r["healthz_p99_s"] or PROBE_TIMEOUT for r in rounds),
-        "webhook_p99_s_worst": max(r["webhook_p99_s"] or PROBE_TIMEOUT for r in rounds),
-    }
-    met = (
-        summary["ratio_median"] is not None
-        and summary["ratio_median"] >= TARGET_RATIO
-        and summary["healthz_p99_s_worst"] <= TARGET_P99_S
+            print(f"round {number}: {opened} slow connections open; acks/s {alone:.0f} without, {loaded:.0f} with "
+                  f"({row['ratio']}); /healthz p99 {_s(row['healthz_p99_s'])}, webhook p99 {_s(row['webhook_p99_s'])} "
+                  f"({row['healthz_probes']} + {row['webhook_probes']} probes, failed {probes.failures}); "
+                  f"slow connections answered {slow.answers}", flush=True)
+    summary = {"ratio_median": harness.median(r["ratio"] for r in rounds),
+               **{f"{name}_p99_s_worst": max(r[f"{name}_p99_s"] or PROBE_TIMEOUT for r in rounds)
+                  for name in ("healthz", "webhook")}}
+    met = (summary["ratio_median"] or 0) >= TARGET_RATIO and summary["healthz_p99_s_worst"] <= TARGET_P99_S \
         and summary["webhook_p99_s_worst"] <= TARGET_P99_S
-    )
-    print(
-        f"\nwith {args.slow} slow connections: throughput ratio {summary['ratio_median']} (median; target >= "
-        f"{TARGET_RATIO}), worst p99 /healthz {_s(summary['healthz_p99_s_worst'])}, webhook "
-        f"{_s(summary['webhook_p99_s_worst'])} (target <= {TARGET_P99_S:g} s): "
-        + ("meets the targets" if met else "BELOW the targets")
-    )
-    document = {
-        "benchmark": "slow clients: probes and acks/s with slow connections open",
-        "machine": harness.machine(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "output"},
-        "generator": "wrk" if use_wrk else "python",
-        "summary": summary,
-        "rounds": rounds,
-    }
-    print(f"results: {harness.shown(harness.write_results('slow', document, args.output))}")
+    print(f"\nwith {args.slow} slow connections: throughput ratio {summary['ratio_median']} (median; target >= "
+          f"{TARGET_RATIO}), worst p99 /healthz {_s(summary['healthz_p99_s_worst'])}, webhook "
+          f"{_s(summary['webhook_p99_s_worst'])} (target <= {TARGET_P99_S:g} s): "
+          + ("meets the targets" if met else "BELOW the targets"))
+    run.write(generator=args.generator_used, summary=summary, rounds=rounds)
     return 0 if met else 1
 
 
