@@ -401,18 +401,22 @@ def worker(once: bool, grace: float) -> None:
             else:
                 running.stop_soon()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     if once:
         assert running is not None
+        # Put back afterwards: a caller running this in its own process (tests, a shell) keeps its handlers.
+        before = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             report = running.run_once()
         finally:
             running.stop(grace)
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
         if signalled and "stopped" in report.reasons:
             report.note("stopped", f"by {signalled[0]}", first=False)
         _say_once(svc.store, report)
         return
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
     housekeeper.start()
     if running is None:
