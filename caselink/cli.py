@@ -45,6 +45,7 @@ from caselink.store import Store
 from caselink.store import database_error
 from caselink.traces import event_from_row
 from caselink.traces import matched_entries
+from caselink.worker import PassReport
 
 rules_cli = AppGroup("rules", help="Check, test and explain rules.")
 links_cli = AppGroup("links", help="Inspect and re-drive link deliveries.")
@@ -346,14 +347,22 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
 
 
 @click.command("worker")
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
-@click.option("--grace", default=20.0, show_default=True, help="Seconds to finish deliveries on SIGTERM.")
+@click.option("--once", is_flag=True, help="Try what is due now once, then exit; non-zero if links remain undelivered.")
+@click.option(
+    "--grace",
+    default=5.0,
+    show_default=True,
+    help="Seconds a call in flight may take to answer on SIGTERM/SIGINT before its link is released.",
+)
 @with_appcontext
 def worker(once: bool, grace: float) -> None:
     """Run the delivery worker in the foreground, with housekeeping (per-rule statistics, retention).
 
     In dry-run it delivers nothing but stays up (a process manager would
     restart a worker that exits, forever) and keeps the housekeeping going.
+    On SIGTERM or SIGINT it stops claiming, gives calls in flight --grace
+    seconds, releases every link it still holds and exits; a second signal
+    releases them at once.
     """
     svc = _service()
     try:
@@ -364,32 +373,36 @@ def worker(once: bool, grace: float) -> None:
     if svc.settings.dry_run and once:
         click.echo(f"caselink worker: dry-run ({svc.settings.dry_run_reason}); nothing to deliver", err=True)
         sys.exit(1)
-    if once:
-        delivery = svc.new_worker()
-        try:
-            delivery.run_until_idle()
-        finally:
-            delivery.stop(grace)
-        if delivery.pause is not None:
-            waiting = svc.store.count_links()["pending"]
-            click.echo(
-                f"caselink worker: Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): {delivery.pause.reason}; "
-                f"{waiting} link(s) wait until the keys work",
-                err=True,
-            )
-            sys.exit(1)
-        return
     stopping = threading.Event()
-    housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
     running = None if svc.settings.dry_run else svc.new_worker()
+    signalled: list[str] = []
 
     def _stop(signum: int, _frame: Any) -> None:
+        signalled.append(signal.Signals(signum).name)
         stopping.set()
         if running is not None:
-            running.stop_soon()
+            if len(signalled) > 1:
+                running.hurry()  # a second signal: stop waiting for calls in flight
+            else:
+                running.stop_soon()
 
+    if once:
+        assert running is not None
+        # Put back afterwards: a caller running this in its own process (tests, a shell) keeps its handlers.
+        before = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            report = running.run_once()
+        finally:
+            running.stop(grace)
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
+        if signalled and "stopped" in report.reasons:
+            report.note("stopped", f"by {signalled[0]}", first=False)
+        _say_once(svc.store, report)
+        return
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
     housekeeper.start()
     if running is None:
         click.echo(
@@ -402,6 +415,21 @@ def worker(once: bool, grace: float) -> None:
         running.run()
         running.stop(grace)
     housekeeper.stop()
+
+
+def _say_once(store: Store, report: PassReport) -> None:
+    """One line on how `worker --once` went; exit 1 when links due remain undelivered."""
+    try:
+        counts = store.count_links()
+        waiting = f"{counts['pending'] + counts['claimed']}"
+    except StoreUnavailableError:
+        waiting = "some"
+    if not report.complete:
+        click.echo(f"caselink worker: {waiting} link(s) remain undelivered: {report.why()}", err=True)
+        sys.exit(1)
+    done = f"{report.delivered} delivered" + (f", {report.dead} dead letter(s)" if report.dead else "")
+    later = "" if waiting in ("0", "some") else f"; {waiting} link(s) wait for a later retry"
+    click.echo(f"caselink worker: {done}; nothing due is left{later}", err=True)
 
 
 @links_cli.command("list")

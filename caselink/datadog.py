@@ -10,6 +10,7 @@ worker hammer Datadog. Keys travel only in headers and never appear in a message
 
 from __future__ import annotations
 
+import http.client
 import ssl
 import threading
 import time
@@ -27,7 +28,10 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import NameResolutionError
+from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import ProxyError as Urllib3ProxyError
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from caselink.config import Secret
@@ -339,7 +343,7 @@ class DatadogClient:
                     method, self.base_url + path, timeout=self.timeout, allow_redirects=False, **kwargs
                 )
             except requests.RequestException as exc:
-                error = _transport_error(endpoint, exc)
+                error = _transport_error(endpoint, exc, self.timeout)
                 self.limiter.settle(endpoint, ticket, None, None, reached=error.ambiguous)
                 settled = True
                 raise error from None
@@ -446,25 +450,51 @@ def _listing_key(link: ResolvedLink) -> tuple[str, str, str]:
     )
 
 
-def _transport_error(endpoint: str, exc: requests.RequestException) -> DatadogUnavailableError:
-    """Map a failure without an answer; ambiguous unless it certainly happened before sending."""
+def _transport_error(
+    endpoint: str, exc: requests.RequestException, timeout: tuple[float, float]
+) -> DatadogUnavailableError:
+    """Map a failure without an answer to its kind; ambiguous unless it certainly happened before sending.
+
+    Each kind has its own words, because each asks for a different remedy: a
+    timeout (raise DD_TIMEOUT, or Datadog is slow), a refused connection
+    (wrong DD_API_URL or port, nothing listening), a reset (something on the
+    way cut the connection).
+    """
     causes = list(_causes(exc))
+
+    def unavailable(kind: str, words: str, *, ambiguous: bool) -> DatadogUnavailableError:
+        return DatadogUnavailableError(f"{endpoint}: {words}", ambiguous=ambiguous, failure=kind)
+
+    connect, read = timeout
     if isinstance(exc, _NEVER_SENT):
-        return DatadogUnavailableError(
-            f"{endpoint}: the request could not be built ({type(exc).__name__})", ambiguous=False
-        )
-    if isinstance(exc, requests.ConnectTimeout) or any(isinstance(c, ConnectTimeoutError) for c in causes):
-        # ConnectTimeoutError covers NewConnectionError and NameResolutionError too: no connection, nothing sent.
-        return DatadogUnavailableError(f"{endpoint}: cannot connect to Datadog", ambiguous=False)
+        return unavailable("not_sent", f"the request could not be built ({type(exc).__name__})", ambiguous=False)
+    # NameResolutionError and NewConnectionError are ConnectTimeoutErrors to urllib3: told apart first.
+    if any(isinstance(c, NameResolutionError) for c in causes):
+        return unavailable("dns", "cannot resolve Datadog's host name", ambiguous=False)
     if isinstance(exc, requests.exceptions.ProxyError) or any(isinstance(c, Urllib3ProxyError) for c in causes):
-        return DatadogUnavailableError(f"{endpoint}: cannot connect through the proxy", ambiguous=False)
+        return unavailable("proxy", "cannot connect through the proxy", ambiguous=False)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes) or any(
+        isinstance(c, NewConnectionError) and "refused" in str(c).lower() for c in causes
+    ):
+        return unavailable("refused", "Datadog refused the connection (connection refused)", ambiguous=False)
+    if any(isinstance(c, NewConnectionError) for c in causes):
+        return unavailable("connect", "cannot connect to Datadog", ambiguous=False)
+    if isinstance(exc, requests.ConnectTimeout) or any(isinstance(c, ConnectTimeoutError) for c in causes):
+        return unavailable("connect_timeout", f"timed out connecting to Datadog (after {connect:g}s)", ambiguous=False)
     if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
-        return DatadogUnavailableError(f"{endpoint}: Datadog's TLS certificate was not accepted", ambiguous=False)
-    if isinstance(exc, requests.Timeout):
-        return DatadogUnavailableError(f"{endpoint}: no answer from Datadog in time", ambiguous=True)
+        return unavailable("tls", "Datadog's TLS certificate was not accepted", ambiguous=False)
+    # A GET that times out reaches here as a ConnectionError around urllib3's ReadTimeoutError
+    # (the transport's retry wraps it); a POST as requests' own ReadTimeout.
+    if isinstance(exc, requests.Timeout) or any(isinstance(c, (ReadTimeoutError, TimeoutError)) for c in causes):
+        return unavailable("timeout", f"timed out: no answer from Datadog within {read:g}s", ambiguous=True)
+    if any(isinstance(c, (http.client.RemoteDisconnected, ConnectionAbortedError)) for c in causes):
+        # Before resets: http.client's RemoteDisconnected is a ConnectionResetError too.
+        return unavailable("closed", "Datadog closed the connection without answering", ambiguous=True)
+    if any(isinstance(c, ConnectionResetError) for c in causes):
+        return unavailable("reset", "Datadog reset the connection (connection reset)", ambiguous=True)
     if isinstance(exc, requests.ConnectionError):
-        return DatadogUnavailableError(f"{endpoint}: the connection to Datadog broke", ambiguous=True)
-    return DatadogUnavailableError(f"{endpoint}: the answer was lost ({type(exc).__name__})", ambiguous=True)
+        return unavailable("broken", "the connection to Datadog broke", ambiguous=True)
+    return unavailable("lost", f"the answer was lost ({type(exc).__name__})", ambiguous=True)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -153,9 +153,11 @@ class DatadogUnavailableError(DatadogError):
     code = "datadog_unavailable"
     retryable = True
 
-    def __init__(self, message: str, *, ambiguous: bool, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, ambiguous: bool, failure: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.ambiguous = ambiguous
+        # For a request that got no answer, what happened to it: "timeout", "refused", "reset", …
+        self.failure = failure
 
 
 class DatadogRateLimitedError(DatadogError):

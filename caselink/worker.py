@@ -17,14 +17,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TypeVar
 
 from caselink import logs
 from caselink import metrics
 from caselink.config import Settings
+from caselink.datadog import CASE
 from caselink.datadog import CREATE_LINK
 from caselink.datadog import LIST_LINKS
 from caselink.datadog import DatadogClient
@@ -41,6 +42,75 @@ from caselink.store import Store
 CREDENTIALS_STATE = "datadog_credentials"
 T = TypeVar("T")
 log = logs.get("worker")
+# Outcomes that leave a link final: nothing more to do for it.
+FINAL = ("created", "existing", "merged", "dead")
+# Why a pass left links undelivered, most telling first.
+REASONS = ("keys rejected", "rate limited", "Datadog unavailable", "store unavailable", "error", "stopped")
+
+
+_REASON_OF = {
+    "paused": "keys rejected",
+    "rate_limited": "rate limited",
+    "retry": "Datadog unavailable",
+    "store_unavailable": "store unavailable",
+    "released": "stopped",
+}
+
+
+class _StoppingError(Exception):
+    """The worker is stopping: a delivery starts no more calls and goes back to the queue."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one delivery came to: its outcome, and for a link that went back, why and until when."""
+
+    outcome: str
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass
+class PassReport:
+    """What `run_once` left undelivered and why (`reasons`: kind -> what was said, when it may go on)."""
+
+    tried: int = 0
+    delivered: int = 0
+    dead: int = 0
+    reasons: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every link that was due is delivered or final."""
+        return not self.reasons
+
+    def note(self, reason: str, said: str, until: float | None = None, *, first: bool = True) -> None:
+        """Add a reason; the first words said for it stay unless `first` is false."""
+        known = self.reasons.get(reason)
+        if known is not None:
+            said = known[0] if first else said
+            # The earliest moment delivery may go on is what an operator waits for.
+            if known[1] is not None and (until is None or known[1] <= until):
+                until = known[1]
+        self.reasons[reason] = (said, until)
+
+    def why(self) -> str:
+        """The reasons in one line: 'rate limited until 00:41:07 UTC (…); Datadog unavailable (…)'."""
+        parts = []
+        for reason in REASONS:
+            if reason not in self.reasons:
+                continue
+            said, until = self.reasons[reason]
+            if reason == "keys rejected":
+                parts.append(f"Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): {said}")
+            elif reason == "rate limited" and until is not None:
+                moment = time.strftime("%H:%M:%S", time.gmtime(until))
+                parts.append(f"rate limited until {moment} UTC ({said})")
+            elif reason == "error":
+                parts.append(f"delivery failed unexpectedly ({said})")
+            else:
+                parts.append(f"{reason} ({said})")
+        return "; ".join(parts)
 
 
 @dataclass
@@ -73,8 +143,10 @@ class DeliveryWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="caselink-delivery")
-        self._running: dict[Future[None], Job] = {}
+        self._running: dict[Future[Delivery], Job] = {}
+        # Link id -> (endpoint, monotonic start) of the call each delivery has in flight.
+        self._calls: dict[int, tuple[str, float]] = {}
+        self._hurry = threading.Event()
         # True when the last claim found less than it had room for.
         self._idle = False
         self._lock = threading.Lock()
@@ -97,25 +169,57 @@ class DeliveryWorker:
         self._stopping.set()
         self._wake.set()
 
-    def stop(self, grace: float = 20.0) -> None:
-        """Stop claiming, let deliveries under way finish within `grace`, release the rest."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming; give calls in flight `grace` seconds to answer, then release every link still held.
+
+        A delivery between calls stops before its next one. A link whose call
+        is still unanswered goes back to the queue: due at once if that call was
+        a read, and if it was the POST (which may yet take effect in Datadog)
+        due when that POST would have timed out, and then checked before it is
+        posted again, as after any ambiguous failure. The threads of abandoned
+        calls are daemons: they do not hold the process up.
+        """
         self.stop_soon()
+        deadline = time.monotonic() + grace
         if self._thread is not None:
             self._thread.join(grace)
-        deadline = time.monotonic() + grace
+        while not self._hurry.is_set():
+            with self._lock:
+                running = [future for future in self._running if not future.done()]
+            left = deadline - time.monotonic()
+            if not running or left <= 0:
+                break
+            wait(running, timeout=min(left, 0.1))
         with self._lock:
-            running = dict(self._running)
-        if running:
-            wait(running, timeout=max(deadline - time.monotonic(), 0))
-        with self._lock:
-            unfinished = [job for future, job in self._running.items() if not future.done()]
-        for job in unfinished:
+            unfinished = [(job, self._calls.get(job.id)) for future, job in self._running.items() if not future.done()]
+        for job, call in unfinished:
             try:
-                self.store.retry_later(job, "released at shutdown", at=self.clock(), count_attempt=False)
+                self._release(job, call)
             except CaselinkError:
                 pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"fields": {"worker": self.name, "released": len(unfinished)}})
+
+    def hurry(self) -> None:
+        """Stop waiting for calls in flight (a second SIGTERM/SIGINT): release their links now."""
+        self._hurry.set()
+        self.stop_soon()
+
+    def _release(self, job: Job, call: tuple[str, float] | None) -> None:
+        if call is not None and call[0] == CREATE_LINK:
+            endpoint, started = call
+            waited = time.monotonic() - started
+            # As if the POST had timed out: its answer is no longer awaited, and it may have made the link.
+            unanswered_until = max(self.client.timeout[1] - waited, 0.0)
+            self.store.retry_later(
+                job,
+                f"released at shutdown with {endpoint} unanswered after {waited:.1f}s; "
+                "Datadog is asked whether the link exists before it is posted again",
+                at=self.clock() + unanswered_until + self._backoff(job.attempts),
+            )
+            return
+        # No POST of this attempt is on its way: due at once. The error recorded makes the next
+        # attempt list the case's links anew rather than trust a recent listing.
+        self.store.retry_later(job, "released at shutdown", at=self.clock(), count_attempt=False)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -186,9 +290,7 @@ class DeliveryWorker:
         jobs = self.store.claim(self.name, free, self.settings.delivery_lease, now=self.clock())
         self._idle = len(jobs) < free
         for job in jobs:
-            future = self._pool.submit(self.deliver, job)
-            with self._lock:
-                self._running[future] = job
+            self._submit(job)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -199,70 +301,152 @@ class DeliveryWorker:
             for future in [future for future in self._running if future.done()]:
                 del self._running[future]
 
-    def run_until_idle(self, timeout: float = 30.0) -> None:
-        """Deliver everything due now, then return (tests and `flask worker --once`).
+    def _submit(self, job: Job) -> Future[Delivery]:
+        """Deliver `job` on a thread of its own.
 
-        Returns early while Datadog rejects the keys (`pause` then says why):
-        nothing can be delivered until they change.
+        A daemon thread, not a ThreadPoolExecutor's: at exit Python joins an
+        executor's threads, so a call that Datadog holds would hold a stopping
+        process up until its timeout, long after its link was released.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pause is None:
+        future: Future[Delivery] = Future()
+        with self._lock:
+            self._running[future] = job
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(self.deliver(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name=f"caselink-delivery-{job.id}", daemon=True).start()
+        return future
+
+    def run_once(self, timeout: float | None = None) -> PassReport:
+        """Try each link that is due now once, respecting pauses, then return what is left and why.
+
+        The pass (`flask worker --once`) ends when nothing due at its start is
+        left to try, and early when delivery cannot go on: Datadog rejects the
+        keys, a rate limit holds every call back for longer than a delivery
+        waits in place, or a whole round of deliveries went back to the queue
+        (Datadog unavailable or limiting). A link that goes back is not tried
+        again in the same pass, so no answer can keep the pass going.
+        """
+        report = PassReport()
+        started = self.clock()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stopping.is_set():
+                report.note("stopped", "asked to stop")
+                break
+            if self.pause is not None:
+                # What Datadog answered, not "delivery paused" as the deliveries after it were told.
+                report.note("keys rejected", self.pause.reason, first=False)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                report.note("stopped", f"the pass ran out of its {timeout:g}s")
+                break
             held_back = max(self.client.limiter.wait_time(LIST_LINKS, CREATE_LINK), self.client.failure_wait())
+            if held_back > self._longest_wait():
+                report.note("rate limited", "Datadog's rate limit is spent", self.clock() + held_back)
+                break
             if held_back > 0:
-                time.sleep(min(held_back, max(deadline - time.monotonic(), 0)))
+                self._stopping.wait(held_back)
                 continue
             jobs = self.store.claim(
-                self.name, self.settings.worker_concurrency, self.settings.delivery_lease, now=self.clock()
+                self.name,
+                self.settings.worker_concurrency,
+                self.settings.delivery_lease,
+                now=self.clock(),
+                due_by=started,
             )
             if not jobs:
-                return
-            futures = [self._pool.submit(self.deliver, job) for job in jobs]
-            wait(futures)
+                break
+            futures = [self._submit(job) for job in jobs]
+            unfinished = set(futures)
+            while unfinished and not self._stopping.is_set():
+                # In slices: a stop must not wait here for a call Datadog holds (stop() releases its link).
+                _, unfinished = wait(unfinished, timeout=0.2)
+            self._reap()
+            if unfinished:
+                report.note("stopped", "asked to stop")
+            progressed = False
+            for future in futures:
+                if not future.done():
+                    continue
+                result = future.result()
+                report.tried += 1
+                if result.outcome in FINAL:
+                    progressed = True
+                    report.dead += result.outcome == "dead"
+                    report.delivered += result.outcome != "dead"
+                elif result.outcome != "lease_lost":
+                    reason = _REASON_OF.get(result.outcome, "error")
+                    report.note(reason, result.error or result.outcome, result.retry_at)
+            # Read anew (not narrowed from the check above): a delivery of this round may have paused.
+            pause = self._current_pause()
+            if pause is not None:
+                report.note("keys rejected", pause.reason, first=False)
+                break
+            if not progressed:
+                # Nothing got through this round: the next would fare no better now.
+                break
+        return report
+
+    def run_until_idle(self, timeout: float = 30.0) -> PassReport:
+        """`run_once` for tests: deliver what is due now, within `timeout`."""
+        return self.run_once(timeout)
 
     # -- one delivery -------------------------------------------------------
 
-    def deliver(self, job: Job) -> None:
+    def deliver(self, job: Job) -> Delivery:
         started = time.monotonic()
-        outcome, status, error = "created", None, None
+        outcome, status, error, failure = "created", None, None, None
+        retry_at: float | None = None
         try:
-            outcome = self._deliver(job)
-        except DatadogAuthError as exc:
-            outcome, status, error = "paused", exc.http_status, exc.message
-            probe_at = self._pause_for(exc)
-            # Due when the keys are next probed, not now: a link due now would be claimed straight back.
-            self.store.retry_later(job, exc.message, at=probe_at, status=exc.http_status, count_attempt=False)
-        except DatadogRateLimitedError as exc:
-            outcome, status, error = "rate_limited", exc.http_status, exc.message
-            retry_after = exc.retry_after if exc.retry_after is not None else self._backoff(job.attempts)
-            self.store.retry_later(
-                job, exc.message, at=self.clock() + retry_after, status=exc.http_status, count_attempt=False
-            )
-        except DatadogUnavailableError as exc:
-            status, error = exc.http_status, exc.message
-            if job.attempts >= self.settings.delivery_max_attempts:
-                outcome = "dead"
-                self.store.dead(job, f"gave up after {job.attempts} attempts: {exc.message}", status=status)
-            else:
-                outcome = "retry"
-                self.store.retry_later(job, exc.message, at=self.clock() + self._backoff(job.attempts), status=status)
-        except DatadogRejectedError as exc:
-            outcome, status, error = "dead", exc.http_status, exc.message
-            self.store.dead(job, exc.message, status=status)
+            try:
+                outcome = self._deliver(job)
+            except _StoppingError:
+                outcome, error, retry_at = "released", "released at shutdown", self.clock()
+                # No call of this attempt is in flight: due at once, and listed anew (see _release).
+                self.store.retry_later(job, error, at=retry_at, count_attempt=False)
+            except DatadogAuthError as exc:
+                outcome, status, error = "paused", exc.http_status, exc.message
+                # Due when the keys are next probed, not now: a link due now would be claimed straight back.
+                retry_at = self._pause_for(exc)
+                self.store.retry_later(job, exc.message, at=retry_at, status=exc.http_status, count_attempt=False)
+            except DatadogRateLimitedError as exc:
+                outcome, status, error = "rate_limited", exc.http_status, exc.message
+                retry_after = exc.retry_after if exc.retry_after is not None else self._backoff(job.attempts)
+                retry_at = self.clock() + retry_after
+                self.store.retry_later(job, exc.message, at=retry_at, status=exc.http_status, count_attempt=False)
+            except DatadogUnavailableError as exc:
+                status, error, failure = exc.http_status, exc.message, exc.failure
+                if job.attempts >= self.settings.delivery_max_attempts:
+                    outcome = "dead"
+                    self.store.dead(job, f"gave up after {job.attempts} attempts: {exc.message}", status=status)
+                else:
+                    outcome, retry_at = "retry", self.clock() + self._backoff(job.attempts)
+                    self.store.retry_later(job, exc.message, at=retry_at, status=status)
+            except DatadogRejectedError as exc:
+                outcome, status, error = "dead", exc.http_status, exc.message
+                self.store.dead(job, exc.message, status=status)
         except StoreUnavailableError as exc:
             # The lease runs out and another worker (or this one) takes the link again.
-            outcome, error = "store_unavailable", exc.message
+            outcome, error, retry_at = "store_unavailable", exc.message, None
         except Exception as exc:
             outcome, error = "error", f"{type(exc).__name__}: {exc}"
             log.exception("delivery failed unexpectedly", extra={"fields": {"link": job.id}})
+            retry_at = self.clock() + self._backoff(job.attempts)
             try:
-                self.store.retry_later(job, error, at=self.clock() + self._backoff(job.attempts))
+                self.store.retry_later(job, error, at=retry_at)
             except CaselinkError:
                 pass
-        finally:
-            duration = time.monotonic() - started
+        duration = time.monotonic() - started
         metrics.DELIVERIES.labels(outcome=outcome).inc()
         metrics.DELIVERY_SECONDS.observe(duration)
-        fields = {
+        fields: dict[str, object] = {
             "worker": self.name,
             "link": job.id,
             "planned": str(job),
@@ -272,14 +456,17 @@ class DeliveryWorker:
         }
         if status is not None:
             fields["status"] = status
+        if failure is not None:
+            fields["failure"] = failure
         if error is not None:
             fields["error"] = error
-        level = 40 if outcome in ("dead", "error") else 30 if outcome in ("paused", "retry") else 20
+        level = 40 if outcome in ("dead", "error") else 30 if outcome in ("paused", "retry", "released") else 20
         log.log(level, "delivery", extra={"fields": fields})
+        return Delivery(outcome, error, retry_at)
 
     def _deliver(self, job: Job) -> str:
-        parent_id = job.parent_id or self._within_budget(lambda: self.client.case_id(job.parent.id))
-        child_id = job.child_id or self._within_budget(lambda: self.client.case_id(job.child.id))
+        parent_id = job.parent_id or self._within_budget(job, CASE, lambda: self.client.case_id(job.parent.id))
+        child_id = job.child_id or self._within_budget(job, CASE, lambda: self.client.case_id(job.child.id))
         held, twin = self.store.prepare(job, parent_id, child_id, lease=self.settings.delivery_lease, now=self.clock())
         if twin is not None:
             return "merged"
@@ -289,35 +476,48 @@ class DeliveryWorker:
         # A first attempt may use a listing of the case that other deliveries made a
         # moment ago; after any earlier attempt (a timeout, a 5xx, a lease that ran
         # out) the POST may have taken effect, so Datadog is asked again now.
-        existing = self._within_budget(lambda: self.client.find_link(link, recent=job.first_attempt))
+        existing = self._within_budget(job, LIST_LINKS, lambda: self.client.find_link(link, recent=job.first_attempt))
         self._credentials_work()
         if existing is not None:
             self.store.delivered(job, existing, existed=True, now=self.clock())
             return "existing"
-        link_id = self._within_budget(lambda: self.client.create_link(link))
+        link_id = self._within_budget(job, CREATE_LINK, lambda: self.client.create_link(link))
         if not self.store.delivered(job, link_id, existed=False, now=self.clock()):
             return "lease_lost"
         return "created"
 
-    def _within_budget(self, call: Callable[[], T]) -> T:
+    def _within_budget(self, job: Job, endpoint: str, call: Callable[[], T]) -> T:
         """Make a call, waiting here for a rate limit that resets soon rather than re-queueing.
 
         Waiting in place keeps a claimed, half-done delivery moving the moment the
         budget returns; a long wait (or a stop) goes back to the queue instead.
+        The call is noted as in flight, so that a stop knows whether the link it
+        releases may have a POST on its way; once stopping, no call starts.
         """
-        longest = min(10.0, self.settings.delivery_lease / 4)
         while True:
             pause = self.pause
             if pause is not None:
                 # Another delivery found the keys rejected: send nothing more until the probe.
                 raise DatadogAuthError(f"delivery paused: {pause.reason}")
+            with self._lock:
+                # Checked under the lock stop() reads the calls in flight with: none starts after.
+                if self._stopping.is_set():
+                    raise _StoppingError
+                self._calls[job.id] = (endpoint, time.monotonic())
             try:
                 return call()
             except DatadogRateLimitedError as exc:
                 wait_for = exc.retry_after
-                if wait_for is None or wait_for > longest or self._stopping.is_set():
+                if wait_for is None or wait_for > self._longest_wait() or self._stopping.is_set():
                     raise
                 self._stopping.wait(wait_for)
+            finally:
+                with self._lock:
+                    self._calls.pop(job.id, None)
+
+    def _longest_wait(self) -> float:
+        """The longest a delivery waits in place for a rate limit rather than going back to the queue."""
+        return min(10.0, self.settings.delivery_lease / 4)
 
     def _backoff(self, attempts: int) -> float:
         delay = min(
@@ -378,6 +578,10 @@ class DeliveryWorker:
         if was_paused:
             log.info("Datadog accepts the credentials again; delivery resumed", extra={"fields": {"worker": self.name}})
         self._wake.set()
+
+    def _current_pause(self) -> Pause | None:
+        with self._lock:
+            return self.pause
 
     def _credentials_work(self) -> None:
         if self.pause is not None:

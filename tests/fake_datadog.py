@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -35,9 +36,11 @@ APP_KEY = "fake-application-key"
 CREATE_PATH = "/api/v2/cases/link"
 FAULTS = ("500", "503_after_record", "timeout_after_record", "drop_after_record", "drop_before_record")
 # Ways to answer every call badly (Script.answer_all): a status with Datadog's error body
-# (429 without any X-RateLimit-* or Retry-After header), 200 with a body that is not
-# JSON, 200 with JSON that is not what was asked for, or a dropped connection.
-BAD_ANSWERS = ("401", "403", "404", "429", "500", "garbage", "wrong_json", "drop")
+# (429 without any X-RateLimit-* or Retry-After header; 429_reset: with a minute to wait),
+# 200 with a body that is not JSON, 200 with JSON that is not what was asked for, a
+# connection closed without an answer (drop) or reset (RST), or no answer until the
+# client gives up (hold: `timeout_seconds`, then dropped).
+BAD_ANSWERS = ("401", "403", "404", "429", "429_reset", "500", "garbage", "wrong_json", "drop", "reset", "hold")
 
 
 def case_uuid(key: str) -> str:
@@ -205,6 +208,21 @@ class FakeDatadog:
         record.fault = how
         if how == "drop":
             return handler.drop()
+        if how == "reset":
+            return handler.reset()
+        if how == "hold":
+            time.sleep(self.script.timeout_seconds)
+            return handler.drop()
+        if how == "429_reset":
+            record.status = 429
+            headers = {
+                "X-RateLimit-Limit": "10",
+                "X-RateLimit-Period": "60",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": "60",
+                "X-RateLimit-Name": "fake_everything",
+            }
+            return handler.send(429, {"errors": ["Too many requests"]}, headers)
         if how == "garbage":
             record.status = 200
             return handler.send_raw(200, b"<html>Bad gateway, try later</html>", "text/html")
@@ -476,6 +494,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def reset(self) -> None:
+        """Close the connection with a TCP reset (RST), as a crashing load balancer might."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self.server.fake.handle(self)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
+import time
 from dataclasses import replace
 
 import pytest
@@ -174,7 +177,7 @@ def test_worker_once_with_rejected_keys_stops_at_once_and_exits_non_zero_saying_
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Datadog rejects the keys (DD_API_KEY, DD_APP_KEY)" in result.stderr
-    assert "1 link(s) wait" in result.stderr
+    assert "1 link(s) remain undelivered" in result.stderr
     assert "Traceback" not in result.stderr
     assert fake_datadog.api_key not in result.stdout + result.stderr
     assert len(fake_datadog.requests) <= 2
@@ -212,3 +215,73 @@ rules:
     assert "+ event 1: CASE:OPS-42 RELATES_TO CASE:SEC-7  (rule no-data-relates-runbook-case)" in preview.output
     [event] = store.list_events()
     assert event["kind"] == store.get_event(1)["kind"] == "alert.no_data"
+
+
+def planned_links(stack, count: int) -> None:
+    """`count` links due now in the stack's store, as webhooks would have planned them."""
+    from caselink.store import Store
+    from tests.test_worker import causes
+    from tests.test_worker import plan
+
+    stack.migrate()
+    store = Store(stack.database_url)
+    try:
+        for index in range(count):
+            plan(store, causes(index, f"OPS-{index}"))
+    finally:
+        store.dispose()
+
+
+# Every answer that makes a worker pause or back off, and the words `worker --once` ends with.
+ONCE_ENDINGS = {
+    "401": "Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): GET /api/v2/cases/{case_id} answered 401",
+    "403": "Datadog rejects the keys (DD_API_KEY, DD_APP_KEY): GET /api/v2/cases/{case_id} answered 403",
+    "429": "rate limited until ",
+    "429_reset": "rate limited until ",
+    "500": "Datadog unavailable (GET /api/v2/cases/{case_id} answered 500",
+    "drop": "Datadog unavailable (GET /api/v2/cases/{case_id}: Datadog closed the connection without answering)",
+    "reset": "Datadog unavailable (GET /api/v2/cases/{case_id}: Datadog reset the connection (connection reset))",
+    "hold": "Datadog unavailable (GET /api/v2/cases/{case_id}: timed out: no answer from Datadog within 1s)",
+    "refused": "Datadog unavailable (GET /api/v2/cases/{case_id}: Datadog refused the connection (connection refused))",
+}
+
+
+@pytest.mark.parametrize("answer", sorted(ONCE_ENDINGS))
+def test_worker_once_ends_whatever_datadog_answers_and_says_in_one_line_how_many_links_remain_and_why(
+    stack, fake_datadog, answer
+):
+    planned_links(stack, 6)
+    if answer == "refused":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            env = stack.env(DD_API_URL=f"http://127.0.0.1:{sock.getsockname()[1]}", DD_TIMEOUT="1")
+    else:
+        fake_datadog.configure(answer_all=answer, timeout_seconds=5)
+        env = stack.env(DD_TIMEOUT="1")
+
+    started = time.monotonic()
+    result = flask(env, "worker", "--once", timeout=60)
+
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("caselink worker: 6 link(s) remain undelivered: "), result.stderr
+    assert ONCE_ENDINGS[answer] in last
+    if answer.startswith("429"):
+        assert re.search(r"rate limited until \d\d:\d\d:\d\d UTC \(GET /api/v2/cases/\{case_id\}", last), last
+    assert "Traceback" not in result.stderr
+    assert fake_datadog.api_key not in result.stdout + result.stderr
+    # One round of WORKER_CONCURRENCY (4) deliveries, each stopped at its first call.
+    assert len(fake_datadog.requests) <= 4
+
+
+def test_worker_once_exits_0_saying_nothing_due_is_left_once_all_is_delivered(stack, fake_datadog):
+    planned_links(stack, 3)
+    for index in range(3):
+        fake_datadog.add_case(f"OPS-{index}")
+
+    result = flask(stack.env(), "worker", "--once", timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "caselink worker: 3 delivered; nothing due is left"
+    assert len(fake_datadog.links) == 3

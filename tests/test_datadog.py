@@ -8,6 +8,7 @@ import pytest
 import requests
 import responses
 from responses import matchers
+from urllib3.exceptions import ConnectTimeoutError
 from urllib3.exceptions import MaxRetryError
 from urllib3.exceptions import NameResolutionError
 from urllib3.exceptions import NewConnectionError
@@ -459,6 +460,56 @@ def test_a_failure_without_an_answer_says_whether_the_post_may_have_arrived(api,
     # The original exception, whose text can hold the URL, is not chained into tracebacks.
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__ is True
+
+
+def refused_as_urllib3_raises_it():
+    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111]")
+    reason.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    return requests.ConnectionError(MaxRetryError(None, "/api/v2/cases/link", reason))
+
+
+def get_read_timeout():
+    # A GET is retried by the transport, so its read timeout arrives wrapped as a ConnectionError.
+    reason = ReadTimeoutError(None, "/api/v2/cases/link", "Read timed out. (read timeout=5.0)")
+    return requests.ConnectionError(MaxRetryError(None, "/api/v2/cases/link", reason))
+
+
+def connect_timed_out():
+    reason = ConnectTimeoutError(None, "Connection to api.test timed out. (connect timeout=3.05)")
+    return requests.ConnectTimeout(MaxRetryError(None, "/api/v2/cases/link", reason))
+
+
+def get_reset():
+    reason = ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+    return requests.ConnectionError(MaxRetryError(None, "/api/v2/cases/link", reason))
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "words"),
+    [
+        (lambda: requests.ReadTimeout("Read timed out."), "timeout", "timed out: no answer from Datadog within 5s"),
+        (get_read_timeout, "timeout", "timed out: no answer from Datadog within 5s"),
+        (read_timeout_while_reading_body, "timeout", "timed out: no answer from Datadog within 5s"),
+        (connect_timed_out, "connect_timeout", "timed out connecting to Datadog (after 3.05s)"),
+        (lambda: requests.ConnectTimeout("connect timed out"), "connect_timeout", "timed out connecting to Datadog"),
+        (connect_refused, "refused", "Datadog refused the connection (connection refused)"),
+        (refused_as_urllib3_raises_it, "refused", "Datadog refused the connection (connection refused)"),
+        (connection_reset, "reset", "Datadog reset the connection (connection reset)"),
+        (get_reset, "reset", "Datadog reset the connection (connection reset)"),
+        (connection_aborted, "closed", "Datadog closed the connection without answering"),
+        (name_not_resolved, "dns", "cannot resolve Datadog's host name"),
+        (lambda: requests.exceptions.ChunkedEncodingError("broken"), "lost", "the answer was lost"),
+    ],
+)
+def test_each_failure_without_an_answer_says_what_happened_in_its_own_words(api, client, failure, kind, words):
+    api.get(LINKS_URL, body=failure())
+
+    with pytest.raises(DatadogUnavailableError) as caught:
+        client.list_links("CASE", CASE_ID)
+
+    assert caught.value.failure == kind
+    assert caught.value.message.startswith(f"GET /api/v2/cases/link: {words}")
+    assert ("timed out" in caught.value.message) is kind.endswith("timeout")
 
 
 def test_a_failure_before_sending_gives_the_budget_back(api):

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from caselink.store import Store
+from tests.servers import Worker
 from tests.servers import wait_for
 
 pytestmark = pytest.mark.slow
@@ -178,3 +179,40 @@ def test_one_delivery_worker_per_instance_and_it_moves_when_its_process_dies(sta
     wait_for(lambda: len(started()) == 2, timeout=20, message="a delivery worker in the new process")
     post_all(web, [incident_body(index, "OPS-42") for index in range(5)])
     wait_for(lambda: link_states(stack) == {"delivered": 5}, message="delivery by the new holder")
+
+
+@pytest.mark.parametrize(
+    ("signum", "args"), [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGTERM, ("--once",))]
+)
+def test_a_signal_to_a_worker_process_holding_a_post_releases_its_link_at_once_and_it_is_made_once(
+    stack, fake_datadog, signum, args
+):
+    # Datadog records the link and holds the answer for longer than the worker waits for it.
+    fake_datadog.configure(fail_ratio=1.0, faults=["timeout_after_record"], fault_on=["create"], timeout_seconds=60)
+    web = stack.service(IN_PROCESS_WORKER="false")
+    post_all(web, [incident_body(1, "OPS-42")])
+    env = {"DD_TIMEOUT": "3", "DELIVERY_LEASE": "60", "DELIVERY_BACKOFF_BASE": "0.05", "DELIVERY_BACKOFF_MAX": "0.1"}
+    worker = Worker("worker", stack.env(**env), stack.tmp_path)
+    worker.command = [*worker.command, *args]
+    stack.processes.append(worker)
+    worker.start()
+    wait_for(lambda: fake_datadog.creations(), timeout=20, message="the POST in flight")
+
+    started = time.monotonic()
+    worker.signal(signum)
+    assert worker.popen is not None
+    code = worker.popen.wait(15)
+
+    # The grace (5 s) for the call in flight, then the link is released: not the 60 s lease.
+    assert time.monotonic() - started < 8
+    assert code == (1 if args else 0)
+    assert link_states(stack) == {"pending": 1}
+    if args:
+        assert f"1 link(s) remain undelivered: stopped (by {signum.name})" in worker.logs()
+    fake_datadog.configure(fail_ratio=0.0)
+    stack.worker("worker-next", **env)
+
+    wait_for(lambda: link_states(stack) == {"delivered": 1}, timeout=20, message="delivery by the next worker")
+    # The POST that was in flight made the link; the next worker found it instead of posting again.
+    assert set(fake_datadog.link_counts().values()) == {1}
+    assert len(fake_datadog.creations()) == 1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -406,3 +409,157 @@ def test_a_retry_after_an_ambiguous_failure_asks_datadog_again_instead_of_a_rece
     # The first delivery lists OPS-42's links, the second reuses that listing; the retry
     # of the one that got a 503 lists again even though the listing is recent.
     assert len(lists) == 2
+
+
+# What each way of failing leaves a `run_once` pass saying, and what the stored error says.
+PASS_REASONS = {
+    "401": "keys rejected",
+    "403": "keys rejected",
+    "429": "rate limited",
+    "429_reset": "rate limited",
+    "500": "Datadog unavailable",
+    "garbage": "Datadog unavailable",
+    "drop": "Datadog unavailable",
+    "reset": "Datadog unavailable",
+    "hold": "Datadog unavailable",
+}
+
+
+@pytest.mark.parametrize("answer", sorted(PASS_REASONS))
+def test_a_pass_tries_each_due_link_at_most_once_and_says_why_links_remain(store, make_worker, fake_datadog, answer):
+    fake_datadog.configure(answer_all=answer, timeout_seconds=1.0)
+    for index in range(12):
+        plan(store, causes(index, f"OPS-{index}"))
+    worker = make_worker(worker_concurrency=4)
+
+    started, began = time.monotonic(), time.time()
+    report = worker.run_once()
+
+    # One round of four at most: a round in which nothing got through ends the pass.
+    assert time.monotonic() - started < 5
+    assert len(fake_datadog.requests) <= 4
+    assert not report.complete
+    assert set(report.reasons) == {PASS_REASONS[answer]}
+    assert states(store) == {"pending": 12}
+    # Whatever went back is due after the pass began, so the pass could not take it again.
+    tried = [link for link in store.list_links() if link["last_error"]]
+    assert 1 <= len(tried) <= 4
+    assert all(moment(link["next_attempt_at"]) > began for link in tried)
+
+
+def test_a_pass_delivers_what_is_due_and_ends_complete(store, make_worker, fake_datadog):
+    for index in range(6):
+        plan(store, causes(index))
+
+    report = make_worker(worker_concurrency=2).run_once()
+
+    assert (report.complete, report.delivered, report.tried) == (True, 6, 6)
+    assert states(store) == {"delivered": 6}
+
+
+def test_a_link_that_goes_back_in_a_pass_is_not_tried_again_in_it(store, make_worker, fake_datadog):
+    fake_datadog.configure(next_create=[500])
+    for index in range(3):
+        plan(store, causes(index))
+    worker = make_worker(worker_concurrency=2, delivery_backoff_base=0.001, delivery_backoff_max=0.001)
+
+    report = worker.run_once()
+
+    # The second round takes the third link, not the one that went back due a millisecond later.
+    assert set(report.reasons) == {"Datadog unavailable"}
+    assert "answered 500" in report.why()
+    assert (report.tried, report.delivered) == (3, 2)
+    assert states(store) == {"delivered": 2, "pending": 1}
+    assert len(fake_datadog.creations()) == 3
+
+
+def moment(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "failure", "words"),
+    [
+        ("hold", "timeout", "timed out: no answer from Datadog within 0.5s"),
+        ("reset", "reset", "Datadog reset the connection (connection reset)"),
+        ("drop", "closed", "Datadog closed the connection without answering"),
+        ("refused", "refused", "Datadog refused the connection (connection refused)"),
+    ],
+)
+def test_the_stored_error_and_the_log_say_whether_datadog_timed_out_refused_or_reset(
+    store, make_worker, fake_datadog, caplog, answer, failure, words
+):
+    if answer == "refused":
+        worker = make_worker(dd_api_url=closed_port_url())
+    else:
+        fake_datadog.configure(answer_all=answer, timeout_seconds=2.0)
+        worker = make_worker()
+    plan(store, causes(1))
+
+    with caplog.at_level(logging.INFO, logger="caselink.worker"):
+        report = worker.run_until_idle()
+
+    [link] = store.list_links()
+    assert link["last_error"] == f"GET /api/v2/cases/{{case_id}}: {words}"
+    assert words in report.why()
+    [delivery] = [record for record in caplog.records if record.getMessage() == "delivery"]
+    assert delivery.fields["failure"] == failure
+    assert delivery.fields["error"] == link["last_error"]
+
+
+def test_stopping_with_a_post_in_flight_releases_it_at_once_and_it_is_checked_before_posting_again(
+    store, make_worker, fake_datadog
+):
+    # Datadog records the link but holds the answer: whether the POST took effect is unknown.
+    fake_datadog.configure(fail_ratio=1.0, faults=["timeout_after_record"], fault_on=["create"], timeout_seconds=30)
+    plan(store, causes(1))
+    worker = make_worker(dd_timeout=1.5, delivery_lease=10)
+    worker.start()
+    wait_for(lambda: fake_datadog.creations(), message="the POST in flight")
+
+    started = time.monotonic()
+    worker.stop(grace=0.2)
+
+    assert time.monotonic() - started < 1.5
+    [link] = store.list_links()
+    assert link["state"] == "pending"
+    assert "unanswered" in link["last_error"]
+    # Not due before the POST would have timed out: by then it has taken effect or never will.
+    due = moment(link["next_attempt_at"])
+    assert due >= time.time() + 0.5
+    fake_datadog.configure(fail_ratio=0.0)
+
+    wait_for(lambda: time.time() > due, timeout=5, message="the link due again")
+    make_worker().run_once()
+
+    [link] = store.list_links()
+    assert (link["state"], link["outcome"]) == ("delivered", "existing")
+    assert set(fake_datadog.link_counts().values()) == {1}
+
+
+def test_stopping_between_calls_releases_the_link_due_at_once_without_counting_an_attempt(
+    store, make_worker, fake_datadog
+):
+    fake_datadog.configure(slow_seconds=30)
+    plan(store, causes(1))
+    worker = make_worker(dd_timeout=2.0, delivery_lease=10)
+    worker.start()
+    wait_for(lambda: fake_datadog.requests, message="the lookup in flight")
+
+    started = time.monotonic()
+    worker.stop(grace=0.2)
+
+    assert time.monotonic() - started < 1.5
+    [link] = store.list_links()
+    assert (link["state"], link["attempts"], link["last_error"]) == ("pending", 0, "released at shutdown")
+    assert moment(link["next_attempt_at"]) <= time.time()
+    # The thread whose lookup was abandoned starts no call once it gets its answer.
+    time.sleep(2.5)
+    assert [(r.method, r.path) for r in fake_datadog.requests] == [("GET", "/api/v2/cases/OPS-42")]

@@ -51,15 +51,21 @@ class Job:
 class Queue(Database):
     """Claiming, leasing, finishing and re-driving links, and waking the workers that do."""
 
-    def claim(self, worker: str, limit: int, lease: float, now: float | None = None) -> list[Job]:
-        """Take up to `limit` due links (or links whose lease ran out) for this worker."""
+    def claim(
+        self, worker: str, limit: int, lease: float, now: float | None = None, *, due_by: float | None = None
+    ) -> list[Job]:
+        """Take up to `limit` due links (or links whose lease ran out) for this worker.
+
+        `due_by` takes only links due by then (a pass that tries each link once: a link
+        it put back is due later)."""
         now = time.time() if now is None else now
+        due_by = now if due_by is None else min(due_by, now)
         token = f"{worker[:16]}-{secrets.token_hex(6)}"
         due = (
             sa.select(links.c.id)
             .where(
                 sa.or_(
-                    sa.and_(links.c.state == "pending", links.c.next_attempt_at <= now),
+                    sa.and_(links.c.state == "pending", links.c.next_attempt_at <= due_by),
                     sa.and_(links.c.state == "claimed", links.c.lease_until < now),
                 )
             )
