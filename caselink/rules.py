@@ -14,6 +14,7 @@ import gc
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -724,8 +725,8 @@ def _read_yaml(source_text: str, filename: str) -> Any:
         if size > MAX_YAML_NODES:
             raise RulesError(
                 [
-                    f"{filename}:{line}: the YAML expands to more than {MAX_YAML_NODES:,} values"
-                    " through its aliases (*name); a rules file may hold no more (is it an alias bomb?)"
+                    f"{filename}:{line}: the YAML holds more than {MAX_YAML_NODES:,} values, counting each"
+                    " value an alias (*name) repeats; a rules file may hold no more"
                 ]
             )
         rules = _rules_node(node)
@@ -1100,6 +1101,18 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
     return sequence
 
 
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    # Python refuses to turn more digits than this into an int (CVE-2020-10735) with a
+    # ValueError that would leave the file's line behind; say it here, with the line.
+    limit = sys.get_int_max_str_digits() or 4300
+    if sum(character.isdigit() for character in node.value) > limit:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of more than {limit:,} digits (write it as a string, in quotes)", node.start_mark
+        )
+    return cast(int, loader.construct_yaml_int(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 

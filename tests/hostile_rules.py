@@ -8,8 +8,7 @@ is the costliest rule the checks let through, and it matches every webhook.
 from __future__ import annotations
 
 _LINK = (
-    "    link: {relationship: CAUSES, parent: event,"
-    " child: {type: CASE, find: {in: [title], pattern: 'OPS-\\d+'}}}\n"
+    "    link: {relationship: CAUSES, parent: event, child: {type: CASE, find: {in: [title], pattern: 'OPS-\\d+'}}}\n"
 )
 _HEAD = "version: 1\nrules:\n  - name: hostile\n"
 
@@ -50,7 +49,9 @@ def alias_bomb_in_examples() -> str:
     anchors = ["        a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     anchors += [f"        a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)]
     return (
-        _HEAD + _LINK + "    examples:\n      - source: datadog\n        links: []\n        payload:\n"
+        _HEAD
+        + _LINK
+        + "    examples:\n      - source: datadog\n        links: []\n        payload:\n"
         + "\n".join(anchors).replace("        a", "          a")
         + "\n"
     )
@@ -91,6 +92,29 @@ def big_file() -> str:
     return many_rules(33_044)
 
 
+def huge_integer_in_when() -> str:
+    """A million digits: more than Python turns into an int (a ValueError without a line)."""
+    return _rule("when: [{field: title, gt: " + "9" * 1_000_000 + "}]")
+
+
+def huge_integer_in_examples() -> str:
+    return (
+        _HEAD
+        + _LINK
+        + "    examples:\n      - source: datadog\n        links: []\n        payload: {n: "
+        + "9" * 1_000_000
+        + "}\n"
+    )
+
+
+def huge_integer_key() -> str:
+    """The same as a mapping's key (written explicitly: an implicit key holds 1,024 characters at most)."""
+    return (
+        _HEAD + _LINK + "    examples:\n      - source: datadog\n        links: []\n        payload:\n"
+        "          ? " + "1" * 5_000 + "\n          : x\n"
+    )
+
+
 def too_many_rules() -> str:
     """10,001 small rules: under the size cap, over the count cap."""
     return many_rules(10_001)
@@ -107,6 +131,9 @@ REFUSED = {
     "merge-bomb": merge_bomb,
     "recursive-alias": recursive_alias,
     "10-MB-33044-rules": big_file,
+    "huge-integer-in-when": huge_integer_in_when,
+    "huge-integer-in-examples": huge_integer_in_examples,
+    "huge-integer-key": huge_integer_key,
 }
 # Refused too, but only once read: 10,000 rules are allowed (issue 15 measures them), so a file
 # one rule over is megabytes of YAML, and takes seconds to count.

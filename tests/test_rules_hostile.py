@@ -374,9 +374,39 @@ def test_an_alias_bomb_is_refused_with_a_message_that_says_what_it_is():
     _, problems = refusal(hostile.alias_bomb_in_when())
 
     assert problems == [
-        "rules.yaml:11: the YAML expands to more than 1,000,000 values through its aliases (*name);"
-        " a rules file may hold no more (is it an alias bomb?)"
+        "rules.yaml:11: the YAML holds more than 1,000,000 values, counting each value an alias (*name)"
+        " repeats; a rules file may hold no more"
     ]
+
+
+@pytest.mark.parametrize(
+    "make", [hostile.huge_integer_in_when, hostile.huge_integer_in_examples, hostile.huge_integer_key]
+)
+def test_a_number_of_more_digits_than_python_reads_is_refused_with_its_line_not_a_traceback(make):
+    _, problems = refusal(make())
+
+    assert len(problems) == 1
+    assert problems[0].startswith("rules.yaml:")
+    assert "a number of more than 4,300 digits (write it as a string, in quotes)" in problems[0]
+    assert len(problems[0]) < 1000
+
+
+def test_a_file_with_a_number_too_long_to_read_is_a_file_error_not_retried_until_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    live = LiveRules(path, check_every=0)
+    path.write_text(hostile.huge_integer_in_when(), encoding="utf-8")
+    reads = []
+    real = rules_module.load_rules
+    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: reads.append(1) or real(*a, **k))
+
+    for _ in range(3):
+        live.current()
+
+    assert len(reads) == 1
+    assert live.error is not None
+    assert "4,300 digits" in live.error.problems[0]
+    assert [rule.name for rule in live.ruleset.rules] == ["first"]
 
 
 def test_a_rules_file_over_the_size_cap_is_refused_without_reading_it_all(tmp_path):
