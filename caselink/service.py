@@ -315,14 +315,20 @@ class Service:
         if ruleset is None:
             checks["rules"] = "not loaded: " + (self.rules.error.problems[0] if self.rules.error else "unknown")
             ready = False
+        elif self.rules.loading:
+            # Before the error: while a newer file loads, the error is the previous file's.
+            checks["rules"] = (
+                f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: it is being loaded"
+            )
         elif self.rules.error is not None:
             checks["rules"] = (
                 f"{len(ruleset.rules)} rules in force; the file on disk has errors and was not loaded: "
                 + self.rules.error.problems[0]
             )
         elif not self.rules.file_in_force():
-            checks["rules"] = f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: " + (
-                "it is being loaded" if self.rules.loading else "it changed and is read at the next check"
+            checks["rules"] = (
+                f"{len(ruleset.rules)} rules in force; the file on disk is not the file in force: "
+                "it changed and is read at the next check"
             )
         else:
             checks["rules"] = f"{len(ruleset.rules)} rules loaded"

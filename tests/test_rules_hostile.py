@@ -608,3 +608,42 @@ def test_a_watched_file_is_followed_without_any_request_asking_for_the_rules(tmp
     assert [rule.name for rule in live.ruleset.rules] == ["second"]
     assert False in seen  # the change was seen before it was loaded
     assert seen[-1] is True
+
+
+def test_readyz_says_a_new_file_is_being_loaded_rather_than_the_error_of_the_file_before_it(
+    settings, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from app import create_app
+    from caselink import migrations
+
+    path = tmp_path / "rules.yaml"
+    write_rules(path, "first")
+    application = create_app(replace(settings, rules_file=path))
+    service = application.extensions["caselink"]
+    migrations.upgrade(service.store.engine)
+    service.rules.check_every = 0
+    client = application.test_client()
+    path.write_text("version: 1\nrules:\n  - name: x\n    whn: []\n", encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 2_000_000_000,) * 2)
+    deadline = time.monotonic() + 5
+    while "has errors" not in client.get("/readyz").json["checks"]["rules"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release = threading.Event()
+    real = rules_module.load_rules
+    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: release.wait(5) and real(*a, **k))
+    write_rules(path, "second")
+
+    while not service.rules.loading and time.monotonic() < deadline:
+        client.get("/readyz")
+        time.sleep(0.02)
+    loading = client.get("/readyz").json["checks"]["rules"]
+    release.set()
+    while "1 rules loaded" != client.get("/readyz").json["checks"]["rules"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    assert loading == "1 rules in force; the file on disk is not the file in force: it is being loaded"
+    assert client.get("/readyz").json["checks"]["rules"] == "1 rules loaded"
+    assert [rule.name for rule in service.rules.ruleset.rules] == ["second"]
+    service.store.dispose()
