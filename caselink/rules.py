@@ -47,6 +47,7 @@ from caselink.events import text
 from caselink.regex import Regex
 from caselink.regex import compile_rule_regex
 from caselink.templates import TemplateEnvironment
+from caselink.templates import TemplateLimitError
 from caselink.templates import render
 from caselink.templates import unbounded_constants
 
@@ -134,6 +135,19 @@ _OPERATOR_ALIASES = {
 
 _templates = TemplateEnvironment()
 _TEMPLATE_NAMES = (*FIELD_NAMES, *sorted(_templates.globals))
+_EMPTY_EVENT_NAMES = Event("", "", "").fields()
+
+
+def _over_bounds_when_empty(template: jinja2.Template) -> list[str]:
+    """The bound a template goes over with every field empty: what it builds from its own
+    constants, as `('a' * 4000).replace('', 'x' * 4000)`, then fails on every event."""
+    try:
+        render(template, _EMPTY_EVENT_NAMES, clock=False)
+    except TemplateLimitError as exc:
+        return [str(exc)]
+    except Exception:  # noqa: BLE001 - any other failure depends on the event's fields: not this check's
+        return []
+    return []
 
 
 # ---------------------------------------------------------------------------
@@ -1586,6 +1600,8 @@ class _Validator:
             self.problem(line, f"{where}: template does not parse: {exc.message}")
             return None
         unbounded = unbounded_constants(parsed)
+        if not unbounded:
+            unbounded = _over_bounds_when_empty(template)
         if unbounded:
             self.problem(line, f"{where}: template would be refused at every event: {'; '.join(unbounded)}")
         undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)

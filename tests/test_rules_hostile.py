@@ -73,6 +73,16 @@ def test_the_worst_accepted_rule_loads():
     assert seconds < 1.0
 
 
+def test_a_busy_machine_does_not_make_the_load_refuse_a_template_within_its_step_and_size_bounds(monkeypatch):
+    from caselink import templates
+
+    monkeypatch.setattr(templates, "MAX_SECONDS", -1.0)  # every clock has run out
+
+    rules = parse_rules(hostile.WORST_ACCEPTED, "rules.yaml", sources=SOURCES)
+
+    assert [rule.name for rule in rules.rules] == ["worst-accepted"]
+
+
 # -- regular expressions run on RE2 ------------------------------------------------------------
 
 
@@ -222,12 +232,6 @@ BIG_EVENT_FIELDS = {
         "{{ payload.s.replace('', payload.big) }}",
         "{% set ns = namespace(x='') %}{% for i in payload['items'] %}{% set ns.x = ns.x ~ payload.s %}{% endfor %}",
         "{% set x %}{% for i in payload['items'] %}{{ payload.big }}{% endfor %}{% endset %}{{ x|length }}",
-        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(30) }}",
-        "{{ '%9999999s' % 'a' }}",
-        "{{ '%9999999s'|format('a') }}",
-        "{{ '{:>9999999}'.format('a') }}",
-        "{{ 4000 ** 4000 }}",
-        "{{ ((payload.s,) * 4000)|join(payload.s * 2000) }}",
         "{{ payload.big }}",
         "{% for i in range(payload.n) %}x{% endfor %}",
     ],
@@ -244,6 +248,50 @@ def test_a_template_that_would_run_away_fails_fast_for_that_event_with_a_short_p
     assert outcome.problems
     assert "template failed" in outcome.problems[0]
     assert len(json.dumps(evaluation.trace())) < 2000
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(30) }}",
+        "{{ '%9999999s' % 'a' }}",
+        "{{ '%9999999s'|format('a') }}",
+        "{{ '{:>9999999}'.format('a') }}",
+        "{{ 4000 ** 4000 }}",
+        "{{ ((payload.s,) * 4000)|join(payload.s * 2000) }}",
+        "{{ ('a' * 4000).replace('', '😀' * 4000) }}{{ title }}",
+        "{{ ('x\\n' * 2000)|indent(4000) }}{{ title }}",
+        "{{ ('ab' * 2000)|replace('a', 'b' * 4000) }}{{ title }}",
+        "{{ ('a' * 4000)|join('b' * 4000) }}{{ title }}",
+    ],
+)
+def test_a_template_over_its_bounds_whatever_the_event_is_refused_at_load(template):
+    started = time.perf_counter()
+    with pytest.raises(RulesError) as refused:
+        ruleset(template_rule(template))
+
+    assert time.perf_counter() - started < 0.25
+    assert "template would be refused at every event" in refused.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ message.replace('', payload.big[:4000]) }}",
+        "{{ payload.s|replace('', payload.big[:4000]) }}",
+        "{{ (message * 40)|indent(payload.big[:4000]) }}",
+        "{{ payload.big[:4000]|join(payload.big[:4000]) }}",
+    ],
+)
+def test_a_method_or_filter_that_would_build_too_much_from_the_event_is_refused_before_it_builds_it(template):
+    rules = ruleset(template_rule(template))
+    event = an_event(**BIG_EVENT_FIELDS)
+
+    seconds, evaluation = elapsed(lambda: rules.evaluate(event))
+
+    [outcome] = evaluation.outcomes
+    assert seconds < 0.05
+    assert "could build" in outcome.problems[0]
 
 
 @pytest.mark.parametrize(
