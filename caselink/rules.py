@@ -1119,7 +1119,8 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     # Python refuses to turn more digits than this into an int (CVE-2020-10735) with a
     # ValueError that would leave the file's line behind; say it here, with the line.
     limit = sys.get_int_max_str_digits() or 4300
-    if sum(character.isdigit() for character in node.value) > limit:
+    digits = len(node.value) - node.value.count("_") - node.value[:1].count("-") - node.value[:1].count("+")
+    if digits > limit:
         raise yaml.constructor.ConstructorError(
             None, None, f"a number of more than {limit:,} digits (write it as a string, in quotes)", node.start_mark
         )
