@@ -5,7 +5,7 @@ and `on.kind` names (globs are tried once per source and kind, then remembered) 
 `equals` / `in` condition on text that its top-level `all` requires. An event then visits
 the rules under its own source, kind and field values, in file order; every other rule
 could not have matched it, so it is left out of evaluation and only explained when the
-record is read (`explain`), by asking it the same questions the plain loop asks.
+record is read (`caselink.rules.explain`), by asking it the same questions the plain loop asks.
 
 The index is a filter in front of the plain evaluation, never a second implementation of
 it: a rule it lets through is evaluated exactly as before, and `stop`, `enabled` and `mode`
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from caselink.rules import Condition
     from caselink.rules import FieldPath
     from caselink.rules import Rule
-    from caselink.rules import RuleOutcome
 
 # Distinct (source, kind) pairs whose rule lists are remembered: kinds come from senders, so
 # a sender inventing kinds costs one pass over `on` per new kind, and this much memory at most.
@@ -187,42 +186,3 @@ class _Selection:
     def __init__(self) -> None:
         self.unkeyed = []
         self.keyed = {}
-
-
-def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
-    """Every rule's outcome, in file order, given the outcomes of the rules that matched.
-
-    The others are asked what the plain loop would have asked them: a disabled rule and
-    a rule after a `stop` are said so, and any other did not apply or did not match.
-    """
-    from caselink.rules import RuleOutcome
-
-    fields: dict[str, Any] | None = None
-    outcomes: list[RuleOutcome] = []
-    stopped_by: str | None = None
-    for position, rule in enumerate(rules):
-        if not rule.enabled:
-            outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
-            continue
-        if stopped_by is not None:
-            outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
-            continue
-        outcome = matched.get(position)
-        if outcome is not None:
-            outcomes.append(outcome)
-            if rule.stop:
-                stopped_by = rule.name
-            continue
-        reason = rule.applies_to(event)
-        if reason is not None:
-            outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
-            continue
-        if fields is None:
-            fields = event.fields()
-        reason = rule.when.first_failure(fields) if rule.when is not None else None
-        # None only when the event read back differs from the one evaluated (a field cut to
-        # its column's size): the rule did not match then, and the record says so.
-        outcomes.append(
-            RuleOutcome(rule.name, "not_matched", reason or "its conditions did not hold for the event as received")
-        )
-    return outcomes

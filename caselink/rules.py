@@ -630,8 +630,6 @@ class RuleSet:
 
     def evaluate(self, event: Event) -> Evaluation:
         """The rules that can apply to the event, from the index, evaluated in file order."""
-        from caselink.rule_index import explain
-
         names = event.fields()
         matched: dict[int, RuleOutcome] = {}
         # What one rule found out about this event that another rule asks again (conditions, ref searches).
@@ -676,6 +674,43 @@ class RuleSet:
 
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
+
+
+def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
+    """Every rule's outcome, in file order, given the outcomes of the rules that matched.
+
+    The others are asked what the plain loop would have asked them: a disabled rule and
+    a rule after a `stop` are said so, and any other did not apply or did not match.
+    """
+    fields: dict[str, Any] | None = None
+    outcomes: list[RuleOutcome] = []
+    stopped_by: str | None = None
+    for position, rule in enumerate(rules):
+        if not rule.enabled:
+            outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
+            continue
+        if stopped_by is not None:
+            outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
+            continue
+        outcome = matched.get(position)
+        if outcome is not None:
+            outcomes.append(outcome)
+            if rule.stop:
+                stopped_by = rule.name
+            continue
+        reason = rule.applies_to(event)
+        if reason is not None:
+            outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
+            continue
+        if fields is None:
+            fields = event.fields()
+        reason = rule.when.first_failure(fields) if rule.when is not None else None
+        # None only when the event read back differs from the one evaluated (a field cut to
+        # its column's size): the rule did not match then, and the record says so.
+        outcomes.append(
+            RuleOutcome(rule.name, "not_matched", reason or "its conditions did not hold for the event as received")
+        )
+    return outcomes
 
 
 # ---------------------------------------------------------------------------

@@ -26,11 +26,11 @@ from typing import Any
 from caselink.errors import RulesError
 from caselink.events import EntityRef
 from caselink.events import Event
-from caselink.rule_index import explain
 from caselink.rules import Evaluation
 from caselink.rules import PlannedLink
 from caselink.rules import RuleOutcome
 from caselink.rules import RuleSet
+from caselink.rules import explain
 from caselink.rules import parse_rules
 
 # The lengths the events table keeps of these fields: an event with a longer one is not read
