@@ -88,6 +88,21 @@ def store(service: Any) -> Any:
     return service.store
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A migrated store of its own, on SQLite and (with CASELINK_TEST_POSTGRES_URL) on PostgreSQL."""
+    from caselink.store import Store
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
+    built = Store(url)
+    migrations.upgrade(built.engine)
+    yield built
+    built.dispose()
+
+
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pytest
 
-from caselink import migrations
 from caselink.housekeeping import Housekeeper
 from caselink.housekeeping import Report
 from caselink.schema import links
-from caselink.store import Store
 from tests.store.builders import DAY
 from tests.store.builders import NOW
 from tests.store.builders import causes
@@ -24,16 +21,9 @@ from tests.store.builders import stored_ids
 from tests.store.builders import unmatched
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path: Path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
-    built = Store(url)
-    migrations.upgrade(built.engine)
-    yield built
-    built.dispose()
+@pytest.fixture
+def store(each_store):
+    return each_store
 
 
 def test_pruning_deletes_events_past_retention_and_keeps_their_statistics_and_links(store):

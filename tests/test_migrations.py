@@ -155,8 +155,8 @@ def test_traces_stored_in_full_are_compacted_by_0005_when_their_rule_set_is_in_f
     from caselink.schema import events
     from caselink.schema import rule_sets
     from caselink.traces import event_from_row
+    from tests.rule_files import generated_rules_text as rules_text
     from tests.test_traces import incident
-    from tests.test_traces import rules_text
 
     ruleset = parse_rules(rules_text(150))
     other = parse_rules(rules_text(3))

@@ -16,6 +16,7 @@ from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.rules import RuleSet
 from caselink.rules import parse_rules
+from tests.rule_files import generated_rules_text
 
 INCIDENT = EntityRef("INCIDENT", "01c03111-172a-50c7-8df3-d61e64b0e74b")
 WORDS = ["high", "High", "low", "api", "db", "5", "OPS-7 down", ""]
@@ -122,25 +123,7 @@ def test_indexed_evaluation_gives_the_plain_loops_matches_links_and_explanation(
 
 
 def _bench_like(size: int) -> RuleSet:
-    """The issue's generated file: every rule for Datadog incidents, one in a hundred for the event's service."""
-    rules = [
-        {
-            "name": f"service-{index}",
-            "on": {"source": "datadog", "kind": ["incident.created", "incident.updated"]},
-            "when": [
-                {"field": "severity", "in": ["SEV-1", "SEV-2"]},
-                {"field": "tags.service", "equals": "payments-api" if index % 100 == 0 else f"service-{index}"},
-                {"field": "title", "matches": "(?i)latency|errors|down"},
-            ],
-            "link": {
-                "relationship": "CAUSES",
-                "parent": "event",
-                "child": {"type": "CASE", "find": {"in": ["title"], "pattern": "OPS-\\d+"}},
-            },
-        }
-        for index in range(size)
-    ]
-    return parse_rules(json.dumps({"version": 1, "rules": rules}))
+    return parse_rules(generated_rules_text(size))
 
 
 def _incident(kind: str = "incident.created", **fields: Any) -> Event:

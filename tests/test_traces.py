@@ -10,29 +10,9 @@ from caselink.events import Event
 from caselink.rules import Evaluation
 from caselink.rules import RuleOutcome
 from caselink.rules import parse_rules
+from tests.rule_files import generated_rules_text
 
 INCIDENT = EntityRef("INCIDENT", "01c03111-172a-50c7-8df3-d61e64b0e74b")
-
-
-def rules_text(size: int) -> str:
-    rules = [
-        {
-            "name": f"service-{index}",
-            "on": {"source": "datadog", "kind": ["incident.created", "incident.updated"]},
-            "when": [
-                {"field": "severity", "in": ["SEV-1", "SEV-2"]},
-                {"field": "tags.service", "equals": "payments-api" if index % 100 == 0 else f"service-{index}"},
-                {"field": "title", "matches": "(?i)latency|errors|down"},
-            ],
-            "link": {
-                "relationship": "CAUSES",
-                "parent": "event",
-                "child": {"type": "CASE", "find": {"in": ["title"], "pattern": "OPS-\\d+"}},
-            },
-        }
-        for index in range(size)
-    ]
-    return json.dumps({"version": 1, "rules": rules})
 
 
 def incident(dedup_key: str = "k", **fields) -> Event:
@@ -46,7 +26,7 @@ def incident(dedup_key: str = "k", **fields) -> Event:
 
 
 def test_the_stored_trace_of_a_thousand_rules_is_under_two_kilobytes_and_reads_as_the_full_one():
-    ruleset = parse_rules(rules_text(1000))
+    ruleset = parse_rules(generated_rules_text(1000))
     event = incident()
     evaluation = ruleset.evaluate(event)
 
@@ -68,14 +48,14 @@ def test_an_evaluation_without_a_stored_rule_set_is_kept_in_full_and_read_as_it_
 
 
 def test_an_event_with_a_field_longer_than_its_column_keeps_its_trace_in_full():
-    ruleset = parse_rules(rules_text(3))
+    ruleset = parse_rules(generated_rules_text(3))
     event = incident(severity="S" * 300)
 
     assert isinstance(traces.stored_form(event, ruleset.evaluate(event)), list)
 
 
 def test_a_compact_trace_whose_rule_set_is_not_stored_lists_what_matched_and_says_the_rest_is_unknown():
-    ruleset = parse_rules(rules_text(200))
+    ruleset = parse_rules(generated_rules_text(200))
     event = incident()
     stored = traces.stored_form(event, ruleset.evaluate(event))
 
@@ -87,7 +67,7 @@ def test_a_compact_trace_whose_rule_set_is_not_stored_lists_what_matched_and_say
 
 
 def test_links_added_by_replay_are_read_after_every_rule_and_counted_with_the_matches():
-    ruleset = parse_rules(rules_text(3))
+    ruleset = parse_rules(generated_rules_text(3))
     event = incident()
     stored = traces.stored_form(event, ruleset.evaluate(event))
     added = {"rule": "later", "outcome": "matched", "reason": "planned by `replay --apply`", "links": []}
@@ -99,7 +79,7 @@ def test_links_added_by_replay_are_read_after_every_rule_and_counted_with_the_ma
 
 
 def test_a_full_trace_made_by_the_rule_set_compacts_only_when_it_reads_the_same():
-    ruleset = parse_rules(rules_text(150))
+    ruleset = parse_rules(generated_rules_text(150))
     event = incident()
     full = ruleset.evaluate_linear(event).trace()
 
@@ -109,11 +89,11 @@ def test_a_full_trace_made_by_the_rule_set_compacts_only_when_it_reads_the_same(
     assert traces.render(compact, event, ruleset) == full
     # Another event's trace, or another rule set's, is left as it is.
     assert traces.compacted(full, incident(tags={"service": ["billing"]}), ruleset) is None
-    assert traces.compacted(full, event, parse_rules(rules_text(151))) is None
+    assert traces.compacted(full, event, parse_rules(generated_rules_text(151))) is None
 
 
 def test_the_rule_set_cache_parses_stored_text_once_and_refuses_text_that_is_not_the_digests():
-    ruleset = parse_rules(rules_text(2))
+    ruleset = parse_rules(generated_rules_text(2))
     cache = traces.RuleSetCache()
     reads = []
 

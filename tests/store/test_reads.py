@@ -366,8 +366,8 @@ def test_an_events_explain_record_reads_in_full_from_its_stored_rule_set_after_t
     from caselink.rules import parse_rules
     from caselink.schema import events
     from caselink.schema import rule_sets
+    from tests.rule_files import generated_rules_text as rules_text
     from tests.test_traces import incident
-    from tests.test_traces import rules_text
 
     ruleset = parse_rules(rules_text(300))
     happened = incident()
