@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import difflib
 import fnmatch
+import functools
 import gc
 import hashlib
 import os
@@ -136,6 +137,27 @@ _OPERATOR_ALIASES = {
 _templates = TemplateEnvironment()
 _TEMPLATE_NAMES = (*FIELD_NAMES, *sorted(_templates.globals))
 _EMPTY_EVENT_NAMES = Event("", "", "").fields()
+
+
+# Templates compiled, kept while among the most recently used: a reload compiles only what it
+# has not seen. A compiled template is immutable (the sandbox renders it with fresh context).
+COMPILED_TEMPLATES = 4096
+
+
+@functools.lru_cache(maxsize=COMPILED_TEMPLATES)
+def _compiled_template(source: str) -> tuple[jinja2.Template | None, str | None, tuple[str, ...], tuple[str, ...]]:
+    """(the template, or None when it cannot be used; why it does not parse; why every event would
+    refuse it; the undefined names it uses)."""
+    try:
+        parsed = _templates.parse(source)
+        # Compiling finds what parsing does not, such as an unknown filter.
+        template = _templates.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return None, exc.message or "a syntax error", (), ()
+    unbounded = unbounded_constants(parsed) or _over_bounds_when_empty(template)
+    undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
+    usable = None if undefined or unbounded else template
+    return usable, None, tuple(unbounded), tuple(undefined)
 
 
 def _over_bounds_when_empty(template: jinja2.Template) -> list[str]:
@@ -769,8 +791,10 @@ def _read_yaml(source_text: str, filename: str) -> Any:
         if node is None:
             return None
         # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
-        # is what an alias bomb exploits, so its size as a tree is measured first.
-        size, line = _expanded_size(node)
+        # is what an alias bomb exploits, so its size as a tree is measured first. Without an
+        # anchor (&) there is no alias, and a text holds at most two values a character (`?`
+        # alone is a mapping of a null to a null): a short one holds fewer, with nothing to count.
+        size, line = (0, 0) if _plainly_under_cap(source_text) else _expanded_size(node)
         if size > MAX_YAML_NODES:
             raise RulesError(
                 [
@@ -782,7 +806,7 @@ def _read_yaml(source_text: str, filename: str) -> Any:
         if rules is not None and len(rules[1].value) > MAX_RULES:
             # Counted before the rules are built, which is most of the work of a load.
             raise RulesError([_too_many_rules(filename, rules[0], len(rules[1].value))])
-        return loader.construct_document(node)
+        return _construct_tree(loader, node)
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_yaml_problem(exc, source_text, filename)]) from None
     except ReaderError as exc:
@@ -809,6 +833,12 @@ def _rules_node(root: yaml.Node) -> tuple[int, yaml.SequenceNode] | None:
 
 def _too_many_rules(filename: str, line: int, count: int) -> str:
     return f"{filename}:{line}: the file holds {count:,} rules; a rules file may hold at most {MAX_RULES:,}"
+
+
+def _plainly_under_cap(source_text: str) -> bool:
+    """Whether the text holds no anchor and too few characters for MAX_YAML_NODES values: never
+    more than 2 × characters + 1 (tests/test_rules_hostile.py checks it on YAML's shortest forms)."""
+    return 2 * len(source_text) + 1 <= MAX_YAML_NODES and "&" not in source_text
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
@@ -1071,6 +1101,8 @@ class _Node:
     line: int
     lines: dict[Any, int]
     duplicates: list[tuple[int, Any]]
+    # On a document's root: no key is written twice anywhere in it, so nothing needs looking for.
+    none_duplicated = False
 
 
 class _Map(dict[Any, Any], _Node):
@@ -1167,6 +1199,74 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _construct_tree(loader: _Loader, root: yaml.Node) -> Any:
+    """What `loader.construct_document(root)` gives, building strings, mappings without merges
+    and sequences directly: PyYAML's per-node dispatch was a third of a load. Every other node
+    (numbers, booleans, nulls, merges, explicit tags) is built by the loader's constructors.
+    An alias gives the object built for its anchor, as PyYAML does."""
+    built: dict[int, Any] = {}
+    # Whether a key may be written twice: found in a mapping, or one built the usual way.
+    maybe_duplicated = False
+
+    def build(node: yaml.Node) -> Any:
+        nonlocal maybe_duplicated
+        key = id(node)
+        if key in built:
+            return built[key]
+        tag = node.tag
+        if tag == _STR_TAG and isinstance(node, yaml.ScalarNode):
+            return node.value
+        if tag == _MAP_TAG and isinstance(node, yaml.MappingNode):
+            if any(key_node.tag == _MERGE_TAG for key_node, _ in node.value):
+                value = loader.construct_object(node, deep=True)
+                maybe_duplicated = True
+            else:
+                value = _Map()
+                built[key] = value
+                _fill_map(value, node, build)
+                maybe_duplicated = maybe_duplicated or bool(value.duplicates)
+        elif tag == _SEQ_TAG and isinstance(node, yaml.SequenceNode):
+            value = _Seq()
+            built[key] = value
+            value.line = node.start_mark.line + 1
+            value.lines = {}
+            value.duplicates = []
+            for index, item in enumerate(node.value):
+                value.append(build(item))
+                value.lines[index] = item.start_mark.line + 1
+        else:
+            value = loader.construct_object(node, deep=True)
+            maybe_duplicated = maybe_duplicated or isinstance(value, _Node)
+        built[key] = value
+        return value
+
+    document = build(root)
+    if isinstance(document, _Node) and not maybe_duplicated:
+        document.none_duplicated = True
+    return document
+
+
+def _fill_map(mapping: _Map, node: yaml.MappingNode, build: Callable[[yaml.Node], Any]) -> None:
+    mapping.line = node.start_mark.line + 1
+    mapping.lines = {}
+    mapping.duplicates = []
+    for key_node, value_node in node.value:
+        key = build(key_node)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, (str, int, float, bool)):
+            key = str(key)
+        if key in mapping.lines:
+            mapping.duplicates.append((line, key))
+        mapping[key] = build(value_node)
+        mapping.lines[key] = line
+
+
 def _duplicate_keys(node: Any) -> Iterator[tuple[int, Any]]:
     """Every key written twice in a mapping at or under `node`, each once even if aliased."""
     seen: set[int] = set()
@@ -1190,6 +1290,7 @@ class _Validator:
         self.warnings: list[str] = []
         # Who the next problems are about: "rule 'NAME'", or "rules[3]" for a rule without a usable name.
         self.subject: str | None = None
+        self.none_duplicated = False
 
     def problem(self, line: int, message: str) -> None:
         where = f" {self.subject}:" if self.subject else ""
@@ -1200,6 +1301,8 @@ class _Validator:
         self.warnings.append(f"{self.filename}:{line}:{where} warning: {message}")
 
     def duplicates(self, node: Any) -> None:
+        if self.none_duplicated:
+            return
         for line, key in sorted(_duplicate_keys(node), key=lambda item: item[0]):
             self.problem(line, f"key {key!r} appears twice in the same mapping")
 
@@ -1210,6 +1313,7 @@ class _Validator:
         if not isinstance(document, Mapping):
             self.problem(_line(document) or 1, "the file must be a mapping with version: 1 and rules:")
             return []
+        self.none_duplicated = isinstance(document, _Node) and document.none_duplicated
         raw_rules = document.get("rules")
         if isinstance(raw_rules, list):
             # Duplicates inside a rule are reported with the rule's name, by `rule`.
@@ -1628,19 +1732,12 @@ class _Validator:
         return RefSpec(where, type_, fields=tuple(paths), pattern=pattern)
 
     def template(self, source: str, line: int, where: str) -> jinja2.Template | None:
-        try:
-            parsed = _templates.parse(source)
-            # Compiling finds what parsing does not, such as an unknown filter.
-            template = _templates.from_string(source)
-        except jinja2.TemplateSyntaxError as exc:
-            self.problem(line, f"{where}: template does not parse: {exc.message}")
+        template, syntax_error, unbounded, undefined = _compiled_template(source)
+        if syntax_error is not None:
+            self.problem(line, f"{where}: template does not parse: {syntax_error}")
             return None
-        unbounded = unbounded_constants(parsed)
-        if not unbounded:
-            unbounded = _over_bounds_when_empty(template)
         if unbounded:
             self.problem(line, f"{where}: template would be refused at every event: {'; '.join(unbounded)}")
-        undefined = sorted(name for name in meta.find_undeclared_variables(parsed) if name not in _TEMPLATE_NAMES)
         for name in undefined:
             self.problem(
                 line,

@@ -1912,8 +1912,11 @@ def test_a_rule_that_can_never_meet_a_case_is_not_loaded_by_a_running_service(tm
     path = tmp_path / "rules.yaml"
     write_rules(path, "good")
     live = LiveRules(path, sources=tuple(REGISTRY), check_every=0)
-    rule = a_rule("never-case", on={"source": "datadog", "kind": "page.escalated"},
-                  link={"relationship": "RELATES_TO", "parent": "event", "child": PAGE_CHILD})
+    rule = a_rule(
+        "never-case",
+        on={"source": "datadog", "kind": "page.escalated"},
+        link={"relationship": "RELATES_TO", "parent": "event", "child": PAGE_CHILD},
+    )
     path.write_text(yaml.safe_dump({"version": 1, "rules": [rule]}, sort_keys=False), encoding="utf-8")
     os.utime(path, ns=(path.stat().st_mtime_ns + 2_000_000_000,) * 2)
 
@@ -1924,8 +1927,12 @@ def test_a_rule_that_can_never_meet_a_case_is_not_loaded_by_a_running_service(tm
 @pytest.mark.parametrize(
     ("content", "line", "column", "said"),
     [
-        ("version: 1\nrules:\n  - name: a\n    link:\n      relationship: CAUSES\n     parent: event\n",
-         6, 6, "this line is not indented like the lines of the block it belongs to (started on line 3)"),
+        (
+            "version: 1\nrules:\n  - name: a\n    link:\n      relationship: CAUSES\n     parent: event\n",
+            6,
+            6,
+            "this line is not indented like the lines of the block it belongs to (started on line 3)",
+        ),
         ("version: 1\nrules:\n\t- name: a\n", 3, 1, "a tab character; YAML indents with spaces only"),
         ("version: 1\nrules:\n  - name: a\n    description: note: this\n", 4, 22, "text that contains ': '"),
         ("version: 1\nrules:\n  - name: 'a\n    on: x\n", 5, 1, "the quoted text that starts on line 3"),
@@ -1945,3 +1952,42 @@ def test_a_yaml_syntax_error_says_what_is_wrong_where_and_shows_the_line(content
     source_line = (content.splitlines() + [""])[line - 1].replace("\t", " ")
     assert shown == f"  {line} | {source_line}"
     assert caret == f"  {' ' * len(str(line))} | {' ' * min(column - 1, len(source_line))}^"
+
+
+def test_a_reload_compiles_only_the_patterns_and_templates_it_has_not_seen(monkeypatch):
+    from caselink import regex
+    from caselink import rules as rules_module
+
+    compiled: list[Any] = []
+    real_compile = regex.re2.compile
+    monkeypatch.setattr(regex.re2, "compile", lambda pattern, *a: compiled.append(pattern) or real_compile(pattern, *a))
+    real_template = rules_module._templates.from_string
+    monkeypatch.setattr(
+        rules_module._templates, "from_string", lambda source: compiled.append(source) or real_template(source)
+    )
+    regex.compile_rule_regex.cache_clear()
+    rules_module._compiled_template.cache_clear()
+
+    def rules(title_pattern: str, template: str) -> RuleSet:
+        return ruleset(
+            *(
+                a_rule(f"shared-{index}", when=[{"field": "title", "matches": "(?i)latency|errors"}])
+                for index in range(50)
+            ),
+            a_rule("changing", when=[{"field": "title", "matches": title_pattern}]),
+            a_rule(
+                "templated",
+                link={"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": template}},
+            ),
+        )
+
+    rules("down", "{{ payload.case }}")
+    # One template; three patterns (the shared one, `down`, the case key), each compiled four ways.
+    assert len(compiled) == 1 + 3 * 4
+
+    compiled.clear()
+    rules("down", "{{ payload.case }}")
+    assert compiled == []
+
+    rules("outage", "OPS-{{ payload.n }}")
+    assert sorted(map(str, compiled)) == sorted(["OPS-{{ payload.n }}", "outage", "outage", "b'outage'", "b'outage'"])

@@ -427,6 +427,47 @@ def test_an_alias_bomb_is_refused_with_a_message_that_says_what_it_is():
     ]
 
 
+# YAML's shortest forms: indicators that each stand for a value, or for a key and its value.
+_TERSE_YAML = st.text(st.sampled_from(list("-?:,[]{}\n !|>'\"a1")), min_size=1, max_size=40)
+
+
+def _values(node: yaml.Node) -> int:
+    pending, count = [node], 0
+    while pending:
+        current = pending.pop()
+        count += 1
+        if isinstance(current, yaml.MappingNode):
+            pending.extend(part for pair in current.value for part in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            pending.extend(current.value)
+    return count
+
+
+@given(_TERSE_YAML)
+@settings(max_examples=3000, deadline=None)
+def test_a_text_without_an_anchor_holds_at_most_two_values_a_character_plus_one(text):
+    # What lets a load skip counting the values of a short file that has no anchor (&).
+    loader = rules_module._Loader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError:
+        return
+    finally:
+        loader.dispose()
+    assume(node is not None)
+    assert _values(node) <= 2 * len(text) + 1
+
+
+def test_a_short_file_with_an_anchor_still_has_its_aliases_counted():
+    # Under the length that skips counting, an alias bomb is still found by its anchor.
+    bomb = hostile.alias_bomb_in_when()
+    assert 2 * len(bomb) + 1 <= rules_module.MAX_YAML_NODES
+
+    _, problems = refusal(bomb)
+
+    assert "counting each value an alias (*name) repeats" in problems[0]
+
+
 @pytest.mark.parametrize(
     "make", [hostile.huge_integer_in_when, hostile.huge_integer_in_examples, hostile.huge_integer_key]
 )
