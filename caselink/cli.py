@@ -31,10 +31,10 @@ from caselink.events import Event
 from caselink.events import Headers
 from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
-from caselink.lint import WARNING
-from caselink.lint import lint
 from caselink.rules import RuleSet
 from caselink.rules import load_rules
+from caselink.rules.lint import WARNING
+from caselink.rules.lint import lint
 from caselink.schema import LINK_STATES
 from caselink.service import RULE_STATS_WINDOW
 from caselink.service import ExampleResult

@@ -11,7 +11,7 @@ A trace is stored in one of two forms:
 
 `render` turns either into the full list, in the same sentences as the evaluation gave:
 the rules that did not match are asked again, against the stored rule set and the event
-as stored, why they did not (caselink.rule_index.explain).
+as stored, why they did not (caselink.rules.evaluation.explain).
 """
 
 from __future__ import annotations

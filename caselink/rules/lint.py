@@ -32,11 +32,11 @@ from typing import Any
 from caselink.events import SenderKinds
 from caselink.events import canonical_kind
 from caselink.events import glob_prefix
-from caselink.rules import Condition
-from caselink.rules import Group
-from caselink.rules import RefSpec
-from caselink.rules import Rule
-from caselink.rules import RuleSet
+from caselink.rules.evaluation import RuleSet
+from caselink.rules.model import Condition
+from caselink.rules.model import Group
+from caselink.rules.model import RefSpec
+from caselink.rules.model import Rule
 
 WARNING = "warning"
 NOTE = "note"

@@ -17,10 +17,10 @@ from caselink.events import FIELD_NAMES
 from caselink.events import RELATIONSHIPS
 from caselink.rules import MODES
 from caselink.rules import OPERATORS
-from caselink.rules import _Loader
 from caselink.rules import parse_rules
+from caselink.rules.reader import Loader
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "rules.schema.json").read_text(encoding="utf-8"))
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 LINK = {"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": "OPS-1"}}
@@ -28,7 +28,7 @@ LINK = {"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "
 
 def read_as_the_engine_does(text: str) -> Any:
     """The YAML as plain JSON data, read by the engine's loader (YAML 1.1 would make `on:` the key True)."""
-    loader = _Loader(text)
+    loader = Loader(text)
     try:
         return json.loads(json.dumps(loader.get_single_data()))
     finally:

@@ -5,12 +5,12 @@ and `on.kind` names (globs are tried once per source and kind, then remembered) 
 `equals` / `in` condition on text that its top-level `all` requires. An event then visits
 the rules under its own source, kind and field values, in file order; every other rule
 could not have matched it, so it is left out of evaluation and only explained when the
-record is read (`caselink.rules.explain`), by asking it the same questions the plain loop asks.
+record is read (`caselink.rules.evaluation.explain`), by asking it the same questions the plain loop asks.
 
 The index is a filter in front of the plain evaluation, never a second implementation of
 it: a rule it lets through is evaluated exactly as before, and `stop`, `enabled` and `mode`
 are applied by the same loop, so the matches, links and explanation are the ones the plain
-loop gives (tests/test_rule_index.py checks that for random rule sets and events).
+loop gives (tests/rules/test_index.py checks that for random rule sets and events).
 """
 
 from __future__ import annotations
@@ -21,15 +21,12 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from typing import Any
 
 from caselink.events import Event
-
-if TYPE_CHECKING:
-    from caselink.rules import Condition
-    from caselink.rules import FieldPath
-    from caselink.rules import Rule
+from caselink.rules.model import Condition
+from caselink.rules.model import FieldPath
+from caselink.rules.model import Rule
 
 # Distinct (source, kind) pairs whose rule lists are remembered: kinds come from senders, so
 # a sender inventing kinds costs one pass over `on` per new kind, and this much memory at most.
@@ -65,8 +62,6 @@ def index_key(condition: Condition) -> _Key | None:
 
 def required_keys(rule: Rule) -> list[_Key]:
     """The keys of the conditions a rule's `when` requires (its top-level `all` list)."""
-    from caselink.rules import Condition
-
     if rule.when is None or rule.when.mode != "all":
         return []
     keys = []
@@ -163,8 +158,6 @@ class RuleIndex:
 
 def _plain_conditions(rule: Rule) -> tuple[tuple[Condition, tuple[Any, ...]], ...] | None:
     """A rule's conditions when its `when` is absent or all plain conditions (it holds when each does), else None."""
-    from caselink.rules import Condition
-
     if rule.when is None:
         return ()
     if rule.when.mode != "all" or not all(isinstance(item, Condition) for item in rule.when.items):

@@ -210,7 +210,7 @@ def test_a_stop_rule_ends_the_visit_and_the_rest_read_as_skipped():
 
 
 def test_a_source_and_kind_seen_again_after_being_forgotten_selects_the_same_rules(monkeypatch):
-    from caselink import rule_index
+    from caselink.rules import index as rule_index
 
     monkeypatch.setattr(rule_index, "SELECTIONS_KEPT", 2)
     ruleset = _bench_like(200)

@@ -13,11 +13,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from caselink.events import Event
-from caselink.lint import covers
-from caselink.lint import implies
-from caselink.lint import lint
-from caselink.lint import overlaps
 from caselink.rules import parse_rules
+from caselink.rules.lint import covers
+from caselink.rules.lint import implies
+from caselink.rules.lint import lint
+from caselink.rules.lint import overlaps
 from handlers import REGISTRY
 from tests.servers import ROOT
 

@@ -19,21 +19,22 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from caselink import rules as rules_module
 from caselink.errors import RulesError
 from caselink.rules import LiveRules
+from caselink.rules import live as live_module
 from caselink.rules import load_rules
 from caselink.rules import parse_rules
+from caselink.rules import reader
 from handlers import REGISTRY
 from tests import hostile_rules as hostile
-from tests.test_rules import a_rule
-from tests.test_rules import an_event
-from tests.test_rules import outcome_of
-from tests.test_rules import problems_of
-from tests.test_rules import ruleset
-from tests.test_rules import write_rules
+from tests.rule_files import a_rule
+from tests.rule_files import an_event
+from tests.rule_files import outcome_of
+from tests.rule_files import problems_of
+from tests.rule_files import ruleset
+from tests.rule_files import write_rules
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = tuple(REGISTRY)
 
 
@@ -447,7 +448,7 @@ def _values(node: yaml.Node) -> int:
 @settings(max_examples=3000, deadline=None)
 def test_a_text_without_an_anchor_holds_at_most_two_values_a_character_plus_one(text):
     # What lets a load skip counting the values of a short file that has no anchor (&).
-    loader = rules_module._Loader(text)
+    loader = reader.Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError:
@@ -461,7 +462,7 @@ def test_a_text_without_an_anchor_holds_at_most_two_values_a_character_plus_one(
 def test_a_short_file_with_an_anchor_still_has_its_aliases_counted():
     # Under the length that skips counting, an alias bomb is still found by its anchor.
     bomb = hostile.alias_bomb_in_when()
-    assert 2 * len(bomb) + 1 <= rules_module.MAX_YAML_NODES
+    assert 2 * len(bomb) + 1 <= reader.MAX_YAML_NODES
 
     _, problems = refusal(bomb)
 
@@ -486,8 +487,8 @@ def test_a_file_with_a_number_too_long_to_read_is_a_file_error_not_retried_until
     live = LiveRules(path, check_every=0)
     path.write_text(hostile.huge_integer_in_when(), encoding="utf-8")
     reads = []
-    real = rules_module.load_rules
-    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: reads.append(1) or real(*a, **k))
+    real = live_module.load_rules
+    monkeypatch.setattr(live_module, "load_rules", lambda *a, **k: reads.append(1) or real(*a, **k))
 
     for _ in range(3):
         live.current()
@@ -524,13 +525,13 @@ def test_a_rules_file_over_the_rule_cap_says_how_many_it_may_hold():
 def slow_loads(monkeypatch):
     """Every load takes half a second more, as a big file once did."""
     release = threading.Event()
-    original = rules_module.load_rules
+    original = live_module.load_rules
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         release.wait(0.5)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(rules_module, "load_rules", slow)
+    monkeypatch.setattr(live_module, "load_rules", slow)
     return release
 
 
@@ -567,15 +568,15 @@ def test_a_load_that_fails_unexpectedly_is_reported_and_tried_again(tmp_path, mo
     path = tmp_path / "rules.yaml"
     write_rules(path, "first")
     live = LiveRules(path, check_every=0)
-    original = rules_module.load_rules
-    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    original = live_module.load_rules
+    monkeypatch.setattr(live_module, "load_rules", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     write_rules(path, "second")
 
     assert [rule.name for rule in live.current().rules] == ["first"]
     assert "loading the rules failed: MemoryError" in live.error.problems[0]
     assert not live.file_in_force()
 
-    monkeypatch.setattr(rules_module, "load_rules", original)
+    monkeypatch.setattr(live_module, "load_rules", original)
     assert [rule.name for rule in live.current().rules] == ["second"]
     assert live.error is None
 
@@ -720,8 +721,8 @@ def test_readyz_says_a_new_file_is_being_loaded_rather_than_the_error_of_the_fil
     while "has errors" not in client.get("/readyz").json["checks"]["rules"] and time.monotonic() < deadline:
         time.sleep(0.02)
     release = threading.Event()
-    real = rules_module.load_rules
-    monkeypatch.setattr(rules_module, "load_rules", lambda *a, **k: release.wait(5) and real(*a, **k))
+    real = live_module.load_rules
+    monkeypatch.setattr(live_module, "load_rules", lambda *a, **k: release.wait(5) and real(*a, **k))
     write_rules(path, "second")
 
     while not service.rules.loading and time.monotonic() < deadline:

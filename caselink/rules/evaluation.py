@@ -1,0 +1,208 @@
+"""A rule set and its evaluation: which rules an event matched, the links they plan, and why the
+others did not (`explain`), in file order with `stop`, `enabled` and `mode` applied.
+
+Evaluation is pure and cheap, so it runs inside the webhook request; it produces an
+`Evaluation` (the matched rules, the planned links, and the explain record on demand) that
+the store writes in the same transaction as the event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from functools import cached_property
+from typing import Any
+
+from caselink.events import Event
+from caselink.rules.index import RuleIndex
+from caselink.rules.model import MAX_PROBLEMS
+from caselink.rules.model import PlannedLink
+from caselink.rules.model import Rule
+from caselink.rules.model import cut
+
+
+@dataclass
+class RuleOutcome:
+    """What one rule did with one event; the explain record is a list of these."""
+
+    rule: str
+    outcome: str  # matched | not_matched | not_applicable | disabled | skipped
+    reason: str | None = None
+    links: list[PlannedLink] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        # Stored with the event: each entry is bounded whatever the payload held.
+        if self.reason is not None:
+            self.reason = cut(self.reason)
+        if len(self.problems) > MAX_PROBLEMS:
+            more = len(self.problems) - MAX_PROBLEMS
+            self.problems = [*self.problems[:MAX_PROBLEMS], f"… and {more} more problem(s)"]
+        self.problems = [cut(problem) for problem in self.problems]
+
+    def as_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"rule": self.rule, "outcome": self.outcome}
+        if self.reason:
+            record["reason"] = self.reason
+        if self.outcome == "matched":
+            record["links"] = [link.as_dict() for link in self.links]
+            if self.dry_run:
+                record["mode"] = "dry-run"
+        if self.problems:
+            record["problems"] = list(self.problems)
+        return record
+
+
+class Evaluation:
+    """What a rule set did with one event: the rules that matched, and every rule's outcome.
+
+    An indexed evaluation knows only the rules that matched; the others' outcomes (the
+    explain record) are made when first asked for, from the rule set and the event.
+    `ruleset` is the rule set evaluated, when the trace may refer to it rather than list it.
+    """
+
+    def __init__(
+        self,
+        outcomes: list[RuleOutcome] | None = None,
+        *,
+        matched: Mapping[int, RuleOutcome] | None = None,
+        explain: Callable[[], list[RuleOutcome]] | None = None,
+        ruleset: RuleSet | None = None,
+    ) -> None:
+        if outcomes is None and explain is None:
+            raise ValueError("an evaluation needs its outcomes or a way to explain them")
+        self._outcomes = outcomes
+        self._explain = explain
+        self.positions: dict[int, RuleOutcome] = dict(matched or {})
+        self._matched = (
+            list(self.positions.values())
+            if matched is not None
+            else [outcome for outcome in outcomes or () if outcome.outcome == "matched"]
+        )
+        self.ruleset = ruleset
+
+    @property
+    def outcomes(self) -> list[RuleOutcome]:
+        if self._outcomes is None:
+            assert self._explain is not None
+            self._outcomes = self._explain()
+        return self._outcomes
+
+    @property
+    def matched(self) -> list[RuleOutcome]:
+        return self._matched
+
+    @property
+    def planned(self) -> list[tuple[RuleOutcome, PlannedLink]]:
+        return [(outcome, link) for outcome in self.matched for link in outcome.links]
+
+    @property
+    def links(self) -> list[PlannedLink]:
+        """The distinct links planned, in the order first planned: two rules planning one link plan one."""
+        return list(dict.fromkeys(link for outcome in self.matched for link in outcome.links))
+
+    def trace(self) -> list[dict[str, Any]]:
+        return [outcome.as_dict() for outcome in self.outcomes]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    path: str = "<rules>"
+    digest: str = ""
+    # What `rules check` points out but the rules work despite, with file:line like problems.
+    warnings: tuple[str, ...] = ()
+    # The file's text, stored once per rule set so that traces can refer to it (caselink.traces).
+    text: str = ""
+
+    @cached_property
+    def index(self) -> RuleIndex:
+        return RuleIndex(self.rules)
+
+    def evaluate(self, event: Event) -> Evaluation:
+        """The rules that can apply to the event, from the index, evaluated in file order."""
+        names = event.fields()
+        matched: dict[int, RuleOutcome] = {}
+        # What one rule found out about this event that another rule asks again (conditions, ref searches).
+        shared: dict[Any, Any] = {}
+        for position in self.index.candidates(event, names):
+            rule = self.rules[position]
+            # A candidate is enabled and selected by `on`: only its conditions are left to ask.
+            if not self.index.holds(position, names, shared):
+                continue
+            links, problems = rule.plan(event, names, shared)
+            matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
+            if rule.stop:
+                break
+        rules = self.rules
+        return Evaluation(matched=matched, explain=lambda: explain(rules, event, matched), ruleset=self)
+
+    def evaluate_linear(self, event: Event) -> Evaluation:
+        """Every rule asked in turn: what `evaluate` must agree with, and the reference for its tests."""
+        names = event.fields()
+        outcomes: list[RuleOutcome] = []
+        stopped_by: str | None = None
+        for rule in self.rules:
+            if not rule.enabled:
+                outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
+                continue
+            if stopped_by is not None:
+                outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
+                continue
+            reason = rule.applies_to(event)
+            if reason is not None:
+                outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
+                continue
+            reason = rule.when.first_failure(names) if rule.when is not None else None
+            if reason is not None:
+                outcomes.append(RuleOutcome(rule.name, "not_matched", reason))
+                continue
+            links, problems = rule.plan(event, names)
+            outcomes.append(RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run))
+            if rule.stop:
+                stopped_by = rule.name
+        return Evaluation(outcomes)
+
+    def rule(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
+def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
+    """Every rule's outcome, in file order, given the outcomes of the rules that matched.
+
+    The others are asked what the plain loop would have asked them: a disabled rule and
+    a rule after a `stop` are said so, and any other did not apply or did not match.
+    """
+    fields: dict[str, Any] | None = None
+    outcomes: list[RuleOutcome] = []
+    stopped_by: str | None = None
+    for position, rule in enumerate(rules):
+        if not rule.enabled:
+            outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
+            continue
+        if stopped_by is not None:
+            outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
+            continue
+        outcome = matched.get(position)
+        if outcome is not None:
+            outcomes.append(outcome)
+            if rule.stop:
+                stopped_by = rule.name
+            continue
+        reason = rule.applies_to(event)
+        if reason is not None:
+            outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
+            continue
+        if fields is None:
+            fields = event.fields()
+        reason = rule.when.first_failure(fields) if rule.when is not None else None
+        # None only when the event read back differs from the one evaluated (a field cut to
+        # its column's size): the rule did not match then, and the record says so.
+        outcomes.append(
+            RuleOutcome(rule.name, "not_matched", reason or "its conditions did not hold for the event as received")
+        )
+    return outcomes
