@@ -44,6 +44,12 @@ DEDUP_CONFLICTS = Counter(
     "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
     ["source"],
 )
+CONNECTIONS_SHED = Counter(
+    "caselink_connections_shed_total",
+    "Connections a worker closed at its cap (worker_connections) to take a new one, by what they were doing:"
+    " idle (kept alive, or sent nothing yet) or sending (a request still arriving, answered 503).",
+    ["state"],
+)
 WEBHOOK_SECONDS = Histogram(
     "caselink_webhook_seconds",
     "Time to answer a webhook.",

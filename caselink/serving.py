@@ -33,6 +33,16 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   seconds; after `ACCEPT_DEFER` seconds it takes one connection anyway (so a
   sibling that is stuck or gone never stops the service). The least loaded
   worker always accepts, so short connections never wait on the balancing.
+- **A full worker still takes new connections.** gthread stops accepting once a
+  worker holds `worker_connections`, so a few thousand idle connections left
+  every new one, /healthz included, waiting in the kernel's queue until a head
+  timed out (9-10 s). Here a worker at its cap closes the connection that has
+  made the least progress to take the waiting one: first an idle kept-alive
+  connection (the oldest), then the oldest connection still sending its
+  request, which is answered 503 (`caselink_connections_shed_total` counts
+  them). A request that arrives whole is handed to a thread at once, so the
+  connections left waiting are the slow ones; connections being served are
+  never closed.
 
 TLS and HTTP/2 prior knowledge are gunicorn's business: with either configured,
 requests are read by threads as in gthread.
@@ -153,6 +163,10 @@ class BufferingWorker(ThreadWorker):
     def set_accept_enabled(self, enabled: bool) -> None:
         if enabled and self._deferred_since is not None:
             enabled = False
+        elif not enabled and self.alive and self._deferred_since is None and self._sheddable():
+            # At the cap (gthread's reason to stop accepting): a waiting connection takes the
+            # place of one that has made the least progress (accept, _shed).
+            enabled = True
         super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
@@ -166,6 +180,9 @@ class BufferingWorker(ThreadWorker):
                 return
             # The sibling took nothing for ACCEPT_DEFER (stuck, or starved of CPU): take one anyway.
         self._deferred_since = None
+        if self.nr_conns >= self.worker_connections and not self._shed():
+            super().set_accept_enabled(False)
+            return
         try:
             client, address = listener.accept()
         except OSError as exc:
@@ -180,6 +197,45 @@ class BufferingWorker(ThreadWorker):
         conn = BufferedConn(self.cfg, client, address, listener.getsockname())
         conn.deadline = now + HEAD_TIMEOUT
         self.enqueue_req(conn)
+
+    # -- at the cap: the least progress makes room -------------------------------
+
+    def _sheddable(self) -> bool:
+        return self.nr_conns >= self.worker_connections and bool(
+            self.keepalived_conns or self.pending_conns or self._reading
+        )
+
+    def _shed(self) -> bool:
+        """Close the connection that has made the least progress, to make room for a new one:
+        an idle kept-alive one (the oldest first), then the oldest one still sending its request
+        (answered 503). False when every connection is being served."""
+        # Imported here: gunicorn imports this module before gunicorn.conf.py's on_starting
+        # names the directory every process's counters go to, which metrics reads at import.
+        from caselink.metrics import CONNECTIONS_SHED
+
+        for idle in (self.keepalived_conns, self.pending_conns):
+            if idle:
+                conn = idle.popleft()
+                try:
+                    self.poller.unregister(conn.sock)
+                except (KeyError, ValueError, OSError):
+                    pass
+                self.nr_conns -= 1
+                conn.close()
+                CONNECTIONS_SHED.labels("idle").inc()
+                return True
+        if not self._reading:
+            return False
+        oldest = next(iter(self._reading))
+        self._unregister(oldest)
+        if oldest.buffer:
+            message = "this server holds as many connections as it may and this request was the slowest; send it again"
+            self._answer_and_close(oldest, 503, "server_busy", message)
+            CONNECTIONS_SHED.labels("sending").inc()
+        else:
+            self._drop(oldest)
+            CONNECTIONS_SHED.labels("idle").inc()
+        return True
 
     # -- reading requests in the event loop ----------------------------------------
 

@@ -532,3 +532,48 @@ def test_clients_that_never_read_their_answers_hold_no_thread_and_stop_nothing(s
     finally:
         for sock in sockets:
             sock.close()
+
+
+@pytest.mark.slow
+def test_a_worker_at_its_connection_cap_closes_the_slowest_to_answer_new_connections_at_once(stack):
+    web = stack.service(WEB_CONCURRENCY="1", GUNICORN_THREADS="4", GUNICORN_CMD_ARGS="--worker-connections 40")
+    idle = [socket.create_connection(("127.0.0.1", web.port), timeout=5) for _ in range(30)]
+    slow = Trickle(web.port, [SLOW["head"][0]] * 20, [SLOW["head"][1]] * 20)
+    try:
+        time.sleep(1.0)  # 50 connections opened, all sending nothing or a byte a second: 10 over the cap
+        for _ in range(4):
+            started = time.monotonic()
+            answer = _answers_within(web.port, _HEALTHZ_CLOSE, 5)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            # gthread left it in the kernel's queue until a head timed out (HEAD_TIMEOUT, 10 s).
+            assert time.monotonic() - started < 1.5
+        # Those made room for were the oldest: idle ones closed, slow ones answered 503.
+        closed = sum(1 for sock in idle if _read_answer_or_eof(sock) == b"")
+        shed_slow = [answer for sock in slow.sockets if (answer := _read_answer_or_eof(sock))]
+        assert closed + len(shed_slow) >= 10
+        for answer in shed_slow:
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "server_busy"
+        metrics = web.http.get(web.url + "/metrics", timeout=5, headers={"Connection": "close"}).text
+        shed = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("caselink_connections_shed_total{")
+        )
+        assert shed >= 10
+    finally:
+        slow.close()
+        for sock in idle:
+            sock.close()
+
+
+def _read_answer_or_eof(sock: socket.socket) -> bytes | None:
+    """What the server sent before closing the connection: b"" when it closed it without a word,
+    None when it is still open (nothing within a moment)."""
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return None
+    except OSError:
+        return b""
