@@ -7,7 +7,6 @@ person would, with the line.
 
 from __future__ import annotations
 
-import gc
 import re
 import sys
 from collections.abc import Callable
@@ -36,10 +35,6 @@ def read_yaml(source_text: str, filename: str) -> Any:
     than MAX_YAML_NODES values (each alias written out) or more than MAX_RULES rules.
     """
     loader = None
-    # A rules file makes tens of thousands of small objects that live until the load ends:
-    # the cyclic collector would look at them again and again for nothing.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = Loader(source_text)
@@ -73,8 +68,6 @@ def read_yaml(source_text: str, filename: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
-        if collecting:
-            gc.enable()
 
 
 def _rules_node(root: yaml.Node) -> tuple[int, yaml.SequenceNode] | None:
