@@ -115,6 +115,18 @@ def huge_integer_key() -> str:
     )
 
 
+def millions_of_values() -> str:
+    """4 MB with no alias: a flow list of 2,100,000 numbers in an example's payload (libyaml took
+    13 s to build them, and the values were counted only after)."""
+    return (
+        _HEAD
+        + _LINK
+        + "    examples:\n      - source: datadog\n        links: []\n        payload: {n: ["
+        + ",".join(["1"] * 2_100_000)
+        + "]}\n"
+    )
+
+
 def too_many_rules() -> str:
     """10,001 small rules: under the size cap, over the count cap."""
     return many_rules(10_001)
@@ -134,6 +146,7 @@ REFUSED = {
     "huge-integer-in-when": huge_integer_in_when,
     "huge-integer-in-examples": huge_integer_in_examples,
     "huge-integer-key": huge_integer_key,
+    "millions-of-values": millions_of_values,
 }
 # Refused too, but only once read: 10,000 rules are allowed (issue 15 measures them), so a file
 # one rule over is megabytes of YAML, and takes seconds to count.

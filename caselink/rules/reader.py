@@ -36,23 +36,26 @@ def read_yaml(source_text: str, filename: str) -> Any:
     """
     loader = None
     try:
+        # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
+        # is what an alias bomb exploits, so its size as a tree is measured. Without an anchor
+        # (&) there is no alias, and a text holds at most two values a character (`?` alone is a
+        # mapping of a null to a null): a short one holds fewer, with nothing to count.
+        count = not _plainly_under_cap(source_text)
+        if count:
+            # A long text's parser events, counted by libyaml in C (0.5 s for 6 MB): each value
+            # makes one or two, so far too many refuses it before Python builds a node of it.
+            events = _event_count(source_text)
+            if events is not None and (events - 4) // 2 > MAX_YAML_NODES:
+                raise RulesError([_too_many_values(filename, 1)])
+            count = events is None or events > MAX_YAML_NODES or "&" in source_text
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = Loader(source_text)
         node = loader.get_single_node()
         if node is None:
             return None
-        # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
-        # is what an alias bomb exploits, so its size as a tree is measured first. Without an
-        # anchor (&) there is no alias, and a text holds at most two values a character (`?`
-        # alone is a mapping of a null to a null): a short one holds fewer, with nothing to count.
-        size, line = (0, 0) if _plainly_under_cap(source_text) else _expanded_size(node)
+        size, line = _expanded_size(node) if count else (0, 0)
         if size > MAX_YAML_NODES:
-            raise RulesError(
-                [
-                    f"{filename}:{line}: the YAML holds more than {MAX_YAML_NODES:,} values, counting each"
-                    " value an alias (*name) repeats; a rules file may hold no more"
-                ]
-            )
+            raise RulesError([_too_many_values(filename, line)])
         rules = _rules_node(node)
         if rules is not None and len(rules[1].value) > MAX_RULES:
             # Counted before the rules are built, which is most of the work of a load.
@@ -68,6 +71,28 @@ def read_yaml(source_text: str, filename: str) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _too_many_values(filename: str, line: int) -> str:
+    return (
+        f"{filename}:{line}: the YAML holds more than {MAX_YAML_NODES:,} values, counting each"
+        " value an alias (*name) repeats; a rules file may hold no more"
+    )
+
+
+def _event_count(source_text: str) -> int | None:
+    """libyaml's parser events in the text (stream and document start and end, then one for each
+    scalar or alias and two for each mapping or list); None without libyaml or when it finds the
+    text is not YAML (composing it then says where)."""
+    if not hasattr(_BaseLoader, "raw_parse"):
+        return None
+    parser: Any = _BaseLoader(source_text)
+    try:
+        return int(parser.raw_parse())
+    except yaml.YAMLError:
+        return None
+    finally:
+        parser.dispose()
 
 
 def _rules_node(root: yaml.Node) -> tuple[int, yaml.SequenceNode] | None:
