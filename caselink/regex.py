@@ -9,9 +9,12 @@ one a pattern used and how to do without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import re2
@@ -24,6 +27,47 @@ MAX_PROGRAM_SIZE = 1000
 MAX_SEARCH_CHARACTERS = 65_536
 MAX_MATCH_CHARACTERS = 1024
 MAX_MATCHES = 1000  # matches read in one value
+
+# Linear is not cheap: a pattern such as `[ab]*a[ab]{900}c` overflows RE2's DFA and steps
+# through its program for every character, 0.5 s for one 64 KiB value, 17 s for an event of
+# thirty. The searches one event's evaluation makes share this much of the thread's CPU time;
+# once it is spent, the next search raises SearchBudgetSpent instead of running.
+SEARCH_SECONDS_PER_EVENT = 0.1
+
+# The thread-CPU-time deadline of the evaluation under way in this context, if any.
+_DEADLINE: ContextVar[float | None] = ContextVar("caselink_regex_deadline", default=None)
+
+
+class SearchBudgetSpent(Exception):  # noqa: N818 - a state, not an error of the caller's
+    """The event's searches used SEARCH_SECONDS_PER_EVENT of CPU time: no more run for it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"not searched: this event's searches had used their {SEARCH_SECONDS_PER_EVENT:g} s of CPU time"
+            " (a pattern that is slow on its text)"
+        )
+
+
+@contextlib.contextmanager
+def search_budget(seconds: float | None = None) -> Iterator[None]:
+    """Searches in the block share `seconds` (SEARCH_SECONDS_PER_EVENT) of this thread's CPU time
+    (time.thread_time, which a busy machine does not use up); one started in time runs to its end.
+    Nested blocks keep the outer deadline."""
+    if _DEADLINE.get() is not None:
+        yield
+        return
+    token = _DEADLINE.set(time.thread_time() + (SEARCH_SECONDS_PER_EVENT if seconds is None else seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_budget() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.thread_time() > deadline:
+        raise SearchBudgetSpent
+
 
 # What RE2 cannot run, how to recognise it in a pattern, and what to write instead.
 _UNSUPPORTED = (
@@ -69,15 +113,18 @@ class Regex:
         return int(self._capturing.programsize)
 
     def search(self, text: str) -> bool:
-        """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`."""
+        """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`;
+        SearchBudgetSpent inside a spent `search_budget`."""
+        _check_budget()
         return self._searching.search(text[:MAX_SEARCH_CHARACTERS]) is not None
 
     def tokens(self, text: str) -> Iterator[str | int]:
         """Each match's token (the group named ref, else the first group, else the whole match).
 
         A match longer than MAX_MATCH_CHARACTERS yields its length instead: no id is that long.
-        Only the first MAX_MATCHES matches are read.
+        Only the first MAX_MATCHES matches are read. SearchBudgetSpent inside a spent `search_budget`.
         """
+        _check_budget()
         # UTF-8 bytes, so that RE2's offsets are used as they are: with text, the wrapper
         # converts each match's offsets from the start, which is quadratic in the matches.
         data = text[:MAX_SEARCH_CHARACTERS].encode("utf-8", "surrogatepass")
@@ -85,6 +132,8 @@ class Regex:
         for count, match in enumerate(self._searching_bytes.finditer(data)):
             if count == MAX_MATCHES:
                 return
+            if count:
+                _check_budget()
             start, end = match.span()
             if start == end:
                 continue  # an empty match is no token

@@ -17,6 +17,8 @@ from functools import cached_property
 from typing import Any
 
 from caselink.events import Event
+from caselink.regex import SearchBudgetSpent
+from caselink.regex import search_budget
 from caselink.rules.index import RuleIndex
 from caselink.rules.model import MAX_PROBLEMS
 from caselink.rules.model import PlannedLink
@@ -129,15 +131,19 @@ class RuleSet:
         matched: dict[int, RuleOutcome] = {}
         # What one rule found out about this event that another rule asks again (conditions, ref searches).
         shared: dict[Any, Any] = {}
-        for position in self.index.candidates(event, names):
-            rule = self.rules[position]
-            # A candidate is enabled and selected by `on`: only its conditions are left to ask.
-            if not self.index.holds(position, names, shared):
-                continue
-            links, problems = rule.plan(event, names, shared)
-            matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
-            if rule.stop:
-                break
+        with search_budget():
+            for position in self.index.candidates(event, names):
+                rule = self.rules[position]
+                # A candidate is enabled and selected by `on`: only its conditions are left to ask.
+                try:
+                    if not self.index.holds(position, names, shared):
+                        continue
+                except SearchBudgetSpent:
+                    continue  # not matched; `explain` says why
+                links, problems = rule.plan(event, names, shared)
+                matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
+                if rule.stop:
+                    break
         rules = self.rules
         return Evaluation(matched=matched, explain=lambda: explain(rules, event, matched), ruleset=self)
 
@@ -146,37 +152,59 @@ class RuleSet:
         names = event.fields()
         outcomes: list[RuleOutcome] = []
         stopped_by: str | None = None
-        for rule in self.rules:
-            if not rule.enabled:
-                outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
-                continue
-            if stopped_by is not None:
-                outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
-                continue
-            reason = rule.applies_to(event)
-            if reason is not None:
-                outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
-                continue
-            reason = rule.when.first_failure(names) if rule.when is not None else None
-            if reason is not None:
-                outcomes.append(RuleOutcome(rule.name, "not_matched", reason))
-                continue
-            links, problems = rule.plan(event, names)
-            outcomes.append(RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run))
-            if rule.stop:
-                stopped_by = rule.name
+        with search_budget():
+            for rule in self.rules:
+                stopped_by = _ask_in_turn(rule, event, names, outcomes, stopped_by)
         return Evaluation(outcomes)
 
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
 
 
+def _ask_in_turn(
+    rule: Rule, event: Event, names: Mapping[str, Any], outcomes: list[RuleOutcome], stopped_by: str | None
+) -> str | None:
+    """`evaluate_linear`'s question to one rule, its outcome added to `outcomes`; the rule that
+    stops the rest (the one given, or this one)."""
+    if not rule.enabled:
+        outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
+    elif stopped_by is not None:
+        outcomes.append(RuleOutcome(rule.name, "skipped", f"rule {stopped_by!r} has stop: true"))
+    elif (reason := rule.applies_to(event)) is not None:
+        outcomes.append(RuleOutcome(rule.name, "not_applicable", reason))
+    elif (reason := _first_failure(rule, names)) is not None:
+        outcomes.append(RuleOutcome(rule.name, "not_matched", reason))
+    else:
+        links, problems = rule.plan(event, names)
+        outcomes.append(RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run))
+        if rule.stop:
+            return rule.name
+    return stopped_by
+
+
+def _first_failure(rule: Rule, fields: Mapping[str, Any]) -> str | None:
+    """Why the rule's conditions do not hold for the event (None when they do), a search the
+    event's budget did not allow included (caselink.regex.search_budget)."""
+    if rule.when is None:
+        return None
+    try:
+        return rule.when.first_failure(fields)
+    except SearchBudgetSpent as exc:
+        return cut(str(exc))
+
+
 def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
     """Every rule's outcome, in file order, given the outcomes of the rules that matched.
 
     The others are asked what the plain loop would have asked them: a disabled rule and
-    a rule after a `stop` are said so, and any other did not apply or did not match.
+    a rule after a `stop` are said so, and any other did not apply or did not match. Their
+    searches share one event's budget (caselink.regex.search_budget), as at evaluation.
     """
+    with search_budget():
+        return _explain(rules, event, matched)
+
+
+def _explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
     fields: dict[str, Any] | None = None
     outcomes: list[RuleOutcome] = []
     stopped_by: str | None = None
@@ -199,7 +227,7 @@ def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutco
             continue
         if fields is None:
             fields = event.fields()
-        reason = rule.when.first_failure(fields) if rule.when is not None else None
+        reason = _first_failure(rule, fields)
         # None only when the event read back differs from the one evaluated (a field cut to
         # its column's size): the rule did not match then, and the record says so.
         outcomes.append(

@@ -25,6 +25,7 @@ from caselink.events import EntityRef
 from caselink.events import Event
 from caselink.events import text
 from caselink.regex import Regex
+from caselink.regex import SearchBudgetSpent
 from caselink.templates import render
 
 STRING_OPERATORS = (
@@ -322,11 +323,19 @@ class RefSpec:
             return _checked_refs(self.type, [rendered], self.where, problems)
         assert self.pattern is not None
         tokens: dict[str, None] = {}
+        try:
+            self._find(self.pattern, names, tokens, problems)
+        except SearchBudgetSpent as exc:
+            problems.append(f"{self.where}: {exc}; the refs found before are used")
+        return _checked_refs(self.type, tokens, self.where, problems)
+
+    def _find(self, pattern: Regex, names: Mapping[str, Any], tokens: dict[str, None], problems: list[str]) -> None:
+        """Add to `tokens` the pattern's tokens in the fields, up to MAX_REFS."""
         for path in self.fields:
             for value in path.values(names):
                 if isinstance(value, (dict, list)):
                     continue
-                for token in self.pattern.tokens(text(value)):
+                for token in pattern.tokens(text(value)):
                     if isinstance(token, int):
                         problems.append(
                             f"{self.where}: a match of {token:,} characters is longer than any id; "
@@ -338,9 +347,8 @@ class RefSpec:
                             problems.append(
                                 f"{self.where}: more than {MAX_REFS} refs found; the first {MAX_REFS} are used"
                             )
-                            return _checked_refs(self.type, tokens, self.where, problems)
+                            return
                         tokens[token] = None
-        return _checked_refs(self.type, tokens, self.where, problems)
 
 
 def _checked_refs(type_: str, tokens: Iterable[str], where: str, problems: list[str]) -> list[EntityRef]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import random
 import threading
 import time
 import weakref
@@ -115,6 +116,60 @@ def test_a_backtracking_pattern_runs_in_linear_time(pattern, where, title):
     seconds, _ = elapsed(lambda: rules.evaluate(event))
 
     assert seconds < 0.5
+
+
+# A pattern that overflows RE2's DFA: 0.5 s a 64 KiB value of random a's and b's, linear but slow.
+SLOW_ON_AB = "[ab]*a[ab]{900}c"
+AB = "".join(random.Random(0).choices("ab", k=65_536))
+
+
+def test_an_events_searches_share_a_budget_so_a_slow_pattern_cannot_hold_a_webhook_for_long():
+    rules = ruleset(*(a_rule(f"r{n}", when=[{"field": f"payload.f{n}", "matches": SLOW_ON_AB}]) for n in range(30)))
+    event = an_event(payload={f"f{n}": AB for n in range(30)})
+
+    started = time.thread_time()
+    evaluation = rules.evaluate(event)
+    cpu = time.thread_time() - started
+
+    # Unbounded, the thirty searches took 17 s; the budget is 0.1 s, and a search started runs to its end.
+    assert cpu < 3.0
+    assert evaluation.matched == []
+    reasons = [outcome.reason for outcome in evaluation.outcomes]
+    assert any(reason and "not searched: this event's searches had used their" in reason for reason in reasons)
+
+
+@pytest.fixture
+def spent_budget(monkeypatch):
+    """Every search of an evaluation finds the event's budget already spent."""
+    from caselink import regex
+
+    monkeypatch.setattr(regex, "SEARCH_SECONDS_PER_EVENT", -1.0)
+
+
+@pytest.mark.parametrize("operator", ["matches", "not_matches"])
+def test_a_condition_whose_search_the_budget_did_not_allow_does_not_hold_and_says_why(spent_budget, operator):
+    rules = ruleset(a_rule(when=[{"field": "title", operator: "zzz"}]))
+    event = an_event(title="OPS-1 down")
+
+    evaluation = rules.evaluate(event)
+
+    assert evaluation.matched == []
+    [outcome] = evaluation.outcomes
+    assert outcome.outcome == "not_matched"
+    assert "not searched: this event's searches had used their" in outcome.reason
+    assert [o.as_dict() for o in rules.evaluate_linear(event).outcomes] == [o.as_dict() for o in evaluation.outcomes]
+
+
+def test_a_ref_search_the_budget_did_not_allow_plans_nothing_and_says_so(spent_budget):
+    rules = ruleset(a_rule())
+    event = an_event(title="OPS-1 down")
+
+    [outcome] = rules.evaluate(event).matched
+
+    assert outcome.links == []
+    assert any(
+        "not searched" in problem and "the refs found before are used" in problem for problem in outcome.problems
+    )
 
 
 @pytest.mark.parametrize(
