@@ -37,12 +37,11 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   worker holds `worker_connections`, so a few thousand idle connections left
   every new one, /healthz included, waiting in the kernel's queue until a head
   timed out (9-10 s). Here a worker at its cap closes the connection that has
-  made the least progress to take the waiting one: first an idle kept-alive
-  connection (the oldest), then the oldest connection still sending its
-  request, which is answered 503 (`caselink_connections_shed_total` counts
-  them). A request that arrives whole is handed to a thread at once, so the
-  connections left waiting are the slow ones; connections being served are
-  never closed.
+  waited longest to take the waiting one: kept alive with no request since, or
+  still sending its request, which is answered 503
+  (`caselink_connections_shed_total` counts them). A request that arrives whole
+  is handed to a thread at once, so the connections left waiting are the slow
+  and the idle ones; connections being served are never closed.
 
 TLS and HTTP/2 prior knowledge are gunicorn's business: with either configured,
 requests are read by threads as in gthread.
@@ -196,6 +195,7 @@ class BufferingWorker(ThreadWorker):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT), 0))
         conn = BufferedConn(self.cfg, client, address, listener.getsockname())
         conn.deadline = now + HEAD_TIMEOUT
+        conn.waiting_since = now
         self.enqueue_req(conn)
 
     # -- at the cap: the least progress makes room -------------------------------
@@ -206,27 +206,36 @@ class BufferingWorker(ThreadWorker):
         )
 
     def _shed(self) -> bool:
-        """Close the connection that has made the least progress, to make room for a new one:
-        an idle kept-alive one (the oldest first), then the oldest one still sending its request
-        (answered 503). False when every connection is being served."""
+        """Close the connection that has waited longest, to make room for a new one: kept alive
+        with no request since, or still sending its request (answered 503). Connections being
+        served are never closed; False when every connection is."""
         # Imported here: gunicorn imports this module before gunicorn.conf.py's on_starting
         # names the directory every process's counters go to, which metrics reads at import.
         from caselink.metrics import CONNECTIONS_SHED
 
-        for idle in (self.keepalived_conns, self.pending_conns):
-            if idle:
-                conn = idle.popleft()
-                try:
-                    self.poller.unregister(conn.sock)
-                except (KeyError, ValueError, OSError):
-                    pass
-                self.nr_conns -= 1
-                conn.close()
-                CONNECTIONS_SHED.labels("idle").inc()
-                return True
-        if not self._reading:
+        # Each queue's first is its longest waiting: kept-alive ones are in the order their
+        # answers went, and those still sending in the order their requests began.
+        keepalive = self.cfg.keepalive
+        idle = min(
+            (queue for queue in (self.keepalived_conns, self.pending_conns) if queue),
+            key=lambda queue: queue[0].timeout,
+            default=None,
+        )
+        sending = next(iter(self._reading), None)
+        if idle is None and sending is None:
             return False
-        oldest = next(iter(self._reading))
+        if idle is not None and (sending is None or idle[0].timeout - keepalive <= sending.waiting_since):
+            conn = idle.popleft()
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            self.nr_conns -= 1
+            conn.close()
+            CONNECTIONS_SHED.labels("idle").inc()
+            return True
+        assert sending is not None
+        oldest = sending
         self._unregister(oldest)
         if oldest.buffer:
             message = "this server holds as many connections as it may and this request was the slowest; send it again"
@@ -252,7 +261,8 @@ class BufferingWorker(ThreadWorker):
             # Bytes read ahead of the last request (a pipelined one) start the next.
             conn.buffer += conn.parser.unreader.take_buffered()
         if conn.deadline is None:
-            conn.deadline = time.monotonic() + HEAD_TIMEOUT
+            conn.waiting_since = time.monotonic()
+            conn.deadline = conn.waiting_since + HEAD_TIMEOUT
         if self._advance(conn, registered=False):
             return
         conn.sock.setblocking(False)
@@ -447,6 +457,8 @@ class BufferedConn(TConn):
         super().__init__(*args)
         self.buffer = bytearray()
         self.deadline: float | None = None
+        # When the request under way began to arrive (time.monotonic()).
+        self.waiting_since = 0.0
         self.head_end = 0
         self.body_end: int | None = None  # for a body of declared length
         self.chunk_at: int | None = None  # for a chunked body: where the next chunk starts
