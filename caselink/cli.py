@@ -647,6 +647,7 @@ def _plain_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
         _say(f"caselink: {message}", err=True)
         sys.exit(1)
 
+    # A mark the command group reads on the function; mypy sees a plain function object.
     run.caselink_plain = True  # type: ignore[attr-defined]
     return run
 

@@ -167,6 +167,7 @@ class _Listener(logging.handlers.QueueListener):
 
     def handle(self, record: Any) -> None:
         self._pending.append(record)
+        # QueueListener's `queue` is typed as the protocol of put/get; the listener is given a SimpleQueue.
         if len(self._pending) >= self.batch or self.queue.empty():  # type: ignore[attr-defined]
             self._write_pending()
             time.sleep(self.gather)

@@ -273,6 +273,7 @@ _RETYPED = {"tag:yaml.org,2002:timestamp", *(tag for tag, _, _ in _TYPED_SCALARS
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# The base is chosen at import (libyaml when present), which mypy cannot follow as a class.
 class Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """SafeLoader that records lines, notes duplicate keys and types only true/false, null and decimal numbers."""
 
