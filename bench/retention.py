@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_run_options(parser, postgres=True)
     parser.set_defaults(generator="python")
     args = parser.parse_args(argv)
+    if args.days <= args.retention:
+        parser.error("--days must be more than --retention: growth is compared once the oldest days are pruned")
     args.generator_used = harness.generator_used(parser, args.generator)
     stores = harness.listed(parser, "--stores", args.stores, ("sqlite", "postgresql"))
     payloads = Payloads()

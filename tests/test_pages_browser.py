@@ -68,12 +68,22 @@ class Browser:
 
     def submit(self, element) -> None:
         """Click a button or link and wait for the page it leads to."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
         old = self.find("html")
         element.click()
-        WebDriverWait(self.driver, 10).until(expected_conditions.staleness_of(old))
+
+        def left(driver) -> bool:
+            try:
+                return bool(expected_conditions.staleness_of(old)(driver))
+            except WebDriverException:
+                # Chromium may say the old node "does not belong to the document" rather than
+                # that it is stale: either way the page it was on is gone.
+                return True
+
+        WebDriverWait(self.driver, 10).until(left)
 
     def find(self, css: str):
         return self.driver.find_element(self.by.CSS_SELECTOR, css)

@@ -131,6 +131,7 @@ class RuleSet:
         matched: dict[int, RuleOutcome] = {}
         # What one rule found out about this event that another rule asks again (conditions, ref searches).
         shared: dict[Any, Any] = {}
+        unsearched: dict[int, RuleOutcome] = {}
         with search_budget():
             for position in self.index.candidates(event, names):
                 rule = self.rules[position]
@@ -138,14 +139,17 @@ class RuleSet:
                 try:
                     if not self.index.holds(position, names, shared):
                         continue
-                except SearchBudgetSpent:
-                    continue  # not matched; `explain` says why
+                except SearchBudgetSpent as exc:
+                    # Not matched, and why: asked again later, under a budget of its own, it could hold.
+                    unsearched[position] = RuleOutcome(rule.name, "not_matched", cut(str(exc)))
+                    continue
                 links, problems = rule.plan(event, names, shared)
                 matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
                 if rule.stop:
                     break
         rules = self.rules
-        return Evaluation(matched=matched, explain=lambda: explain(rules, event, matched), ruleset=self)
+        given = {**matched, **unsearched}
+        return Evaluation(matched=matched, explain=lambda: explain(rules, event, given), ruleset=self)
 
     def evaluate_linear(self, event: Event) -> Evaluation:
         """Every rule asked in turn: what `evaluate` must agree with, and the reference for its tests."""
@@ -194,7 +198,8 @@ def _first_failure(rule: Rule, fields: Mapping[str, Any]) -> str | None:
 
 
 def explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutcome]) -> list[RuleOutcome]:
-    """Every rule's outcome, in file order, given the outcomes of the rules that matched.
+    """Every rule's outcome, in file order, given the outcomes of the rules that matched (and of
+    those whose search the event's budget refused at evaluation).
 
     The others are asked what the plain loop would have asked them: a disabled rule and
     a rule after a `stop` are said so, and any other did not apply or did not match. Their
@@ -218,7 +223,7 @@ def _explain(rules: Sequence[Rule], event: Event, matched: Mapping[int, RuleOutc
         outcome = matched.get(position)
         if outcome is not None:
             outcomes.append(outcome)
-            if rule.stop:
+            if rule.stop and outcome.outcome == "matched":
                 stopped_by = rule.name
             continue
         reason = rule.applies_to(event)

@@ -60,6 +60,10 @@ def read_yaml(source_text: str, filename: str) -> Any:
         if rules is not None and len(rules[1].value) > MAX_RULES:
             # Counted before the rules are built, which is most of the work of a load.
             raise RulesError([too_many_rules(filename, rules[0], len(rules[1].value))])
+        if "<<" in source_text:
+            # A merge flattens its mapping in place, which an alias of it then shares: PyYAML's
+            # own constructors keep both right (the fast build would see the merged keys twice).
+            return loader.construct_document(node)
         return _construct_tree(loader, node)
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_yaml_problem(exc, source_text, filename)]) from None

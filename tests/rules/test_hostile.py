@@ -792,3 +792,24 @@ def test_readyz_says_a_new_file_is_being_loaded_rather_than_the_error_of_the_fil
     assert client.get("/readyz").json["checks"]["rules"] == "1 rules loaded"
     assert [rule.name for rule in service.rules.ruleset.rules] == ["second"]
     service.store.dispose()
+
+
+def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_not_as_holding():
+    # The first rule's find spends the budget; the second's condition would hold if asked again.
+    rules = ruleset(
+        a_rule(
+            "slow",
+            link={
+                "relationship": "CAUSES",
+                "parent": "event",
+                "child": {"type": "CASE", "find": {"in": ["payload.big"], "pattern": SLOW_ON_AB}},
+            },
+        ),
+        a_rule("second", when=[{"field": "title", "matches": "down"}]),
+    )
+    event = an_event(title="db down", payload={"big": AB})
+
+    outcomes = {outcome.rule: outcome for outcome in rules.evaluate(event).outcomes}
+
+    assert outcomes["second"].outcome == "not_matched"
+    assert "not searched" in outcomes["second"].reason

@@ -203,3 +203,36 @@ def test_a_yaml_syntax_error_says_what_is_wrong_where_and_shows_the_line(content
     source_line = (content.splitlines() + [""])[line - 1].replace("\t", " ")
     assert shown == f"  {line} | {source_line}"
     assert caret == f"  {' ' * len(str(line))} | {' ' * min(column - 1, len(source_line))}^"
+
+
+def test_an_alias_of_a_mapping_that_merges_and_overrides_is_not_a_duplicate():
+    # The merge is flattened in place while the first rule is built; the alias shares that node.
+    rules = parse_rules(
+        textwrap.dedent(
+            """\
+            version: 1
+            rules:
+              - name: base
+                on: {source: datadog}
+                link: &linkbase
+                  relationship: RELATES_TO
+                  parent: event
+                  child: {type: CASE, id: OPS-1}
+              - <<: {on: {source: datadog}}
+                name: a
+                link: &link
+                  <<: *linkbase
+                  relationship: CAUSES
+              - name: b
+                on: {source: datadog}
+                link: *link
+            """
+        ),
+        "rules.yaml",
+    )
+
+    assert [(rule.name, rule.link.relationship) for rule in rules.rules] == [
+        ("base", "RELATES_TO"),
+        ("a", "CAUSES"),
+        ("b", "CAUSES"),
+    ]
