@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from typing import cast
 
@@ -298,32 +299,13 @@ def _construct_map(loader: Loader, node: yaml.MappingNode) -> LocatedMap:
     loader.flatten_mapping(node)
     merged = len(node.value) - written
     mapping = LocatedMap()
-    mapping.line = node.start_mark.line + 1
-    mapping.lines = {}
-    mapping.duplicates = []
-    written_keys = set()
-    for position, (key_node, value_node) in enumerate(node.value):
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, (str, int, float, bool)):
-            key = str(key)
-        if position >= merged:
-            if key in written_keys:
-                mapping.duplicates.append((line, key))
-            written_keys.add(key)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        mapping.lines[key] = line
+    _fill_map(mapping, node, partial(loader.construct_object, deep=True), merged=merged)
     return mapping
 
 
 def _construct_seq(loader: Loader, node: yaml.SequenceNode) -> LocatedList:
     sequence = LocatedList()
-    sequence.line = node.start_mark.line + 1
-    sequence.lines = {}
-    sequence.duplicates = []
-    for index, item in enumerate(node.value):
-        sequence.append(loader.construct_object(item, deep=True))
-        sequence.lines[index] = item.start_mark.line + 1
+    _fill_list(sequence, node, partial(loader.construct_object, deep=True))
     return sequence
 
 
@@ -379,12 +361,7 @@ def _construct_tree(loader: Loader, root: yaml.Node) -> Any:
         elif tag == _SEQ_TAG and isinstance(node, yaml.SequenceNode):
             value = LocatedList()
             built[key] = value
-            value.line = node.start_mark.line + 1
-            value.lines = {}
-            value.duplicates = []
-            for index, item in enumerate(node.value):
-                value.append(build(item))
-                value.lines[index] = item.start_mark.line + 1
+            _fill_list(value, node, build)
         else:
             value = loader.construct_object(node, deep=True)
             maybe_duplicated = maybe_duplicated or isinstance(value, Located)
@@ -397,19 +374,35 @@ def _construct_tree(loader: Loader, root: yaml.Node) -> Any:
     return document
 
 
-def _fill_map(mapping: LocatedMap, node: yaml.MappingNode, build: Callable[[yaml.Node], Any]) -> None:
+def _fill_map(
+    mapping: LocatedMap, node: yaml.MappingNode, build: Callable[[yaml.Node], Any], *, merged: int = 0
+) -> None:
+    """Build the pairs into `mapping` with their lines; a key written twice among those after the
+    first `merged` (the pairs a `<<` merge put first, which a written key overrides) is noted."""
     mapping.line = node.start_mark.line + 1
     mapping.lines = {}
     mapping.duplicates = []
-    for key_node, value_node in node.value:
+    written: set[Any] = set()
+    for position, (key_node, value_node) in enumerate(node.value):
         key = build(key_node)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)):
             key = str(key)
-        if key in mapping.lines:
-            mapping.duplicates.append((line, key))
+        if position >= merged:
+            if key in written:
+                mapping.duplicates.append((line, key))
+            written.add(key)
         mapping[key] = build(value_node)
         mapping.lines[key] = line
+
+
+def _fill_list(sequence: LocatedList, node: yaml.SequenceNode, build: Callable[[yaml.Node], Any]) -> None:
+    sequence.line = node.start_mark.line + 1
+    sequence.lines = {}
+    sequence.duplicates = []
+    for index, item in enumerate(node.value):
+        sequence.append(build(item))
+        sequence.lines[index] = item.start_mark.line + 1
 
 
 def duplicate_keys(node: Any) -> Iterator[tuple[int, Any]]:
