@@ -29,13 +29,29 @@ MAX_MATCH_CHARACTERS = 1024
 MAX_MATCHES = 1000  # matches read in one value
 
 # Linear is not cheap: a pattern such as `[ab]*a[ab]{900}c` overflows RE2's DFA and steps
-# through its program for every character, 0.5 s for one 64 KiB value, 17 s for an event of
-# thirty. The searches one event's evaluation makes share this much of the thread's CPU time;
-# once it is spent, the next search raises SearchBudgetSpent instead of running.
+# through its program for every character, 0.4 s for one 64 KiB value, 17 s for an event of
+# thirty. The searches one event's evaluation makes share this much CPU time (their own, not
+# the evaluation's: a garbage collection in between spends none of it); once it is spent, the
+# next search raises SearchBudgetSpent instead of running.
 SEARCH_SECONDS_PER_EVENT = 0.1
 
-# The thread-CPU-time deadline of the evaluation under way in this context, if any.
-_DEADLINE: ContextVar[float | None] = ContextVar("caselink_regex_deadline", default=None)
+# A value longer than this is searched in growing prefixes (×4 each), so that a search whose
+# next prefix would cost more than the budget has left, at the pace the last one ran, is refused
+# before it runs rather than cut off after: RE2 cannot be interrupted.
+FIRST_WINDOW = 4096
+
+
+class _Budget:
+    """What is left of one event's search time, in seconds of thread CPU time."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+
+# The budget of the evaluation under way in this context, if any.
+_BUDGET: ContextVar[_Budget | None] = ContextVar("caselink_regex_budget", default=None)
 
 
 class SearchBudgetSpent(Exception):  # noqa: N818 - a state, not an error of the caller's
@@ -51,22 +67,17 @@ class SearchBudgetSpent(Exception):  # noqa: N818 - a state, not an error of the
 @contextlib.contextmanager
 def search_budget(seconds: float | None = None) -> Iterator[None]:
     """Searches in the block share `seconds` (SEARCH_SECONDS_PER_EVENT) of this thread's CPU time
-    (time.thread_time, which a busy machine does not use up); one started in time runs to its end.
-    Nested blocks keep the outer deadline."""
-    if _DEADLINE.get() is not None:
+    (time.thread_time, which a busy machine does not use up), counted while they run. A search
+    the budget cannot pay for, at the pace its text has been searched so far, is refused.
+    Nested blocks keep the outer budget."""
+    if _BUDGET.get() is not None:
         yield
         return
-    token = _DEADLINE.set(time.thread_time() + (SEARCH_SECONDS_PER_EVENT if seconds is None else seconds))
+    token = _BUDGET.set(_Budget(SEARCH_SECONDS_PER_EVENT if seconds is None else seconds))
     try:
         yield
     finally:
-        _DEADLINE.reset(token)
-
-
-def _check_budget() -> None:
-    deadline = _DEADLINE.get()
-    if deadline is not None and time.thread_time() > deadline:
-        raise SearchBudgetSpent
+        _BUDGET.reset(token)
 
 
 # What RE2 cannot run, how to recognise it in a pattern, and what to write instead.
@@ -88,6 +99,11 @@ _UNSUPPORTED = (
     ),
     (re.compile(r"\\Z"), "\\Z", "write \\z (end of text) or $"),
 )
+
+
+# What Regex._next_token answers for a match without a token, and after the last match.
+_NO_TOKEN = object()
+_END = object()
 
 
 class Regex:
@@ -114,39 +130,85 @@ class Regex:
 
     def search(self, text: str) -> bool:
         """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`;
-        SearchBudgetSpent inside a spent `search_budget`."""
-        _check_budget()
-        return self._searching.search(text[:MAX_SEARCH_CHARACTERS]) is not None
+        SearchBudgetSpent inside a `search_budget` that is spent or cannot pay for this search."""
+        text = text[:MAX_SEARCH_CHARACTERS]
+        budget = _BUDGET.get()
+        if budget is None:
+            return self._searching.search(text) is not None
+        return self._search_within(text, budget)
+
+    def _search_within(self, text: str, budget: _Budget) -> bool:
+        """`search` in growing prefixes, each paid from `budget` and refused when its cost at the
+        slowest pace seen so far is more than is left."""
+        if budget.left <= 0:
+            raise SearchBudgetSpent
+        searched = 0
+        pace = 0.0  # CPU seconds a character, the slowest prefix's
+        window = FIRST_WINDOW
+        while True:
+            end = min(window, len(text))
+            if searched and pace * end > budget.left:
+                raise SearchBudgetSpent
+            started = time.thread_time()
+            match = self._searching.search(text, 0, end)
+            spent = time.thread_time() - started
+            budget.left -= spent
+            # RE2 reads what the prefix's end asserts ($, \b) in the whole text: a match in a
+            # prefix is one in the text (tests/test_regex.py holds it to that).
+            if match is not None:
+                return True
+            if end == len(text):
+                return False
+            searched = end
+            pace = max(pace, spent / end)
+            window *= 4
 
     def tokens(self, text: str) -> Iterator[str | int]:
         """Each match's token (the group named ref, else the first group, else the whole match).
 
         A match longer than MAX_MATCH_CHARACTERS yields its length instead: no id is that long.
-        Only the first MAX_MATCHES matches are read. SearchBudgetSpent inside a spent `search_budget`.
+        Only the first MAX_MATCHES matches are read. Inside a `search_budget`, the text is
+        searched first (SearchBudgetSpent when it cannot be paid for) and reading the matches
+        is paid from the same budget.
         """
-        _check_budget()
+        text = text[:MAX_SEARCH_CHARACTERS]
+        budget = _BUDGET.get()
+        if budget is not None and not self._search_within(text, budget):
+            return
         # UTF-8 bytes, so that RE2's offsets are used as they are: with text, the wrapper
         # converts each match's offsets from the start, which is quadratic in the matches.
-        data = text[:MAX_SEARCH_CHARACTERS].encode("utf-8", "surrogatepass")
+        data = text.encode("utf-8", "surrogatepass")
         group = self._group
-        for count, match in enumerate(self._searching_bytes.finditer(data)):
-            if count == MAX_MATCHES:
+        matches = self._searching_bytes.finditer(data)
+        for count in range(MAX_MATCHES):
+            if count and budget is not None and budget.left <= 0:
+                raise SearchBudgetSpent
+            started = time.thread_time()
+            token = self._next_token(matches, data, group)
+            if budget is not None:
+                budget.left -= time.thread_time() - started
+            if token is _END:
                 return
-            if count:
-                _check_budget()
-            start, end = match.span()
-            if start == end:
-                continue  # an empty match is no token
-            if end - start > MAX_MATCH_CHARACTERS:
-                yield len(data[start:end].decode("utf-8", "replace"))
-                continue
-            if group == 0:
-                yield data[start:end].decode("utf-8", "replace")
-                continue
-            captured = self._capturing_bytes.fullmatch(data, start, end)
-            if captured is not None:
-                token = captured.group(group)
-                yield token.decode("utf-8", "replace") if token else ""
+            if isinstance(token, str | int):
+                yield token
+
+    def _next_token(self, matches: Iterator[Any], data: bytes, group: int) -> str | int | object:
+        """The next match's token; _NO_TOKEN for a match that has none (an empty one), _END after the last."""
+        match = next(matches, None)
+        if match is None:
+            return _END
+        start, end = match.span()
+        if start == end:
+            return _NO_TOKEN
+        if end - start > MAX_MATCH_CHARACTERS:
+            return len(data[start:end].decode("utf-8", "replace"))
+        if group == 0:
+            return data[start:end].decode("utf-8", "replace")
+        captured = self._capturing_bytes.fullmatch(data, start, end)
+        if captured is None:
+            return _NO_TOKEN
+        token = captured.group(group)
+        return token.decode("utf-8", "replace") if token else ""
 
 
 # Patterns compiled, kept while among the most recently used: a reload compiles only what it has

@@ -795,19 +795,21 @@ def test_readyz_says_a_new_file_is_being_loaded_rather_than_the_error_of_the_fil
 
 
 def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_not_as_holding():
-    # The first rule's find spends the budget; the second's condition would hold if asked again.
+    # The first rule's find spends the budget (each value short enough to be searched whole, and
+    # slow); the second's condition would hold if asked again.
+    fields = [f"payload.big{n}" for n in range(40)]
     rules = ruleset(
         a_rule(
             "slow",
             link={
                 "relationship": "CAUSES",
                 "parent": "event",
-                "child": {"type": "CASE", "find": {"in": ["payload.big"], "pattern": SLOW_ON_AB}},
+                "child": {"type": "CASE", "find": {"in": fields, "pattern": SLOW_ON_AB}},
             },
         ),
         a_rule("second", when=[{"field": "title", "matches": "down"}]),
     )
-    event = an_event(title="db down", payload={"big": AB})
+    event = an_event(title="db down", payload={f"big{n}": AB[:4096] for n in range(40)})
 
     outcomes = {outcome.rule: outcome for outcome in rules.evaluate(event).outcomes}
 

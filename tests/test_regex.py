@@ -1,0 +1,97 @@
+"""User regexes on RE2 (caselink.regex): one event's searches share a budget of their own CPU time."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from caselink import regex
+from caselink.regex import SearchBudgetSpent
+from caselink.regex import compile_rule_regex
+from caselink.regex import search_budget
+
+# Overflows RE2's DFA: ~25 ms for 4 KiB of random a's and b's, ~0.4 s for 64 KiB.
+SLOW_ON_AB = compile_rule_regex("[ab]*a[ab]{900}c")
+AB = "".join(random.Random(0).choices("ab", k=regex.MAX_SEARCH_CHARACTERS))
+
+
+def busy(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time in Python."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+def test_cpu_spent_between_searches_leaves_the_budget_whole():
+    # What happens between searches (a garbage collection, other rules, coverage's tracer)
+    # is not the searches' doing: it used to spend the budget and leave a matching rule unsearched.
+    with search_budget(0.05):
+        busy(0.2)
+        assert compile_rule_regex("down").search("db down")
+        assert list(compile_rule_regex(r"OPS-\d+").tokens("OPS-1 and OPS-2")) == ["OPS-1", "OPS-2"]
+
+
+def test_a_search_the_budget_cannot_pay_for_is_refused_before_it_runs_not_after():
+    started = time.thread_time()
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):
+        SLOW_ON_AB.search(AB)
+    # Whole, the search takes ~0.4 s; the first prefix says what the rest would cost.
+    assert time.thread_time() - started < 0.2
+
+
+def test_a_token_search_the_budget_cannot_pay_for_is_refused_before_it_reads_a_match():
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):
+        list(SLOW_ON_AB.tokens(AB))
+
+
+def test_searches_that_fit_run_until_the_budget_is_spent_then_are_refused():
+    searched = 0
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):  # noqa: PT012 - counts the searches that ran
+        for _ in range(100):
+            SLOW_ON_AB.search(AB[:4096])
+            searched += 1
+    assert 1 <= searched < 100
+
+
+def test_outside_a_budget_a_search_runs_whole():
+    assert SLOW_ON_AB.search(AB + "c") is False  # past MAX_SEARCH_CHARACTERS: the c is not searched
+    assert SLOW_ON_AB.search(AB[:2000] + "a" + "b" * 900 + "c") is True
+
+
+_PATTERNS = st.sampled_from(
+    [
+        r"a$",
+        r"ab\b",
+        r"\bba",
+        r"^b",
+        r"a+b",
+        r"b{3}$",
+        r"(?P<ref>ab+)\b",
+        r"x",
+        r"b\B",
+        r"\d+$",
+        r"a.?$",
+        r"(a|ab)(c|bcd)",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=_PATTERNS, text=st.text(alphabet="ab 1cdé", max_size=200), window=st.integers(1, 40))
+def test_searching_in_growing_prefixes_finds_what_searching_the_whole_text_finds(pattern, text, window):
+    # RE2 asserts $ and \b at a prefix's end against the whole text, so a prefix finds no match
+    # the whole text lacks; tokens are read from the whole text.
+    compiled = compile_rule_regex(pattern)
+    whole, tokens = compiled.search(text), list(compiled.tokens(text))
+    first_window, regex.FIRST_WINDOW = regex.FIRST_WINDOW, window
+    try:
+        with search_budget(10.0):
+            assert compiled.search(text) == whole
+            assert list(compiled.tokens(text)) == tokens
+    finally:
+        regex.FIRST_WINDOW = first_window
