@@ -101,6 +101,21 @@ _UNSUPPORTED = (
 )
 
 
+def _searched(text: str) -> bytes:
+    """The part of `text` a search reads, as UTF-8. Bytes, so that RE2's offsets are used as they
+    are (with text, the wrapper converts each match's offsets from the start, quadratic in the
+    matches); a lone surrogate, which no sender's JSON should hold but a handler might let
+    through, is searched as its bytes rather than failing the webhook."""
+    return text[:MAX_SEARCH_CHARACTERS].encode("utf-8", "surrogatepass")
+
+
+def _character_boundary(data: bytes, end: int) -> int:
+    """`end`, moved on to the end of the UTF-8 character it falls in (the length, past it)."""
+    while end < len(data) and 0x80 <= data[end] < 0xC0:
+        end += 1
+    return min(end, len(data))
+
+
 # What Regex._next_token answers for a match without a token, and after the last match.
 _NO_TOKEN = object()
 _END = object()
@@ -111,18 +126,18 @@ class Regex:
 
     RE2 finds a match with its DFA in a few nanoseconds a character; captures need its
     slower engines, so they run only over a match already found, and only a short one.
+    Both run on UTF-8 bytes (see _searched).
     """
 
-    __slots__ = ("_capturing", "_capturing_bytes", "_group", "_searching", "_searching_bytes", "pattern")
+    __slots__ = ("_capturing", "_group", "_searching", "pattern")
 
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         self.pattern = pattern
-        self._capturing = _compile(pattern, ignore_case, capture=True)
-        self._searching = _compile(pattern, ignore_case, capture=False)
-        self._capturing_bytes = _compile(pattern.encode("utf-8", "surrogatepass"), ignore_case, capture=True)
-        self._searching_bytes = _compile(pattern.encode("utf-8", "surrogatepass"), ignore_case, capture=False)
+        encoded = pattern.encode("utf-8", "surrogatepass")
+        self._capturing = _compile(encoded, ignore_case, capture=True)
+        self._searching = _compile(encoded, ignore_case, capture=False)
         # The token: the group named ref, else the first group, else (0) the whole match.
-        self._group = self._capturing.groupindex.get("ref", 1 if self._capturing.groups else 0)
+        self._group = self._capturing.groupindex.get(b"ref", 1 if self._capturing.groups else 0)
 
     @property
     def program_size(self) -> int:
@@ -131,33 +146,33 @@ class Regex:
     def search(self, text: str) -> bool:
         """Whether the pattern is found in the first MAX_SEARCH_CHARACTERS of `text`;
         SearchBudgetSpent inside a `search_budget` that is spent or cannot pay for this search."""
-        text = text[:MAX_SEARCH_CHARACTERS]
+        data = _searched(text)
         budget = _BUDGET.get()
         if budget is None:
-            return self._searching.search(text) is not None
-        return self._search_within(text, budget)
+            return self._searching.search(data) is not None
+        return self._search_within(data, budget)
 
-    def _search_within(self, text: str, budget: _Budget) -> bool:
+    def _search_within(self, data: bytes, budget: _Budget) -> bool:
         """`search` in growing prefixes, each paid from `budget` and refused when its cost at the
         slowest pace seen so far is more than is left."""
         if budget.left <= 0:
             raise SearchBudgetSpent
         searched = 0
-        pace = 0.0  # CPU seconds a character, the slowest prefix's
+        pace = 0.0  # CPU seconds a byte, the slowest prefix's
         window = FIRST_WINDOW
         while True:
-            end = min(window, len(text))
+            end = _character_boundary(data, window)
             if searched and pace * end > budget.left:
                 raise SearchBudgetSpent
             started = time.thread_time()
-            match = self._searching.search(text, 0, end)
+            match = self._searching.search(data, 0, end)
             spent = time.thread_time() - started
             budget.left -= spent
             # RE2 reads what the prefix's end asserts ($, \b) in the whole text: a match in a
             # prefix is one in the text (tests/test_regex.py holds it to that).
             if match is not None:
                 return True
-            if end == len(text):
+            if end == len(data):
                 return False
             searched = end
             pace = max(pace, spent / end)
@@ -171,15 +186,12 @@ class Regex:
         searched first (SearchBudgetSpent when it cannot be paid for) and reading the matches
         is paid from the same budget.
         """
-        text = text[:MAX_SEARCH_CHARACTERS]
+        data = _searched(text)
         budget = _BUDGET.get()
-        if budget is not None and not self._search_within(text, budget):
+        if budget is not None and not self._search_within(data, budget):
             return
-        # UTF-8 bytes, so that RE2's offsets are used as they are: with text, the wrapper
-        # converts each match's offsets from the start, which is quadratic in the matches.
-        data = text.encode("utf-8", "surrogatepass")
         group = self._group
-        matches = self._searching_bytes.finditer(data)
+        matches = self._searching.finditer(data)
         for count in range(MAX_MATCHES):
             if count and budget is not None and budget.left <= 0:
                 raise SearchBudgetSpent
@@ -204,7 +216,7 @@ class Regex:
             return len(data[start:end].decode("utf-8", "replace"))
         if group == 0:
             return data[start:end].decode("utf-8", "replace")
-        captured = self._capturing_bytes.fullmatch(data, start, end)
+        captured = self._capturing.fullmatch(data, start, end)
         if captured is None:
             return _NO_TOKEN
         token = captured.group(group)

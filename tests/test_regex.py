@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -58,6 +59,18 @@ def test_searches_that_fit_run_until_the_budget_is_spent_then_are_refused():
     assert 1 <= searched < 100
 
 
+@pytest.mark.parametrize("budget", [None, 0.1])
+def test_a_lone_surrogate_in_a_value_is_searched_as_its_bytes_not_a_failed_webhook(budget):
+    # A handler that let one through made the whole webhook a 500 (UnicodeEncodeError in RE2's wrapper).
+    text = "OPS-7 \ud800 down " + "x" * regex.FIRST_WINDOW
+    ops = compile_rule_regex(r"OPS-\d+")
+    with search_budget(budget) if budget else contextlib.nullcontext():
+        assert ops.search(text)
+        assert compile_rule_regex("down").search(text)
+        assert list(ops.tokens(text)) == ["OPS-7"]
+        assert not compile_rule_regex("zzz").search(text)
+
+
 def test_outside_a_budget_a_search_runs_whole():
     assert SLOW_ON_AB.search(AB + "c") is False  # past MAX_SEARCH_CHARACTERS: the c is not searched
     assert SLOW_ON_AB.search(AB[:2000] + "a" + "b" * 900 + "c") is True
@@ -82,7 +95,7 @@ _PATTERNS = st.sampled_from(
 
 
 @settings(max_examples=400, deadline=None)
-@given(pattern=_PATTERNS, text=st.text(alphabet="ab 1cdé", max_size=200), window=st.integers(1, 40))
+@given(pattern=_PATTERNS, text=st.text(alphabet="ab 1cdé\ud800", max_size=200), window=st.integers(1, 40))
 def test_searching_in_growing_prefixes_finds_what_searching_the_whole_text_finds(pattern, text, window):
     # RE2 asserts $ and \b at a prefix's end against the whole text, so a prefix finds no match
     # the whole text lacks; tokens are read from the whole text.

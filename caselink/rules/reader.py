@@ -33,22 +33,25 @@ def read_yaml(source_text: str, filename: str) -> Any:
     str, int, float, bool or None for scalars; None for an empty text.
 
     RulesError, with filename:line, for a file that is not YAML text, does not parse, holds more
-    than MAX_YAML_NODES values (each alias written out) or more than MAX_RULES rules.
+    than MAX_YAML_NODES values (a list or mapping counting two, each alias written out) or more
+    than MAX_RULES rules.
     """
     loader = None
     try:
         # Aliases make a graph of a small file; building it out as a tree (examples, conditions)
         # is what an alias bomb exploits, so its size as a tree is measured. Without an anchor
-        # (&) there is no alias, and a text holds at most two values a character (`?` alone is a
+        # (&) there is no alias, and a text holds at most four values a character (`?` alone is a
         # mapping of a null to a null): a short one holds fewer, with nothing to count.
         count = not _plainly_under_cap(source_text)
         if count:
-            # A long text's parser events, counted by libyaml in C (0.5 s for 6 MB): each value
-            # makes one or two, so far too many refuses it before Python builds a node of it.
+            # A long text's parser events, counted by libyaml in C (30 ms a MB): a value makes one
+            # and a list or mapping two, as they are counted, so without an anchor they are the
+            # count, and with one no more than it: too many refuses the text before Python builds
+            # a node of it.
             events = _event_count(source_text)
-            if events is not None and (events - 4) // 2 > MAX_YAML_NODES:
+            if events is not None and events - 4 > MAX_YAML_NODES:
                 raise RulesError([_too_many_values(filename, 1)])
-            count = events is None or events > MAX_YAML_NODES or "&" in source_text
+            count = events is None or "&" in source_text
         # The reader checks the characters as it is built, so a binary file fails here.
         loader = Loader(source_text)
         node = loader.get_single_node()
@@ -80,8 +83,8 @@ def read_yaml(source_text: str, filename: str) -> Any:
 
 def _too_many_values(filename: str, line: int) -> str:
     return (
-        f"{filename}:{line}: the YAML holds more than {MAX_YAML_NODES:,} values, counting each"
-        " value an alias (*name) repeats; a rules file may hold no more"
+        f"{filename}:{line}: the YAML holds more than {MAX_YAML_NODES:,} values (a list or mapping"
+        " counting two), counting each value an alias (*name) repeats; a rules file may hold no more"
     )
 
 
@@ -116,13 +119,13 @@ def too_many_rules(filename: str, line: int, count: int) -> str:
 
 def _plainly_under_cap(source_text: str) -> bool:
     """Whether the text holds no anchor and too few characters for MAX_YAML_NODES values: never
-    more than 2 × characters + 1 (tests/rules/test_hostile.py checks it on YAML's shortest forms)."""
-    return 2 * len(source_text) + 1 <= MAX_YAML_NODES and "&" not in source_text
+    more than 4 × characters (tests/rules/test_hostile.py checks it on YAML's shortest forms)."""
+    return 4 * len(source_text) <= MAX_YAML_NODES and "&" not in source_text
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
-    """Values in the document once every alias is written out (MAX_YAML_NODES + 1 means more), and
-    the line of the first node found to be over.
+    """Values in the document once every alias is written out, a list or mapping counting two as
+    its parser events do (MAX_YAML_NODES + 1 means more), and the line of the first node found to be over.
 
     Each node is sized once (aliases share their node), so this takes time in proportion to the file.
     """
@@ -135,7 +138,7 @@ def _expanded_size(root: yaml.Node) -> tuple[int, int]:
         key = id(node)
         if children_sized:
             ancestors.discard(key)
-            total = 1
+            total = 2
             for child in _yaml_children(node):
                 total += 1 if isinstance(child, yaml.ScalarNode) else sizes[id(child)]
             if total >= cap:
