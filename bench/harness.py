@@ -187,16 +187,16 @@ class Server:
     """One gunicorn instance on its own loopback port; `restart` starts a fresh one in its place."""
 
     def __init__(self, name: str, env: dict[str, str], workdir: Path, *, deployed: bool = False,
-                 app: tuple[str, ...] = ("app:app",)) -> None:
-        self.name, self.port, self.workdir, self.deployed = name, free_port(), workdir, deployed
+                 app: tuple[str, ...] = ("app:app",), root: Path = ROOT) -> None:
+        self.name, self.port, self.workdir, self.deployed, self.root = name, free_port(), workdir, deployed, root
         # The configuration binds 0.0.0.0:$PORT; a benchmark stays on loopback.
         self.command = [sys.executable, "-m", "gunicorn", *app, "--bind", f"127.0.0.1:{self.port}"]
         self.env = dict(env, PORT=str(self.port), **({"PYTHONUNBUFFERED": "1"} if deployed else {}))
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = Process(name, self.command, self.env, workdir, deployed)
+        self.process = Process(name, self.command, self.env, workdir, deployed, cwd=root)
 
     def start(self) -> Server:
-        self.process = Process(self.name, self.command, self.env, self.workdir, self.deployed)
+        self.process = Process(self.name, self.command, self.env, self.workdir, self.deployed, cwd=self.root)
         self.process.start()
         self.process.wait_until_up(self.url + "/healthz")
         return self
@@ -347,12 +347,13 @@ def migrate(env: dict[str, str], root: Path = ROOT) -> None:
 
 
 def caselink(name: str, run: Run, store: str = "sqlite", fake_url: str | None = None, *, deployed: bool = False,
-             **settings: Any) -> tuple[Server, str]:
-    """caselink on a fresh, migrated database, under gunicorn with the repo's gunicorn.conf.py; started."""
+             root: Path = ROOT, **settings: Any) -> tuple[Server, str]:
+    """caselink from the tree at `root` on a fresh, migrated database, under gunicorn with its
+    gunicorn.conf.py; started."""
     database_url = run.databases.new(store, name)
     env = caselink_env(database_url, fake_url, **settings)
-    migrate(env)
-    return run.serve(Server(name, env, run.workdir, deployed=deployed)), database_url
+    migrate(env, root)
+    return run.serve(Server(name, env, run.workdir, deployed=deployed, root=root)), database_url
 
 
 def store_check(server_url: str, database_url: str, accepted: int, unanswered: int, wrk: bool,

@@ -5,9 +5,12 @@ Part 1 runs `flask --app app rules check FILE` in a new process on every file of
 tests/hostile_rules.py (and, with `--baseline DIR`, in an older tree too): wall time, peak RSS,
 what it said. Part 2 serves caselink with rules.yaml, and with tests/hostile_rules.WORST_ACCEPTED
 in front of it, taking turns over rounds of webhooks: p50 and p99 of each, and their ratio.
+Part 3 serves a rule whose pattern RE2 runs slowly (`[ab]*a[ab]{900}c`, 0.4 s on 64 KiB) and
+posts 32 webhooks at once, each with 8 such values, while asking /healthz every 50 ms: /healthz
+p99 and worst, and how long the webhooks took (with `--baseline`, the older tree's service too).
 
-    python bench/hostile_rules.py                         # about a minute
-    python bench/hostile_rules.py --baseline /tmp/base    # also time `rules check` of an older tree
+    python bench/hostile_rules.py                         # about two minutes
+    python bench/hostile_rules.py --baseline db0c4b7      # also the older tree (a folder or a revision)
 """
 
 from __future__ import annotations
@@ -175,9 +178,108 @@ def part2(run: harness.Run, rounds: int, requests: int, connections: int) -> dic
     return {"milliseconds": summary, "ratio": ratios, "rounds": figures}
 
 
+# -- part 3: a pattern RE2 runs slowly, many webhooks at once -----------------------------------
+
+SLOW_FIELDS = 8
+
+
+def slow_rules(workdir: Path) -> Path:
+    default = (ROOT / "rules.yaml").read_text(encoding="utf-8")
+    slow = "".join(
+        f"  - name: slow-{n}\n    when: [{{field: payload.f{n}, matches: '{hostile.SLOW_ON_AB}'}}]\n"
+        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n"
+        for n in range(SLOW_FIELDS)
+    )
+    path = workdir / "slow.yaml"
+    path.write_text(default.replace("\nrules:\n", "\nrules:\n" + slow, 1), encoding="utf-8")
+    return path
+
+
+def slow_body(n: int) -> bytes:
+    payload = json.loads(FIXTURE.read_text())
+    payload["id"] = f"{time.time_ns()}{n}"
+    payload.update({f"f{field}": hostile.AB_64K for field in range(SLOW_FIELDS)})
+    return json.dumps(payload).encode()
+
+
+def post(port: int, body: bytes) -> float:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    started = time.perf_counter()
+    connection.request("POST", "/webhooks/datadog", body,
+                       {"Content-Type": "application/json", "Authorization": f"Bearer {harness.WEBHOOK_SECRET}"})
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    if answer.status != 202:
+        raise RuntimeError(f"webhook answered {answer.status}")
+    return time.perf_counter() - started
+
+
+def healthz_during(port: int, work: Any) -> list[float]:
+    """/healthz latencies, one request every 50 ms on a connection of its own, while `work()` runs."""
+    done = threading.Event()
+    latencies: list[float] = []
+
+    def ask() -> None:
+        while not done.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            started = time.perf_counter()
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            latencies.append(time.perf_counter() - started)
+            connection.close()
+            done.wait(0.05)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        work()
+    finally:
+        done.set()
+        asker.join()
+    return latencies
+
+
+def part3(run: harness.Run, baseline: Path | None, rounds: int, webhooks: int) -> dict[str, Any]:
+    rules = slow_rules(run.workdir)
+    trees = {"now": ROOT, **({"baseline": baseline} if baseline else {})}
+    servers = {name: harness.caselink(f"slow-{name}", run, root=tree, RULES_FILE=rules)[0].port
+               for name, tree in trees.items()}
+    bodies = [slow_body(n) for n in range(webhooks)]
+    figures: dict[str, dict[str, list[float]]] = {name: {"healthz p99": [], "healthz max": [], "webhook p50": [],
+                                                         "webhooks took": []} for name in servers}
+    for number in range(1, rounds + 1):
+        for name in harness.rotated(list(servers), number):
+            port, answers = servers[name], []
+
+            def burst(port: int = port, answers: list[float] = answers) -> None:
+                threads = [threading.Thread(target=lambda body=body: answers.append(post(port, body)))
+                           for body in bodies]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+
+            started = time.perf_counter()
+            healthz = sorted(healthz_during(port, burst))
+            took = time.perf_counter() - started
+            if len(answers) != webhooks:
+                raise RuntimeError(f"{name}: {webhooks - len(answers)} webhooks failed")
+            figures[name]["healthz p99"].append(harness.percentile(healthz, 99))
+            figures[name]["healthz max"].append(healthz[-1])
+            figures[name]["webhook p50"].append(statistics.median(answers))
+            figures[name]["webhooks took"].append(took)
+    summary = {name: {key: round(statistics.median(values), 3) for key, values in figure.items()}
+               for name, figure in figures.items()}
+    for name, figure in summary.items():
+        print(f"{name:10} " + "   ".join(f"{key} {value:6.3f} s" for key, value in figure.items()))
+    return {"seconds": summary, "rounds": figures}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, help="an older tree to time `rules check` in too")
+    parser.add_argument("--baseline", help="an older tree (a folder or a git revision) to measure too")
+    parser.add_argument("--slow-webhooks", type=int, default=32, help="webhooks posted at once in part 3")
     parser.add_argument("--check-timeout", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=400)
@@ -187,12 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     content: dict[str, Any] = {}
     with harness.Run("hostile-rules", args, argv) as run:
+        baseline = harness.source_tree(args.baseline, run.workdir) if args.baseline else None
         print("== rules check on each hostile file ==")
-        content["rules_check"] = part1(run.workdir, args.baseline, args.check_timeout)
+        content["rules_check"] = part1(run.workdir, baseline, args.check_timeout)
         if not args.skip_webhooks:
             print(f"== webhook latency through gunicorn: {args.rounds} rounds x {args.requests} webhooks"
                   f" on {args.connections} connections ==")
             content["webhooks"] = part2(run, args.rounds, args.requests, args.connections)
+            print(f"== {args.slow_webhooks} webhooks at once, each with {SLOW_FIELDS} values a pattern RE2 runs"
+                  f" slowly on; /healthz asked every 50 ms: {args.rounds} rounds ==")
+            content["slow_search"] = part3(run, baseline, args.rounds, args.slow_webhooks)
     run.write(**content)
 
 

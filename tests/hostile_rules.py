@@ -7,6 +7,8 @@ is the costliest rule the checks let through, and it matches every webhook.
 
 from __future__ import annotations
 
+import random
+
 _LINK = (
     "    link: {relationship: CAUSES, parent: event, child: {type: CASE, find: {in: [title], pattern: 'OPS-\\d+'}}}\n"
 )
@@ -176,3 +178,7 @@ rules:
 
 # A webhook that makes a backtracking engine work hardest on WORST_ACCEPTED's patterns.
 HOSTILE_TITLE = "a" * 30 + "!"
+
+# A pattern that overflows RE2's DFA, and a value it is slow on: 0.4 s for 64 KiB of random a's and b's.
+SLOW_ON_AB = "[ab]*a[ab]{900}c"
+AB_64K = "".join(random.Random(0).choices("ab", k=65_536))

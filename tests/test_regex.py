@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 
 import pytest
@@ -15,10 +14,11 @@ from caselink import regex
 from caselink.regex import SearchBudgetSpent
 from caselink.regex import compile_rule_regex
 from caselink.regex import search_budget
+from tests import hostile_rules as hostile
 
 # Overflows RE2's DFA: ~25 ms for 4 KiB of random a's and b's, ~0.4 s for 64 KiB.
-SLOW_ON_AB = compile_rule_regex("[ab]*a[ab]{900}c")
-AB = "".join(random.Random(0).choices("ab", k=regex.MAX_SEARCH_CHARACTERS))
+SLOW_ON_AB = compile_rule_regex(hostile.SLOW_ON_AB)
+AB = hostile.AB_64K
 
 
 def busy(seconds: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import random
 import threading
 import time
 import weakref
@@ -118,9 +117,8 @@ def test_a_backtracking_pattern_runs_in_linear_time(pattern, where, title):
     assert seconds < 0.5
 
 
-# A pattern that overflows RE2's DFA: 0.5 s a 64 KiB value of random a's and b's, linear but slow.
-SLOW_ON_AB = "[ab]*a[ab]{900}c"
-AB = "".join(random.Random(0).choices("ab", k=65_536))
+SLOW_ON_AB = hostile.SLOW_ON_AB
+AB = hostile.AB_64K
 
 
 def test_an_events_searches_share_a_budget_so_a_slow_pattern_cannot_hold_a_webhook_for_long():
