@@ -245,14 +245,15 @@ def part3(run: harness.Run, baseline: Path | None, rounds: int, webhooks: int) -
     trees = {"now": ROOT, **({"baseline": baseline} if baseline else {})}
     servers = {name: harness.caselink(f"slow-{name}", run, root=tree, RULES_FILE=rules)[0].port
                for name, tree in trees.items()}
-    bodies = [slow_body(n) for n in range(webhooks)]
     figures: dict[str, dict[str, list[float]]] = {name: {"healthz p99": [], "healthz max": [], "webhook p50": [],
                                                          "webhooks took": []} for name in servers}
     for number in range(1, rounds + 1):
         for name in harness.rotated(list(servers), number):
             port, answers = servers[name], []
 
-            def burst(port: int = port, answers: list[float] = answers) -> None:
+            bodies = [slow_body(n) for n in range(webhooks)]  # new delivery ids each round
+
+            def burst(port: int = port, answers: list[float] = answers, bodies: list[bytes] = bodies) -> None:
                 threads = [threading.Thread(target=lambda body=body: answers.append(post(port, body)))
                            for body in bodies]
                 for thread in threads:

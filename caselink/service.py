@@ -36,6 +36,8 @@ from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
 from caselink.normalise import rejected
 from caselink.normalise import unrecognised
+from caselink.regex import SEARCH_SECONDS_PER_WEBHOOK
+from caselink.regex import search_budget
 from caselink.rules import Evaluation
 from caselink.rules import Example
 from caselink.rules import LiveRules
@@ -200,7 +202,9 @@ class Service:
     def _ingest(self, request: WebhookRequest) -> IngestResult:
         events = self.events_from(request, authenticate=False)
         ruleset = self.ruleset()
-        evaluated: list[tuple[Event, Evaluation]] = [(event, ruleset.evaluate(event)) for event in events]
+        # The events of one webhook share a search budget as well as each having its own.
+        with search_budget(SEARCH_SECONDS_PER_WEBHOOK):
+            evaluated: list[tuple[Event, Evaluation]] = [(event, ruleset.evaluate(event)) for event in events]
         if not evaluated:
             return IngestResult(200, [], 0)
         recorded = self.store.record(

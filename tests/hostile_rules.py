@@ -129,6 +129,36 @@ def millions_of_values() -> str:
     )
 
 
+def huge_template() -> str:
+    """A 7.7 MB id template of `{{ title }}`s: Jinja took 102 s and 7.5 GB to compile it."""
+    return (
+        _HEAD
+        + "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: '"
+        + "{{ title }}" * 700_000
+        + "'}}\n"
+    )
+
+
+def many_templates() -> str:
+    """2,000 rules, each with its own template of 1,000 characters (each under the template cap)."""
+    rules = "".join(
+        f"  - name: r{n}\n    link: {{relationship: CAUSES, parent: event, child: {{type: CASE, id: "
+        f"'{n:06}{'{{ title }}' * 90}{'x' * 4}'}}}}\n"
+        for n in range(2_000)
+    )
+    return "version: 1\nrules:\n" + rules
+
+
+def many_small_templates() -> str:
+    """600 rules, each with its own short template: each compiles in about a millisecond."""
+    rules = "".join(
+        f"  - name: r{n}\n    link: {{relationship: CAUSES, parent: event, child: {{type: CASE, id: "
+        f"'OPS-{{{{ payload.n }}}}{n}'}}}}\n"
+        for n in range(600)
+    )
+    return "version: 1\nrules:\n" + rules
+
+
 def too_many_rules() -> str:
     """10,001 small rules: under the size cap, over the count cap."""
     return many_rules(10_001)
@@ -139,6 +169,9 @@ REFUSED = {
     "look-ahead": look_ahead,
     "look-behind": look_behind,
     "nested-range-template": nested_range_template,
+    "huge-template": huge_template,
+    "2000-long-templates": many_templates,
+    "600-short-templates": many_small_templates,
     "huge-constant-template": huge_constant_template,
     "alias-bomb-in-examples": alias_bomb_in_examples,
     "alias-bomb-in-when": alias_bomb_in_when,

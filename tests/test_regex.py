@@ -108,3 +108,14 @@ def test_searching_in_growing_prefixes_finds_what_searching_the_whole_text_finds
             assert list(compiled.tokens(text)) == tokens
     finally:
         regex.FIRST_WINDOW = first_window
+
+
+def test_a_nested_budget_pays_from_the_enclosing_one_too():
+    # A webhook's budget holds each of its events': many events cannot add up to more.
+    searched = 0
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):  # noqa: PT012 - counts the events searched
+        for _ in range(100):
+            with search_budget(1.0):
+                SLOW_ON_AB.search(AB[:4096])
+            searched += 1
+    assert 1 <= searched < 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from caselink import migrations
+from caselink.config import Secret
 from caselink.service import preflight
 from handlers import REGISTRY
 from tests.conftest import ROOT
@@ -55,8 +57,9 @@ def test_two_rules_planning_one_link_count_one_in_the_answer_and_the_explain_rec
         headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"},
         content_type="application/json",
     )
-    record = client.get(f"/api/events/{answer.json['events'][0]['id']}", headers={
-        "Authorization": f"Bearer {ADMIN_TOKEN}"}).json
+    record = client.get(
+        f"/api/events/{answer.json['events'][0]['id']}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json
 
     assert answer.status_code == 202
     assert answer.json["links_planned"] == 1
@@ -98,3 +101,41 @@ rules:
         f"warning: {rules}:4: rule 'no-data': warning: on.kind 'alert.No Data' is not in canonical form;"
         " it matches as 'alert.no_data'",
     ]
+
+
+def test_the_events_of_one_webhook_share_a_search_budget_so_a_big_group_cannot_hold_it_for_long(settings, tmp_path):
+    # 80 alerts, each with a value a pattern RE2 runs slowly on (~25 ms each): under the per-event
+    # budget alone every event searched its value (2 s here; 400 events took 43 s).
+    from app import create_app
+    from tests import hostile_rules as hostile
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - name: slow\n    on: {source: alertmanager}\n"
+        f"    when: [{{field: title, matches: '{hostile.SLOW_ON_AB}'}}]\n"
+        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n",
+        encoding="utf-8",
+    )
+    application = create_app(
+        replace(settings, rules_file=rules, webhook_secrets={"alertmanager": (Secret(WEBHOOK_SECRET),)})
+    )
+    service = application.extensions["caselink"]
+    migrations.upgrade(service.store.engine)
+    group = json.loads((ROOT / "tests/fixtures/alertmanager/firing-group.json").read_text())
+    alert = group["alerts"][0]
+    group["alerts"] = [
+        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": hostile.AB_64K[n : n + 4000]}}
+        for n in range(80)
+    ]
+
+    client = application.test_client()
+
+    started = time.thread_time()
+    answer = client.post("/webhooks/alertmanager", json=group, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"})
+    cpu = time.thread_time() - started
+    service.store.dispose()
+
+    assert answer.status_code == 202, answer.json
+    assert len(answer.json["events"]) == 80
+    # The 80 searches take about two seconds together; the webhook's budget is half a second.
+    assert cpu < 1.2

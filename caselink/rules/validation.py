@@ -42,6 +42,9 @@ from caselink.rules.reader import LocatedMap
 from caselink.rules.reader import duplicate_keys
 from caselink.rules.reader import line_of
 from caselink.rules.reader import too_many_rules
+from caselink.templates import MAX_SOURCE
+from caselink.templates import MAX_SOURCES_PER_FILE
+from caselink.templates import MAX_TEMPLATES_PER_FILE
 from caselink.templates import TemplateEnvironment
 from caselink.templates import TemplateLimitError
 from caselink.templates import render
@@ -132,6 +135,9 @@ class Validator:
         # Who the next problems are about: "rule 'NAME'", or "rules[3]" for a rule without a usable name.
         self.subject: str | None = None
         self.none_duplicated = False
+        # The distinct template sources compiled for this file, and their characters.
+        self.template_sources: set[str] = set()
+        self.template_characters = 0
 
     def problem(self, line: int, message: str) -> None:
         where = f" {self.subject}:" if self.subject else ""
@@ -573,6 +579,24 @@ class Validator:
         return RefSpec(where, type_, fields=tuple(paths), pattern=pattern)
 
     def template(self, source: str, line: int, where: str) -> jinja2.Template | None:
+        if len(source) > MAX_SOURCE:
+            self.problem(
+                line, f"{where}: template is {len(source):,} characters; a template may hold at most {MAX_SOURCE:,}"
+            )
+            return None
+        if source not in self.template_sources:
+            if (
+                len(self.template_sources) == MAX_TEMPLATES_PER_FILE
+                or self.template_characters + len(source) > MAX_SOURCES_PER_FILE
+            ):
+                self.problem(
+                    line,
+                    f"{where}: a rules file may hold at most {MAX_TEMPLATES_PER_FILE:,} distinct templates of"
+                    f" {MAX_SOURCES_PER_FILE:,} characters together (share one template between rules, or use find)",
+                )
+                return None
+            self.template_sources.add(source)
+            self.template_characters += len(source)
         template, syntax_error, unbounded, undefined = _compiled_template(source)
         if syntax_error is not None:
             self.problem(line, f"{where}: template does not parse: {syntax_error}")
