@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 from caselink import traces
 from caselink.events import EntityRef
@@ -108,3 +110,20 @@ def test_the_rule_set_cache_parses_stored_text_once_and_refuses_text_that_is_not
     assert again is first
     assert reads == [ruleset.digest]
     assert cache.get("0" * 64, text) is None
+
+
+def test_the_rule_set_cache_lets_go_of_a_replaced_rule_set_in_force():
+    # It kept the last two it saw: reverting a huge rule set left its worker at 730 MB.
+    cache = traces.RuleSetCache()
+    huge, small = parse_rules(generated_rules_text(300)), parse_rules(generated_rules_text(2))
+    cache.use(small)
+    cache.use(huge)
+    assert cache.get(huge.digest, lambda digest: None) is huge
+    cache.use(small)
+    gone = weakref.ref(huge)
+
+    del huge
+    gc.collect()
+
+    assert gone() is None
+    assert cache.get(small.digest, lambda digest: None) is small

@@ -83,8 +83,10 @@ class Ingest(Database):
         """
         now = time.time() if now is None else now
         for _, evaluation in items:
-            if evaluation.ruleset is not None and evaluation.ruleset.digest not in self._stored_rule_sets:
-                self._store_rule_set(evaluation.ruleset, now)
+            if evaluation.ruleset is not None:
+                if evaluation.ruleset.digest not in self._stored_rule_sets:
+                    self._store_rule_set(evaluation.ruleset, now)
+                traces.RULE_SETS.use(evaluation.ruleset)
         work = _Work(
             [_event_row(event, evaluation, ruleset, now) for event, evaluation in items],
             [_event_link_rows(evaluation, dry_run, now) for _, evaluation in items],
@@ -103,7 +105,6 @@ class Ingest(Database):
                     .values(digest=ruleset.digest, path=ruleset.path, text=ruleset.text, first_seen_at=now)
                     .on_conflict_do_nothing(index_elements=["digest"])
                 )
-        traces.RULE_SETS.remember(ruleset)
         self._stored_rule_sets.add(ruleset.digest)
 
     def _write_batch(self, batch: list[_Work]) -> list[list[RecordedEvent]]:
