@@ -300,6 +300,11 @@ class Service:
                 if outcome.outcome != "matched":
                     notes.append(f"{outcome.outcome}: {outcome.reason}")
                 notes.extend(outcome.problems)
+        unsearched = next((note for note in notes if "not searched: " in note), None)
+        if unsearched is not None:
+            # Its answer would be a guess: a search it needed did not run, whatever the links say.
+            error = f"undecided: {unsearched.split('not searched: ', 1)[1]}; a search it needs was not run"
+            return ExampleResult(rule, index, example.line, expected, planned, notes, error=error)
         return ExampleResult(rule, index, example.line, expected, planned, notes)
 
     # -- health -----------------------------------------------------------------

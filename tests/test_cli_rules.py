@@ -356,3 +356,32 @@ def test_rules_explain_of_a_missing_payload_file_is_a_usage_error(runner, tmp_pa
 
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+@pytest.mark.parametrize("expects_the_link", [False, True])
+def test_rules_test_fails_an_example_whose_search_was_not_run_whatever_it_expects(runner, tmp_path, expects_the_link):
+    # The value truly matches; with the event's search budget spent, "no links" used to pass as ok.
+    from tests import hostile_rules as hostile
+
+    link = f'{{parent: "INCIDENT:{SAMPLE_INCIDENT_ID}", relationship: CAUSES, child: "CASE:OPS-1"}}'
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - name: slow\n    on: {source: datadog}\n"
+        f"    when: [{{field: title, matches: '{hostile.SLOW_ON_AB}'}}]\n"
+        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n"
+        "    examples:\n      - payload: " + json.dumps(_slow_incident(hostile.AB_64K)) + "\n"
+        f"        links: [{link if expects_the_link else ''}]\n",
+        encoding="utf-8",
+    )
+
+    result = runner.invoke(args=["rules", "test", str(rules)])
+
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("FAIL slow examples[0]")
+    assert "undecided: this event's searches had used their 0.1 s of CPU time" in result.output
+
+
+def _slow_incident(value: str) -> dict:
+    payload = json.loads(fixture_bytes("datadog", "incident-created.json"))
+    payload["incident"]["title"] = value[:-902] + "a" + "b" * 900 + "c"
+    return payload
