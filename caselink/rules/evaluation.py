@@ -20,6 +20,7 @@ from caselink.events import Event
 from caselink.regex import SearchBudgetSpent
 from caselink.regex import search_budget
 from caselink.rules.index import RuleIndex
+from caselink.rules.model import MAX_LINKS_PER_EVENT
 from caselink.rules.model import MAX_PROBLEMS
 from caselink.rules.model import PlannedLink
 from caselink.rules.model import Rule
@@ -132,6 +133,7 @@ class RuleSet:
         # What one rule found out about this event that another rule asks again (conditions, ref searches).
         shared: dict[Any, Any] = {}
         unsearched: dict[int, RuleOutcome] = {}
+        planned = 0
         with search_budget():
             for position in self.index.candidates(event, names):
                 rule = self.rules[position]
@@ -144,6 +146,7 @@ class RuleSet:
                     unsearched[position] = RuleOutcome(rule.name, "not_matched", cut(str(exc)))
                     continue
                 links, problems = rule.plan(event, names, shared)
+                links, planned = _within_event_cap(links, problems, planned)
                 matched[position] = RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run)
                 if rule.stop:
                     break
@@ -156,20 +159,39 @@ class RuleSet:
         names = event.fields()
         outcomes: list[RuleOutcome] = []
         stopped_by: str | None = None
+        planned = 0
         with search_budget():
             for rule in self.rules:
-                stopped_by = _ask_in_turn(rule, event, names, outcomes, stopped_by)
+                stopped_by, planned = _ask_in_turn(rule, event, names, outcomes, stopped_by, planned)
         return Evaluation(outcomes)
 
     def rule(self, name: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.name == name), None)
 
 
+def _within_event_cap(links: list[PlannedLink], problems: list[str], planned: int) -> tuple[list[PlannedLink], int]:
+    """The links a matched rule may plan when the rules before it planned `planned` for the event
+    (MAX_LINKS_PER_EVENT in all, a problem added for the rest), and the event's count after it."""
+    room = MAX_LINKS_PER_EVENT - planned
+    if len(links) > room:
+        problems.append(
+            f"link: more than {MAX_LINKS_PER_EVENT} links for one event, all rules together;"
+            f" {len(links) - max(room, 0)} of this rule's are not planned"
+        )
+        links = links[: max(room, 0)]
+    return links, planned + len(links)
+
+
 def _ask_in_turn(
-    rule: Rule, event: Event, names: Mapping[str, Any], outcomes: list[RuleOutcome], stopped_by: str | None
-) -> str | None:
+    rule: Rule,
+    event: Event,
+    names: Mapping[str, Any],
+    outcomes: list[RuleOutcome],
+    stopped_by: str | None,
+    planned: int,
+) -> tuple[str | None, int]:
     """`evaluate_linear`'s question to one rule, its outcome added to `outcomes`; the rule that
-    stops the rest (the one given, or this one)."""
+    stops the rest (the one given, or this one), and the links planned for the event so far."""
     if not rule.enabled:
         outcomes.append(RuleOutcome(rule.name, "disabled", "enabled: false"))
     elif stopped_by is not None:
@@ -180,10 +202,11 @@ def _ask_in_turn(
         outcomes.append(RuleOutcome(rule.name, "not_matched", reason))
     else:
         links, problems = rule.plan(event, names)
+        links, planned = _within_event_cap(links, problems, planned)
         outcomes.append(RuleOutcome(rule.name, "matched", None, links, problems, dry_run=rule.dry_run))
         if rule.stop:
-            return rule.name
-    return stopped_by
+            return rule.name, planned
+    return stopped_by, planned
 
 
 def _first_failure(rule: Rule, fields: Mapping[str, Any]) -> str | None:

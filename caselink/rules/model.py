@@ -57,6 +57,8 @@ GROUP_KEYS = ("all", "any", "none")
 MAX_REFS = 100  # distinct refs one side of a link finds
 MAX_REF_CHARACTERS = 256  # a UUID is 36, a case key a few more
 MAX_LINKS_PER_RULE = 100
+# All rules together: 10,000 rules that each plan a link would be 10,000 Datadog calls a webhook.
+MAX_LINKS_PER_EVENT = 100
 MAX_PROBLEMS = 20  # per rule and event
 MAX_TRACE_TEXT = 1000  # characters of one reason or problem
 _PATH_NAME = re.compile(r"[A-Za-z0-9_$@-]+")

@@ -218,3 +218,27 @@ def test_two_rules_planning_the_same_link_plan_one_link():
 
     assert len(evaluation.planned) == 2
     assert [str(link) for link in evaluation.links] == [f"INCIDENT:{INCIDENT_ID} CAUSES CASE:OPS-42"]
+
+
+def test_an_event_plans_at_most_a_hundred_links_all_rules_together_and_says_which_rule_lost_some():
+    # Each rule plans one link of its own: 10,000 such rules were 10,000 links for every webhook.
+    rules = ruleset(
+        *(
+            a_rule(
+                f"r{n}", link={"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": f"OPS-{n}"}}
+            )
+            for n in range(150)
+        )
+    )
+    event = an_event(title="anything")
+
+    evaluation = rules.evaluate(event)
+
+    assert len(evaluation.links) == 100
+    assert [str(link.child) for link in evaluation.links][-1] == "CASE:OPS-99"
+    outcome = next(outcome for outcome in evaluation.matched if outcome.rule == "r100")
+    assert outcome.links == []
+    assert outcome.problems == [
+        "link: more than 100 links for one event, all rules together; 1 of this rule's are not planned"
+    ]
+    assert [o.as_dict() for o in evaluation.outcomes] == [o.as_dict() for o in rules.evaluate_linear(event).outcomes]
