@@ -115,7 +115,7 @@ def _reading(verbose: bool, *, check: bool = True, create: bool = False) -> Stor
         except StoreUnavailableError:
             raise  # said in one line naming DATABASE_URL (_plain_errors)
         except CaselinkError as exc:
-            click.echo(f"{store.describe()}: {exc.message}", err=True)
+            click.echo(f"DATABASE_URL ({store.describe()}): {exc.message}", err=True)
             sys.exit(1)
     return store
 

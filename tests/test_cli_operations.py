@@ -145,7 +145,7 @@ def test_a_command_on_a_database_without_caselinks_schema_names_it_instead_of_a_
     app.extensions["caselink"].store.dispose()
 
     assert result.exit_code == 1
-    assert f"{settings.database_url}: the database has no caselink schema" in result.output
+    assert f"DATABASE_URL ({settings.database_url}): the database has no caselink schema" in result.output
     assert "Traceback" not in result.output
 
 
@@ -153,7 +153,7 @@ def test_the_database_is_named_without_its_password():
     store = Store("postgresql+psycopg://caselink:hunter2-secret@db.internal:5432/caselink")
 
     assert "hunter2-secret" not in store.describe()
-    assert store.describe() == "postgresql+psycopg://caselink:***@db.internal:5432/caselink"
+    assert store.describe() == "postgresql://caselink:***@db.internal:5432/caselink"
     store.dispose()
 
 

@@ -304,8 +304,10 @@ class Database:
             return connection.execute(sa.select(service_state.c.value).where(service_state.c.name == name)).scalar()
 
     def describe(self) -> str:
-        """The database this store reads, as a URL without its password."""
-        return masked_url(sa.engine.make_url(self.url).render_as_string(hide_password=True))
+        """The database this store reads, as a URL without its password or the driver caselink
+        picked (postgresql://, as DATABASE_URL is written, not postgresql+psycopg://)."""
+        parsed = sa.engine.make_url(self.url)
+        return masked_url(parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True))
 
 
 # The largest id an id column holds on either store (BIGINT on PostgreSQL, INTEGER on SQLite).
