@@ -129,11 +129,6 @@ def _character_boundary(data: bytes, end: int) -> int:
     return min(end, len(data))
 
 
-# What Regex._next_token answers for a match without a token, and after the last match.
-_NO_TOKEN = object()
-_END = object()
-
-
 class Regex:
     """A rule's pattern, compiled twice for RE2: without captures to search, with them to pick a token.
 
@@ -165,73 +160,76 @@ class Regex:
             return self._searching.search(data) is not None
         return self._search_within(data, budget)
 
-    def _search_within(self, data: bytes, budget: _Budget) -> bool:
-        """`search` in growing prefixes, each paid from `budget` and refused when its cost at the
-        slowest pace seen so far is more than is left."""
+    def _search_within(self, data: bytes, budget: _Budget, start: int = 0) -> bool:
+        """Whether the pattern is found in `data` from `start` on, searched in growing windows
+        from there, each paid from `budget` and refused when its cost at the slowest pace seen so
+        far is more than is left."""
         if budget.left <= 0:
             raise SearchBudgetSpent
         searched = 0
-        pace = 0.0  # CPU seconds a byte, the slowest prefix's
+        pace = 0.0  # CPU seconds a byte, the slowest window's
         window = FIRST_WINDOW
         while True:
-            end = _character_boundary(data, window)
-            if searched and pace * end > budget.left:
+            end = _character_boundary(data, start + window)
+            if searched and pace * (end - start) > budget.left:
                 raise SearchBudgetSpent
             started = time.thread_time()
-            match = self._searching.search(data, 0, end)
+            match = self._searching.search(data, start, end)
             spent = time.thread_time() - started
             budget.spend(spent)
-            # RE2 reads what the prefix's end asserts ($, \b) in the whole text: a match in a
-            # prefix is one in the text (tests/test_regex.py holds it to that).
+            # RE2 reads what the window's end asserts ($, \b) in the whole text: a match in a
+            # window is one in the text (tests/test_regex.py holds it to that).
             if match is not None:
                 return True
             if end == len(data):
                 return False
-            searched = end
-            pace = max(pace, spent / end)
+            searched = end - start
+            pace = max(pace, spent / searched)
             window *= 4
 
     def tokens(self, text: str) -> Iterator[str | int]:
         """Each match's token (the group named ref, else the first group, else the whole match).
 
         A match longer than MAX_MATCH_CHARACTERS yields its length instead: no id is that long.
-        Only the first MAX_MATCHES matches are read. Inside a `search_budget`, the text is
-        searched first (SearchBudgetSpent when it cannot be paid for) and reading the matches
-        is paid from the same budget.
+        Only the first MAX_MATCHES matches are read. Inside a `search_budget`, the text after
+        each match is searched in growing windows first (SearchBudgetSpent when that cannot be
+        paid for), so that reading the next match, paid from the same budget, costs no more:
+        after a match found at once, the rest of a 64 KiB value can be slow to search.
         """
         data = _searched(text)
         budget = _BUDGET.get()
-        if budget is not None and not self._search_within(data, budget):
-            return
         group = self._group
-        matches = self._searching.finditer(data)
-        for count in range(MAX_MATCHES):
-            if count and budget is not None and budget.left <= 0:
-                raise SearchBudgetSpent
+        # As re2's finditer steps, with a search at each step (which the budget can refuse).
+        pos = 0
+        for _ in range(MAX_MATCHES):
+            if budget is not None and not self._search_within(data, budget, pos):
+                return
             started = time.thread_time()
-            token = self._next_token(matches, data, group)
+            match = self._searching.search(data, pos)
+            token = None if match is None else self._token(match.span(), data, group)
             if budget is not None:
                 budget.spend(time.thread_time() - started)
-            if token is _END:
+            if match is None:
                 return
-            if isinstance(token, str | int):
+            if token is not None:
                 yield token
+            end = match.span()[1]
+            if pos == len(data):
+                return
+            pos = pos + 1 if pos == end else end
 
-    def _next_token(self, matches: Iterator[Any], data: bytes, group: int) -> str | int | object:
-        """The next match's token; _NO_TOKEN for a match that has none (an empty one), _END after the last."""
-        match = next(matches, None)
-        if match is None:
-            return _END
-        start, end = match.span()
+    def _token(self, span: tuple[int, int], data: bytes, group: int) -> str | int | None:
+        """The token of the match at `span`; None for a match that has none (an empty one)."""
+        start, end = span
         if start == end:
-            return _NO_TOKEN
+            return None
         if end - start > MAX_MATCH_CHARACTERS:
             return len(data[start:end].decode("utf-8", "replace"))
         if group == 0:
             return data[start:end].decode("utf-8", "replace")
         captured = self._capturing.fullmatch(data, start, end)
         if captured is None:
-            return _NO_TOKEN
+            return None
         token = captured.group(group)
         return token.decode("utf-8", "replace") if token else ""
 

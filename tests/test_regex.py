@@ -6,6 +6,7 @@ import contextlib
 import time
 
 import pytest
+import re2
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -90,17 +91,25 @@ _PATTERNS = st.sampled_from(
         r"\d+$",
         r"a.?$",
         r"(a|ab)(c|bcd)",
+        r"a*",
+        r"\b",
+        r"(?P<ref>b?)a",
     ]
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(pattern=_PATTERNS, text=st.text(alphabet="ab 1cdé\ud800", max_size=200), window=st.integers(1, 40))
 def test_searching_in_growing_prefixes_finds_what_searching_the_whole_text_finds(pattern, text, window):
-    # RE2 asserts $ and \b at a prefix's end against the whole text, so a prefix finds no match
-    # the whole text lacks; tokens are read from the whole text.
+    # RE2 asserts $ and \b at a window's end against the whole text, so a window finds no match
+    # the whole text lacks; tokens are read as re2's finditer reads them, budget or not.
     compiled = compile_rule_regex(pattern)
-    whole, tokens = compiled.search(text), list(compiled.tokens(text))
+    data = text.encode("utf-8", "surrogatepass")
+    whole = re2.compile(pattern.encode(), re2.Options()).search(data) is not None
+    tokens = [compiled._token(match.span(), data, compiled._group) for match in compiled._searching.finditer(data)]
+    tokens = [token for token in tokens if token is not None]
+    assert compiled.search(text) == whole
+    assert list(compiled.tokens(text)) == tokens
     first_window, regex.FIRST_WINDOW = regex.FIRST_WINDOW, window
     try:
         with search_budget(10.0):
@@ -119,3 +128,15 @@ def test_a_nested_budget_pays_from_the_enclosing_one_too():
                 SLOW_ON_AB.search(AB[:4096])
             searched += 1
     assert 1 <= searched < 20
+
+
+def test_reading_tokens_after_a_match_found_at_once_is_refused_when_the_rest_would_overrun_the_budget():
+    # A tester's alternation: `OPS-1` is found at once, then the next step searched 64 KiB
+    # with the slow branch, 0.4 s on a 0.1 s budget.
+    either = compile_rule_regex(r"(?P<ref>OPS-\d+)|[ab]*a[ab]{900}c")
+    started = time.thread_time()
+    found = []
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):  # noqa: PT012 - keeps what was read before
+        found.extend(either.tokens("OPS-1 " + AB))
+    assert found == ["OPS-1"]
+    assert time.thread_time() - started < 0.2
