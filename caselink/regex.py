@@ -202,8 +202,12 @@ class Regex:
         # As re2's finditer steps, with a search at each step (which the budget can refuse).
         pos = 0
         for _ in range(MAX_MATCHES):
-            if budget is not None and not self._search_within(data, budget, pos):
-                return
+            if budget is not None:
+                if budget.left <= 0:
+                    raise SearchBudgetSpent
+                # A step within FIRST_WINDOW bytes of the end costs what one window may: no need to look first.
+                if len(data) - pos > FIRST_WINDOW and not self._search_within(data, budget, pos):
+                    return
             started = time.thread_time()
             match = self._searching.search(data, pos)
             token = None if match is None else self._token(match.span(), data, group)
