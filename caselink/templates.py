@@ -38,8 +38,8 @@ MAX_SECONDS = 0.01
 # together. Jinja compiles one in ~0.8 ms plus ~10 ms a KB (a 7.7 MB template of `{{ title }}`s
 # took 102 s and 7.5 GB to refuse): together under a second of compiling.
 MAX_SOURCE = 1024
-MAX_TEMPLATES_PER_FILE = 500
-MAX_SOURCES_PER_FILE = 32 * 1024
+MAX_TEMPLATES_PER_FILE = 200
+MAX_SOURCES_PER_FILE = 16 * 1024
 # A step is one iteration, call or operation; handling text costs one more step per this many characters.
 _CHARACTERS_PER_STEP = 64
 _LOOP_FILTER = "caselink_step"
