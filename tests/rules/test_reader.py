@@ -8,7 +8,9 @@ import textwrap
 
 import pytest
 
+from caselink.errors import RulesError
 from caselink.rules import parse_rules
+from caselink.rules import reader
 from tests.rule_files import INCIDENT_ID
 from tests.rule_files import an_event
 from tests.rule_files import only_problem
@@ -236,3 +238,39 @@ def test_an_alias_of_a_mapping_that_merges_and_overrides_is_not_a_duplicate():
         ("a", "CAUSES"),
         ("b", "CAUSES"),
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\nrules: [x, {y: 1}, [z]]\nb: 2\n",
+        "? [rules]\n: [1]\nrules:\n- 1\n- 2\n",
+        "rules: 3\n",
+        "[1, 2]\n",
+        "x: {rules: [1, 2, 3]}\nrules:\n  - &a {n: 1}\n  - *a\n",
+        "rules: []\n",
+        "rules:\n- [rules, [1, 2]]\n- {rules: [3]}\n",
+    ],
+)
+def test_the_rules_counted_from_parser_events_are_those_a_composed_document_holds(text):
+    # What lets a long file over the rule cap be refused before it is composed.
+    loader = reader.Loader(text)
+    try:
+        node = reader._rules_node(loader.get_single_node())
+    finally:
+        loader.dispose()
+
+    expected = None if node is None else (node[0], len(node[1].value))
+    assert reader._rules_counted(text) == expected
+
+
+def test_a_long_file_over_the_rule_cap_is_refused_before_a_node_is_built(monkeypatch):
+    from tests import hostile_rules as hostile
+
+    text = hostile.too_many_rules()
+    monkeypatch.setattr(reader, "Loader", None)  # building a node would fail the test
+
+    with pytest.raises(RulesError) as refused:
+        reader.read_yaml(text, "rules.yaml")
+
+    assert refused.value.problems == ["rules.yaml:2: the file holds 10,001 rules; a rules file may hold at most 10,000"]
