@@ -105,20 +105,30 @@ def part1(workdir: Path, baseline: Path | None, timeout: float) -> dict[str, Any
 # -- part 2: webhook latency with the worst accepted rule ------------------------------------
 
 
-def rules_with_worst(workdir: Path) -> Path:
+def default_rules_after(rules: str, path: Path) -> Path:
+    """rules.yaml with `rules` (a YAML list's items) in front of its own, written to `path`."""
     default = (ROOT / "rules.yaml").read_text(encoding="utf-8")
-    worst = hostile.WORST_ACCEPTED.split("rules:\n", 1)[1]
-    path = workdir / "worst.yaml"
-    path.write_text(default.replace("\nrules:\n", "\nrules:\n" + worst, 1), encoding="utf-8")
+    path.write_text(default.replace("\nrules:\n", "\nrules:\n" + rules, 1), encoding="utf-8")
     return path
 
 
-def webhook_body(n: int) -> bytes:
+def incident_body(n: int, **changes: Any) -> bytes:
+    """The Datadog incident fixture with a new delivery id and `changes` to its payload."""
     payload = json.loads(FIXTURE.read_text())
     payload["id"] = f"{time.time_ns()}{n}"
-    payload["incident"]["title"] = hostile.HOSTILE_TITLE + " see OPS-42"
-    payload["incident"]["message"] = "x" * 30 + " tracked in OPS-42"
+    payload.update(changes)
     return json.dumps(payload).encode()
+
+
+def rules_with_worst(workdir: Path) -> Path:
+    return default_rules_after(hostile.WORST_ACCEPTED.split("rules:\n", 1)[1], workdir / "worst.yaml")
+
+
+def webhook_body(n: int) -> bytes:
+    incident = json.loads(FIXTURE.read_text())["incident"]
+    incident["title"] = hostile.HOSTILE_TITLE + " see OPS-42"
+    incident["message"] = "x" * 30 + " tracked in OPS-42"
+    return incident_body(n, incident=incident)
 
 
 def load(port: int, requests: int, connections: int) -> list[float]:
@@ -184,22 +194,16 @@ SLOW_FIELDS = 8
 
 
 def slow_rules(workdir: Path) -> Path:
-    default = (ROOT / "rules.yaml").read_text(encoding="utf-8")
     slow = "".join(
         f"  - name: slow-{n}\n    when: [{{field: payload.f{n}, matches: '{hostile.SLOW_ON_AB}'}}]\n"
         "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n"
         for n in range(SLOW_FIELDS)
     )
-    path = workdir / "slow.yaml"
-    path.write_text(default.replace("\nrules:\n", "\nrules:\n" + slow, 1), encoding="utf-8")
-    return path
+    return default_rules_after(slow, workdir / "slow.yaml")
 
 
 def slow_body(n: int) -> bytes:
-    payload = json.loads(FIXTURE.read_text())
-    payload["id"] = f"{time.time_ns()}{n}"
-    payload.update({f"f{field}": hostile.AB_64K for field in range(SLOW_FIELDS)})
-    return json.dumps(payload).encode()
+    return incident_body(n, **{f"f{field}": hostile.AB_64K for field in range(SLOW_FIELDS)})
 
 
 def post(port: int, body: bytes) -> float:

@@ -8,6 +8,7 @@ is the costliest rule the checks let through, and it matches every webhook.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 _LINK = (
     "    link: {relationship: CAUSES, parent: event, child: {type: CASE, find: {in: [title], pattern: 'OPS-\\d+'}}}\n"
@@ -141,20 +142,19 @@ def huge_template() -> str:
 
 def many_templates() -> str:
     """400 rules, each with its own template of 1,000 characters (each under the template cap)."""
-    rules = "".join(
-        f"  - name: r{n}\n    link: {{relationship: CAUSES, parent: event, child: {{type: CASE, id: "
-        f"'{n:06}{'{{ title }}' * 90}{'x' * 4}'}}}}\n"
-        for n in range(400)
-    )
-    return "version: 1\nrules:\n" + rules
+    return _rules_with_templates(400, lambda n: f"{n:06}{'{{ title }}' * 90}xxxx")
 
 
 def many_small_templates() -> str:
     """300 rules, each with its own short template: each compiles in about a millisecond."""
+    return _rules_with_templates(300, lambda n: f"OPS-{{{{ payload.n }}}}{n}")
+
+
+def _rules_with_templates(count: int, template: Callable[[int], str]) -> str:
     rules = "".join(
-        f"  - name: r{n}\n    link: {{relationship: CAUSES, parent: event, child: {{type: CASE, id: "
-        f"'OPS-{{{{ payload.n }}}}{n}'}}}}\n"
-        for n in range(300)
+        f"  - name: r{n}\n"
+        f"    link: {{relationship: CAUSES, parent: event, child: {{type: CASE, id: '{template(n)}'}}}}\n"
+        for n in range(count)
     )
     return "version: 1\nrules:\n" + rules
 

@@ -498,17 +498,22 @@ def _values(node: yaml.Node) -> int:
     return count
 
 
+def _composed(text: str) -> yaml.Node | None:
+    """The text's document as nodes, as a load reads it; None when it is empty or not YAML."""
+    loader = reader.Loader(text)
+    try:
+        return loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+
+
 @given(_TERSE_YAML)
 @settings(max_examples=3000, deadline=None)
 def test_a_text_without_an_anchor_holds_at_most_four_values_a_character(text):
     # What lets a load skip counting the values of a short file that has no anchor (&).
-    loader = reader.Loader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.YAMLError:
-        return
-    finally:
-        loader.dispose()
+    node = _composed(text)
     assume(node is not None)
     assert _values(node) <= 4 * len(text)
 
@@ -586,13 +591,7 @@ def test_a_file_just_over_the_value_cap_is_refused_from_its_parser_events_before
 def test_a_text_without_an_anchor_holds_as_many_values_as_it_makes_parser_events(text):
     # What lets a load refuse a long text from libyaml's count alone (an alias makes one event and
     # stands for at least one value, so a text with anchors holds no fewer).
-    loader = reader.Loader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.YAMLError:
-        return
-    finally:
-        loader.dispose()
+    node = _composed(text)
     assume(node is not None)
     events = reader._event_count(text)
     assert events is not None
