@@ -10,9 +10,10 @@ one a pattern used and how to do without it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -137,7 +138,7 @@ class Regex:
     Both run on UTF-8 bytes (see _searched).
     """
 
-    __slots__ = ("_capturing", "_group", "_searching", "pattern")
+    __slots__ = ("__weakref__", "_capturing", "_group", "_searching", "pattern")
 
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         self.pattern = pattern
@@ -238,22 +239,29 @@ class Regex:
         return token.decode("utf-8", "replace") if token else ""
 
 
-# Patterns compiled, kept while among the most recently used: a reload compiles only what it has
-# not seen, and a thousand rules sharing one pattern compile it once. A Regex never changes.
-COMPILED_PATTERNS = 4096
+# Patterns compiled, kept while a rule set holds them: a reload compiles only what the rules in
+# force do not already hold, a thousand rules sharing one pattern compile it once, and a replaced
+# rule set's patterns (and the DFA memory RE2 built for them) go with it. A Regex never changes.
+_COMPILED: weakref.WeakValueDictionary[tuple[str, bool], Regex] = weakref.WeakValueDictionary()
+_COMPILED_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=COMPILED_PATTERNS)
 def compile_rule_regex(pattern: str, *, ignore_case: bool = False) -> Regex:
-    """Compile a rule's pattern for RE2, once per (pattern, ignore_case) while it is among the
-    COMPILED_PATTERNS most recently used; ValueError says what RE2 refused and what to write instead."""
+    """Compile a rule's pattern for RE2, once per (pattern, ignore_case) while a rule set holds it;
+    ValueError says what RE2 refused and what to write instead."""
+    key = (pattern, ignore_case)
+    with _COMPILED_LOCK:
+        found = _COMPILED.get(key)
+    if found is not None:
+        return found
     regex = Regex(pattern, ignore_case)
     if regex.program_size > MAX_PROGRAM_SIZE:
         raise ValueError(
             f"the pattern compiles to {regex.program_size} RE2 instructions, more than {MAX_PROGRAM_SIZE}:"
             " counted repeats ({20}, {1,9}) copy what they repeat, nested ones multiply; use + or * where you can"
         )
-    return regex
+    with _COMPILED_LOCK:
+        return _COMPILED.setdefault(key, regex)
 
 
 def _compile(pattern: str | bytes, ignore_case: bool, *, capture: bool) -> Any:

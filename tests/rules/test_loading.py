@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from typing import Any
 
 import pytest
@@ -126,8 +128,8 @@ def test_a_reload_compiles_only_the_patterns_and_templates_it_has_not_seen(monke
     monkeypatch.setattr(
         validation._templates, "from_string", lambda source: compiled.append(source) or real_template(source)
     )
-    regex.compile_rule_regex.cache_clear()
     validation._compiled_template.cache_clear()
+    monkeypatch.setattr(regex, "_COMPILED", weakref.WeakValueDictionary())
 
     def rules(title_pattern: str, template: str) -> RuleSet:
         return ruleset(
@@ -142,13 +144,18 @@ def test_a_reload_compiles_only_the_patterns_and_templates_it_has_not_seen(monke
             ),
         )
 
-    rules("down", "{{ payload.case }}")
+    in_force = rules("down", "{{ payload.case }}")
     # One template; three patterns (the shared one, `down`, the case key), each compiled two ways.
     assert len(compiled) == 1 + 3 * 2
 
     compiled.clear()
-    rules("down", "{{ payload.case }}")
+    in_force = rules("down", "{{ payload.case }}")
     assert compiled == []
 
-    rules("outage", "OPS-{{ payload.n }}")
+    in_force = rules("outage", "OPS-{{ payload.n }}")
     assert sorted(map(str, compiled)) == sorted(["OPS-{{ payload.n }}", "b'outage'", "b'outage'"])
+    # The replaced rules' pattern (and the DFA memory RE2 built for it) went with them.
+    gc.collect()
+    assert ("down", False) not in regex._COMPILED
+    assert ("outage", False) in regex._COMPILED
+    assert in_force.rules
