@@ -68,13 +68,17 @@ class _Budget:
 _BUDGET: ContextVar[_Budget | None] = ContextVar("caselink_regex_budget", default=None)
 
 
+# How a search the budget refused is said, wherever its reason is read (the explain record, `rules test`).
+NOT_SEARCHED = "not searched: "
+
+
 class SearchBudgetSpent(Exception):  # noqa: N818 - a state, not an error of the caller's
     """The event's searches used SEARCH_SECONDS_PER_EVENT of CPU time, or its webhook's
     SEARCH_SECONDS_PER_WEBHOOK: no more run for it."""
 
     def __init__(self) -> None:
         super().__init__(
-            f"not searched: this event's searches had used their {SEARCH_SECONDS_PER_EVENT:g} s of CPU time,"
+            f"{NOT_SEARCHED}this event's searches had used their {SEARCH_SECONDS_PER_EVENT:g} s of CPU time,"
             f" or its webhook's their {SEARCH_SECONDS_PER_WEBHOOK:g} s (a pattern that is slow on its text)"
         )
 

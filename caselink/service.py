@@ -36,6 +36,7 @@ from caselink.events import WebhookRequest
 from caselink.housekeeping import Housekeeper
 from caselink.normalise import rejected
 from caselink.normalise import unrecognised
+from caselink.regex import NOT_SEARCHED
 from caselink.regex import SEARCH_SECONDS_PER_WEBHOOK
 from caselink.regex import search_budget
 from caselink.rules import Evaluation
@@ -300,10 +301,10 @@ class Service:
                 if outcome.outcome != "matched":
                     notes.append(f"{outcome.outcome}: {outcome.reason}")
                 notes.extend(outcome.problems)
-        unsearched = next((note for note in notes if "not searched: " in note), None)
+        unsearched = next((note for note in notes if NOT_SEARCHED in note), None)
         if unsearched is not None:
             # Its answer would be a guess: a search it needed did not run, whatever the links say.
-            error = f"undecided: {unsearched.split('not searched: ', 1)[1]}; a search it needs was not run"
+            error = f"undecided: {unsearched.split(NOT_SEARCHED, 1)[1]}; a search it needs was not run"
             return ExampleResult(rule, index, example.line, expected, planned, notes, error=error)
         return ExampleResult(rule, index, example.line, expected, planned, notes)
 

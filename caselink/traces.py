@@ -164,7 +164,7 @@ class RuleSetCache:
 
     def use(self, ruleset: RuleSet) -> None:
         """The rule set now in force (what webhooks are evaluated with); the one before is let go."""
-        if self.in_force is not ruleset and ruleset.digest and ruleset.text:
+        if ruleset.digest and ruleset.text:
             self.in_force = ruleset
 
     def remember(self, ruleset: RuleSet) -> None:
