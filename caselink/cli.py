@@ -402,7 +402,7 @@ def worker(once: bool, grace: float) -> None:
         return
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    housekeeper = Housekeeper(svc.store, svc.settings.event_retention)
+    housekeeper = Housekeeper(svc.store, svc.settings.event_retention, evaluate_deferred=svc.evaluate_deferred)
     housekeeper.start()
     if running is None:
         click.echo(

@@ -1,4 +1,5 @@
-"""Housekeeping beside delivery: per-rule statistics counted from stored events, then retention.
+"""Housekeeping beside delivery: deferred evaluations, per-rule statistics counted from stored
+events, then retention.
 
 Both run in small batches, each its own short transaction, with a pause
 between batches so that webhooks waiting for the write lock (SQLite) get it
@@ -24,9 +25,11 @@ log = logs.get("housekeeping")
 
 @dataclass
 class Report:
-    """What one round did: events counted in the statistics, deleted (or due, in a dry run), kept
-    for their unfinished links; how long it took and its longest write transaction (seconds)."""
+    """What one round did: deferred events evaluated, events counted in the statistics, deleted
+    (or due, in a dry run), kept for their unfinished links; how long it took and its longest
+    write transaction (seconds)."""
 
+    evaluated: int = 0
     counted: int = 0
     deleted: int = 0
     kept: int = 0
@@ -35,8 +38,14 @@ class Report:
 
 
 class Housekeeper:
-    """Counts per-rule statistics and prunes events older than `retention` seconds."""
+    """Evaluates deferred events, counts per-rule statistics and prunes events older than
+    `retention` seconds.
 
+    `evaluate_deferred(limit)` evaluates up to `limit` events whose evaluation a webhook
+    deferred (caselink.service.Service.evaluate_deferred) and returns how many it took.
+    """
+
+    evaluate_batch = 20
     count_batch = 200
     # A delete of 100 events stays well under 100 ms, even on a busy machine (bench/retention.py).
     prune_batch = 100
@@ -53,8 +62,10 @@ class Housekeeper:
         *,
         interval: float = 5.0,
         clock: Callable[[], float] = time.time,
+        evaluate_deferred: Callable[[int], int] | None = None,
     ) -> None:
         self.store = store
+        self.evaluate_deferred = evaluate_deferred
         self.retention = retention
         self.interval = interval
         self.clock = clock
@@ -62,7 +73,8 @@ class Housekeeper:
         self._thread: threading.Thread | None = None
 
     def round(self, *, dry_run: bool = False, stop: threading.Event | None = None) -> Report:
-        """Count every event not yet counted, then prune every event past retention.
+        """Evaluate every deferred event, count every event not yet counted, then prune every
+        event past retention.
 
         `dry_run`: count nothing and delete nothing; `deleted` says how many
         events would go (those not yet counted are not among them).
@@ -70,6 +82,14 @@ class Housekeeper:
         stop = stop or self._stop
         started = time.monotonic()
         report = Report()
+        while not dry_run and self.evaluate_deferred is not None and not stop.is_set():
+            took = time.monotonic()
+            evaluated = self.evaluate_deferred(self.evaluate_batch)
+            took = time.monotonic() - took
+            report.evaluated += evaluated
+            if evaluated < self.evaluate_batch:
+                break
+            stop.wait(max(self.pause, took * self.yield_share))
         while not dry_run and not stop.is_set():
             took = time.monotonic()
             counted = self.store.count_rule_stats(limit=self.count_batch, now=self.clock())
@@ -121,6 +141,8 @@ class Housekeeper:
                 failures += 1
                 log.exception("housekeeping failed")
             else:
+                if report.evaluated:
+                    log.info("deferred events evaluated", extra={"fields": {"events": report.evaluated}})
                 # Kept events are kept again every round: only a deletion is news at INFO.
                 if report.deleted or report.kept:
                     log.log(

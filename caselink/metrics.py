@@ -44,6 +44,12 @@ DEDUP_CONFLICTS = Counter(
     "Events whose dedup key repeated an earlier event's with different content, stored as new events, by source.",
     ["source"],
 )
+DEFERRED = Counter(
+    "caselink_events_deferred_total",
+    "Events stored with their evaluation deferred (their webhook's events had used the request's"
+    " evaluation time), by source; housekeeping evaluates them.",
+    ["source"],
+)
 CONNECTIONS_SHED = Counter(
     "caselink_connections_shed_total",
     "Connections a worker closed at its cap (worker_connections) to take a new one, by what they were doing:"

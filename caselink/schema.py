@@ -48,10 +48,20 @@ events = sa.Table(
     sa.Column("ruleset", sa.String(64), nullable=False),
     sa.Column("trace", _json, nullable=False),
     sa.Column("links_planned", sa.Integer, nullable=False, default=0),
+    # True while the event waits for its evaluation: its webhook's events had used the request's
+    # evaluation time (caselink.rules.EVALUATION_SECONDS_PER_WEBHOOK), so housekeeping evaluates it.
+    sa.Column("deferred", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.UniqueConstraint("source", "dedup_key", "digest", name="uq_events_delivery"),
 )
 # No secondary index on events beyond the dedup key: each one is pages more to
-# write on every webhook, and the admin API and replay read events rarely.
+# write on every webhook, and the admin API and replay read events rarely. The deferred
+# ones are indexed apart, and only they: the index is empty while no webhook is too costly.
+sa.Index(
+    "ix_events_deferred",
+    events.c.id,
+    postgresql_where=events.c.deferred,
+    sqlite_where=events.c.deferred,
+)
 
 links = sa.Table(
     "links",

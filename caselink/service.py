@@ -37,8 +37,6 @@ from caselink.housekeeping import Housekeeper
 from caselink.normalise import rejected
 from caselink.normalise import unrecognised
 from caselink.regex import NOT_SEARCHED
-from caselink.regex import SEARCH_SECONDS_PER_WEBHOOK
-from caselink.regex import search_budget
 from caselink.rules import Evaluation
 from caselink.rules import Example
 from caselink.rules import LiveRules
@@ -50,6 +48,7 @@ from caselink.rules import load_rules
 from caselink.store import RecordedEvent
 from caselink.store import RuleStats
 from caselink.store import Store
+from caselink.traces import event_from_row
 from caselink.worker import CREDENTIALS_STATE
 from caselink.worker import DeliveryWorker
 
@@ -203,23 +202,30 @@ class Service:
     def _ingest(self, request: WebhookRequest) -> IngestResult:
         events = self.events_from(request, authenticate=False)
         ruleset = self.ruleset()
-        # The events of one webhook share a search budget as well as each having its own.
-        with search_budget(SEARCH_SECONDS_PER_WEBHOOK):
-            evaluated: list[tuple[Event, Evaluation]] = [(event, ruleset.evaluate(event)) for event in events]
+        evaluated = list(zip(events, ruleset.evaluate_webhook(events), strict=True))
         if not evaluated:
             return IngestResult(200, [], 0)
         recorded = self.store.record(
             evaluated, ruleset=ruleset.digest, dry_run=self.settings.dry_run, now=request.received_at
         )
-        for (event, _), stored in zip(evaluated, recorded, strict=True):
+        deferred = 0
+        for (event, evaluation), stored in zip(evaluated, recorded, strict=True):
             # Per-rule counts are not taken here: housekeeping counts them from the stored traces.
             metrics.TALLY.count(metrics.EVENTS, event.source, "duplicate" if stored.duplicate else "new")
             if stored.dedup_conflict and not stored.duplicate:
                 metrics.TALLY.count(metrics.DEDUP_CONFLICTS, event.source)
+            if evaluation.deferred and not stored.duplicate:
+                metrics.TALLY.count(metrics.DEFERRED, event.source)
+                deferred += 1
+        if deferred:
+            log.warning(
+                "evaluation deferred",
+                extra={"fields": {"source": request.source, "events": len(evaluated), "deferred": deferred}},
+            )
         duplicate = all(stored.duplicate for stored in recorded)
         return IngestResult(
             200 if duplicate else 202,
-            [_answer(stored) for stored in recorded],
+            [_answer(stored, evaluation.deferred) for (_, evaluation), stored in zip(evaluated, recorded, strict=True)],
             # Distinct over the request: events of one delivery planning the same link plan one.
             len(
                 {
@@ -395,6 +401,20 @@ class Service:
 
     # -- background work ------------------------------------------------------
 
+    def evaluate_deferred(self, limit: int = 20) -> int:
+        """Evaluate up to `limit` stored events whose webhook deferred their evaluation, with the
+        rules in force, and plan their links; return how many were taken (0 while no rules are
+        loaded: they wait). Each event has the searches of a webhook of its own."""
+        ruleset = self.rules.current()
+        if ruleset is None:
+            return 0
+        rows = self.store.deferred_events(limit)
+        for row in rows:
+            event = event_from_row(row)
+            [evaluation] = ruleset.evaluate_webhook([event])
+            self.store.settle_deferred(row["id"], event, evaluation, dry_run=self.settings.dry_run)
+        return len(rows)
+
     def new_worker(self) -> DeliveryWorker:
         if self.client is None:
             raise NotReadyError(f"caselink runs in dry-run ({self.settings.dry_run_reason}); nothing is delivered")
@@ -406,7 +426,9 @@ class Service:
         if not self.settings.in_process_worker:
             return
         if self.housekeeper is None:
-            self.housekeeper = Housekeeper(self.store, self.settings.event_retention)
+            self.housekeeper = Housekeeper(
+                self.store, self.settings.event_retention, evaluate_deferred=self.evaluate_deferred
+            )
             self.housekeeper.start()
         if self.worker is None and self.client is not None:
             self.worker = self.new_worker()
@@ -419,8 +441,9 @@ class Service:
             self.worker.stop(grace)
 
 
-def _answer(stored: RecordedEvent) -> dict[str, Any]:
-    """One event of a webhook's answer; `dedup_conflict` only where it is true, so the usual answer stays short."""
+def _answer(stored: RecordedEvent, deferred: bool = False) -> dict[str, Any]:
+    """One event of a webhook's answer; `dedup_conflict` and `evaluation` only where they say
+    something, so the usual answer stays short."""
     answer: dict[str, Any] = {
         "id": stored.id,
         "kind": stored.kind,
@@ -430,6 +453,9 @@ def _answer(stored: RecordedEvent) -> dict[str, Any]:
     }
     if stored.dedup_conflict:
         answer["dedup_conflict"] = True
+    if deferred and not stored.duplicate:
+        # Stored; its rules run beside delivery (Service.evaluate_deferred), and its links are planned then.
+        answer["evaluation"] = "deferred"
     return answer
 
 

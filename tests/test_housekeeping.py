@@ -138,3 +138,38 @@ def test_a_round_that_only_keeps_events_logs_at_debug_and_a_deletion_at_info(sto
 
     pruned = [(r.levelno, r.fields["deleted"]) for r in caplog.records if r.message == "events pruned"]
     assert pruned == [(logging.DEBUG, 0), (logging.INFO, 2), (logging.DEBUG, 0)]
+
+
+def test_a_round_evaluates_the_deferred_events_in_batches_before_it_counts_them(store):
+    from caselink.rules import Evaluation
+    from tests.store.builders import event
+
+    ids = [
+        stored.id
+        for stored in store.record(
+            [(event(f"late{n}"), Evaluation.deferral("later")) for n in range(5)],
+            ruleset="x",
+            dry_run=False,
+            now=NOW - DAY,
+        )
+    ]
+    asked: list[int] = []
+
+    def evaluate_deferred(limit: int) -> int:
+        asked.append(limit)
+        rows = store.deferred_events(limit)
+        for row in rows:
+            store.settle_deferred(row["id"], event(row["dedup_key"]), planning(("r1", causes())), dry_run=False)
+        return len(rows)
+
+    keeper = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW, evaluate_deferred=evaluate_deferred)
+    keeper.evaluate_batch = 2
+    keeper.pause = 0.0
+
+    report = keeper.round()
+
+    assert (report.evaluated, report.counted) == (5, 5)
+    assert asked == [2, 2, 2]
+    assert store.deferred_events() == []
+    assert store.rule_stats(None)["r1"].matched == 5
+    assert stored_ids(store) == ids

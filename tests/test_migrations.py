@@ -125,7 +125,7 @@ def test_events_stored_before_digests_keep_an_empty_digest_and_a_downgrade_keeps
                 " '', '', '', '{}', 1.0, 'abc', '[]', 0)"
             )
         )
-    migrations.upgrade(engine, "0003")
+    migrations.upgrade(engine)
     store = Store(url)
     [old] = store.list_events()
     assert (store.get_event(old["id"])["digest"], store.get_event(old["id"])["dedup_conflict"]) == ("", False)
@@ -169,10 +169,14 @@ def test_traces_stored_in_full_are_compacted_by_0005_when_their_rule_set_is_in_f
         # Made by rules whose text nobody kept: left in full.
         "k3": (other.digest, other.evaluate_linear(incident("k3")).trace()),
     }
+    # The events table as 0004 left it: without the columns later revisions add.
+    events_0004 = sa.Table(
+        "events", sa.MetaData(), *(column._copy() for column in events.c if column.name != "deferred")
+    )
     with engine.begin() as connection:
         for key, (digest, trace) in made.items():
             row = traces_row(incident(key))
-            connection.execute(events.insert().values(**row, ruleset=digest, trace=trace))
+            connection.execute(events_0004.insert().values(**row, ruleset=digest, trace=trace))
 
     migrations.upgrade(engine, rule_set=ruleset)
 

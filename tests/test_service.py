@@ -139,3 +139,73 @@ def test_the_events_of_one_webhook_share_a_search_budget_so_a_big_group_cannot_h
     assert len(answer.json["events"]) == 80
     # The 80 searches take about two seconds together; the webhook's budget is half a second.
     assert cpu < 1.2
+
+
+def test_a_webhook_whose_events_cost_more_than_a_request_may_spend_is_stored_whole_and_evaluated_beside_delivery(
+    settings, tmp_path
+):
+    # 4,000 cheap rules against a group of 800 alerts: ~3 s of evaluation (59 s for a tester's
+    # 9,999 rules and 2,000 alerts) before the answer, while the sender waits and then retries.
+    from app import create_app
+    from caselink.rules import EVALUATION_SECONDS_PER_WEBHOOK
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n"
+        + "".join(
+            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
+            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
+            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
+            " child: {type: CASE, id: OPS-1}}\n"
+            for index in range(4000)
+        ),
+        encoding="utf-8",
+    )
+    application = create_app(
+        replace(settings, rules_file=rules, webhook_secrets={"alertmanager": (Secret(WEBHOOK_SECRET),)})
+    )
+    service = application.extensions["caselink"]
+    migrations.upgrade(service.store.engine)
+    group = json.loads((ROOT / "tests/fixtures/alertmanager/firing-group.json").read_text())
+    alert = group["alerts"][0]
+    group["alerts"] = [
+        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": f"disk full <{n % 4000}>"}}
+        for n in range(800)
+    ]
+    client = application.test_client()
+
+    started = time.thread_time()
+    answer = client.post("/webhooks/alertmanager", json=group, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"})
+    cpu = time.thread_time() - started
+
+    assert answer.status_code == 202, answer.json
+    evaluated = [event for event in answer.json["events"] if "evaluation" not in event]
+    deferred = [event for event in answer.json["events"] if event.get("evaluation") == "deferred"]
+    assert len(evaluated) + len(deferred) == 800
+    assert evaluated
+    assert deferred
+    assert all(event["links_planned"] == 1 for event in evaluated)
+    assert all(event["links_planned"] == 0 for event in deferred)
+    assert cpu < EVALUATION_SECONDS_PER_WEBHOOK + 1.0
+    waiting = service.store.get_event(deferred[0]["id"])["rules"]
+    assert [entry["outcome"] for entry in waiting] == ["deferred"]
+    assert "housekeeping evaluates" in waiting[0]["reason"]
+    # Per-rule statistics wait for the deferred events rather than count them as matching nothing.
+    service.store.count_rule_stats(limit=1000)
+    assert sum(stats.matched for stats in service.store.rule_stats(None).values()) == len(evaluated)
+
+    while service.evaluate_deferred(100):
+        pass
+
+    assert service.store.deferred_events() == []
+    # One distinct link for each alert, planned in the request or beside delivery.
+    assert sum(service.store.count_links().values()) == 800
+    for event in deferred[:20]:
+        record = service.store.get_event(event["id"])
+        assert [entry["rule"] for entry in record["rules"] if entry["outcome"] == "matched"] == [
+            f"r{record['title'].rsplit('<', 1)[1].rstrip('>')}"
+        ]
+        assert len(record["links"]) == 1
+    service.store.count_rule_stats(limit=1000)
+    assert sum(stats.matched for stats in service.store.rule_stats(None).values()) == 800
+    service.store.dispose()

@@ -14,6 +14,7 @@ One module per concern, in the order a rules file goes through them:
 The names below are the package's public face; callers import them from `caselink.rules`.
 """
 
+from caselink.rules.evaluation import EVALUATION_SECONDS_PER_WEBHOOK
 from caselink.rules.evaluation import Evaluation
 from caselink.rules.evaluation import RuleOutcome
 from caselink.rules.evaluation import RuleSet
@@ -34,6 +35,7 @@ from caselink.rules.model import Rule
 from caselink.rules.model import did_you_mean
 
 __all__ = [
+    "EVALUATION_SECONDS_PER_WEBHOOK",
     "MODES",
     "OPERATORS",
     "Condition",

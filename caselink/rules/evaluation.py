@@ -8,6 +8,7 @@ the store writes in the same transaction as the event.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from caselink.events import Event
+from caselink.regex import SEARCH_SECONDS_PER_WEBHOOK
 from caselink.regex import SearchBudgetSpent
 from caselink.regex import search_budget
 from caselink.rules.index import RuleIndex
@@ -26,13 +28,21 @@ from caselink.rules.model import PlannedLink
 from caselink.rules.model import Rule
 from caselink.rules.model import cut
 
+# What one webhook's events may spend on their evaluation inside its request, in seconds of the
+# request thread's CPU time. Each rule is cheap, but rules × events is not bounded by either:
+# 9,999 `contains` rules against an Alertmanager group of 2,000 alerts took 59 s before its
+# answer, and the sender retried it. The events past this are stored all the same, marked
+# deferred, and housekeeping evaluates them beside delivery (caselink.housekeeping).
+EVALUATION_SECONDS_PER_WEBHOOK = 1.0
+DEFERRED = "deferred"
+
 
 @dataclass
 class RuleOutcome:
     """What one rule did with one event; the explain record is a list of these."""
 
     rule: str
-    outcome: str  # matched | not_matched | not_applicable | disabled | skipped
+    outcome: str  # matched | not_matched | not_applicable | disabled | skipped | deferred
     reason: str | None = None
     links: list[PlannedLink] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -87,6 +97,16 @@ class Evaluation:
             else [outcome for outcome in outcomes or () if outcome.outcome == "matched"]
         )
         self.ruleset = ruleset
+
+    @classmethod
+    def deferral(cls, reason: str) -> Evaluation:
+        """An event not evaluated yet: no rule asked, no link planned, and `reason` in its trace."""
+        return cls([RuleOutcome("(every rule)", DEFERRED, reason)])
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the event waits for its evaluation (see EVALUATION_SECONDS_PER_WEBHOOK)."""
+        return self._outcomes is not None and any(outcome.outcome == DEFERRED for outcome in self._outcomes)
 
     @property
     def outcomes(self) -> list[RuleOutcome]:
@@ -153,6 +173,29 @@ class RuleSet:
         rules = self.rules
         given = {**matched, **unsearched}
         return Evaluation(matched=matched, explain=lambda: explain(rules, event, given), ruleset=self)
+
+    def evaluate_webhook(
+        self, events: Sequence[Event], seconds: float = EVALUATION_SECONDS_PER_WEBHOOK
+    ) -> list[Evaluation]:
+        """Each of one webhook's events evaluated, in order, until they have used `seconds` of this
+        thread's CPU time; the rest are deferred (Evaluation.deferral). The first is always
+        evaluated: one event's cost is bounded by the rule cap and its own search budget. Their
+        searches share SEARCH_SECONDS_PER_WEBHOOK as well as each its event's."""
+        started = time.thread_time()
+        evaluations: list[Evaluation] = []
+        with search_budget(SEARCH_SECONDS_PER_WEBHOOK):
+            for event in events:
+                if evaluations and time.thread_time() - started > seconds:
+                    break
+                evaluations.append(self.evaluate(event))
+        if len(evaluations) < len(events):
+            reason = (
+                f"not evaluated yet: this webhook's first {len(evaluations)} of {len(events)} events used"
+                f" its {seconds:g} s of evaluation time; housekeeping evaluates this one with the rules"
+                " in force, and plans its links then"
+            )
+            evaluations.extend(Evaluation.deferral(reason) for _ in events[len(evaluations) :])
+        return evaluations
 
     def evaluate_linear(self, event: Event) -> Evaluation:
         """Every rule asked in turn: what `evaluate` must agree with, and the reference for its tests."""

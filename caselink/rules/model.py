@@ -282,7 +282,8 @@ def _failure(item: Condition | Group, fields: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class RefSpec:
-    """One side of a rule's link: the event's entity, a template, or what a regex finds."""
+    """One side of a rule's link: the event's entity, a constant id (`template_text` alone), a
+    template, or what a regex finds."""
 
     where: str
     type: str | None = None
@@ -323,7 +324,9 @@ class RefSpec:
                 problems.append(f"{self.where}.id: template failed: {type(exc).__name__}: {cut(str(exc))}")
                 return []
             return _checked_refs(self.type, [rendered], self.where, problems)
-        assert self.pattern is not None
+        if self.pattern is None:
+            assert self.template_text is not None
+            return _checked_refs(self.type, [self.template_text], self.where, problems)  # a constant id
         tokens: dict[str, None] = {}
         try:
             self._find(self.pattern, names, tokens, problems)

@@ -532,16 +532,25 @@ class Validator:
         if not isinstance(template_text, str) or not template_text.strip():
             self.problem(line, f"{where}.id must be text (a UUID, a case key or a template)")
             return None
-        template = self.template(template_text, line, f"{where}.id")
-        if template is None or type_ not in ENTITY_TYPES:
-            return None
         if not any(mark in template_text for mark in _TEMPLATE_MARKS):
-            # A constant id can be checked now rather than failing on every event.
+            # A constant id is no template (nor counted as one: a file may link a thousand rules
+            # to a thousand cases), and can be checked now rather than failing on every event.
+            if type_ not in ENTITY_TYPES:
+                return None
+            if len(template_text) > MAX_SOURCE:
+                self.problem(
+                    line, f"{where}.id is {len(template_text):,} characters; an id may hold at most {MAX_SOURCE:,}"
+                )
+                return None
             try:
                 EntityRef.checked(type_, template_text)
             except ValueError as exc:
                 self.problem(line, f"{where}.id: {exc}")
                 return None
+            return RefSpec(where, type_, template_text=template_text)
+        template = self.template(template_text, line, f"{where}.id")
+        if template is None or type_ not in ENTITY_TYPES:
+            return None
         return RefSpec(where, type_, template=template, template_text=template_text)
 
     def find_ref(self, raw: Mapping[str, Any], where: str, type_: Any) -> RefSpec | None:

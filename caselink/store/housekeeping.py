@@ -74,21 +74,23 @@ class Housekeeping(Database):
         a crash at any point. On PostgreSQL, ids are taken before commit, so an
         event is counted only `settle` seconds after it was received (default
         30 s, gunicorn's request timeout): an event with a lower id cannot commit
-        after the watermark passed it.
+        after the watermark passed it. Counting stops at an event whose evaluation is
+        deferred, until it is evaluated.
         """
         now = time.time() if now is None else now
         settle = (0.0 if self.dialect == "sqlite" else 30.0) if settle is None else settle
         with self.transaction(write=False) as connection:
             mark = int(connection.execute(_WATERMARK).scalar() or 0)
             rows = connection.execute(
-                sa.select(events.c.id, events.c.received_at, events.c.trace)
+                sa.select(events.c.id, events.c.received_at, events.c.trace, events.c.deferred)
                 .where(events.c.id > mark)
                 .order_by(events.c.id)
                 .limit(limit)
             ).all()
         counted = []
         for row in rows:
-            if row.received_at > now - settle:
+            # A deferred event is counted once evaluated (caselink.housekeeping evaluates it first).
+            if row.received_at > now - settle or row.deferred:
                 break
             counted.append(row)
         if not counted:

@@ -252,6 +252,34 @@ class Ingest(Database):
             cursor.execute(sql.notify.sql)
         return due
 
+    def deferred_events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Up to `limit` stored events whose evaluation was deferred (`events.deferred`), oldest
+        first, each as the events table keeps it (caselink.traces.event_from_row reads it)."""
+        query = sa.select(events).where(events.c.deferred).order_by(events.c.id).limit(limit)
+        with self.transaction(write=False) as connection:
+            return [dict(row._mapping) for row in connection.execute(query).all()]
+
+    def settle_deferred(self, event_id: int, event: Event, evaluation: Evaluation, *, dry_run: bool) -> bool:
+        """Store a deferred event's evaluation and plan its links, in one transaction; False (and
+        nothing written) when another process settled it first."""
+        now = time.time()
+        if evaluation.ruleset is not None and evaluation.ruleset.digest not in self._stored_rule_sets:
+            self._store_rule_set(evaluation.ruleset, now)
+        settle = self._statements.settle_deferred
+        values = {
+            "id": event_id,
+            "trace": jsontext.dumps(traces.stored_form(event, evaluation)),
+            "links_planned": len(evaluation.links),
+        }
+        with self._raw_transaction() as cursor:
+            cursor.execute(settle.sql, settle.params(values))
+            if cursor.rowcount == 0:
+                return False
+            due = self._plan_links(cursor, _event_link_rows(evaluation, dry_run, now), now)
+        if due:
+            self._wake.send()
+        return True
+
     def add_plans(self, event_id: int, planned: Sequence[tuple[Any, Any]], *, dry_run: bool, note: str) -> None:
         """Plan more links for a stored event (`replay --apply`) and say so in its trace."""
         now = time.time()
@@ -456,7 +484,7 @@ _ROWS_PER_INSERT = 500
 _EVENT_COLUMNS = (
     "source", "dedup_key", "kind", "entity_type", "entity_id", "title", "message", "severity", "priority",
     "status", "url", "tags", "occurred_at", "payload", "problem", "received_at", "ruleset", "trace", "links_planned",
-    "digest", "dedup_conflict",
+    "deferred", "digest", "dedup_conflict",
 )  # fmt: skip
 # What each row of the INSERT binds, in order: its columns, then the key that dedup_conflict looks up.
 _EVENT_BINDS = (*((column, column) for column in _EVENT_COLUMNS), ("same_source", "source"), ("same_key", "dedup_key"))
@@ -489,6 +517,10 @@ class _Statements:
         self.insert_link = statement(
             f"INSERT INTO links ({', '.join(_LINK_COLUMNS)}) VALUES ({', '.join(':' + c for c in _LINK_COLUMNS)})"  # noqa: S608 - constant column names; values are bound
             " ON CONFLICT DO NOTHING"
+        )
+        self.settle_deferred = statement(
+            "UPDATE events SET trace = :trace, links_planned = :links_planned, deferred = false"
+            " WHERE id = :id AND deferred"
         )
         self.any_dormant = statement("SELECT 1 FROM links WHERE state = 'dry_run' LIMIT 1")
         wake = "UPDATE links SET state = 'pending', next_attempt_at = :now, updated_at = :now WHERE state = 'dry_run'"
@@ -557,6 +589,7 @@ def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -
         "ruleset": ruleset,
         "trace": jsontext.dumps(traces.stored_form(event, evaluation)),
         "links_planned": len(evaluation.links),
+        "deferred": evaluation.deferred,
         # What the event was built from: the payload as stored, unless the handler says otherwise.
         "digest": event.digest or hashlib.sha256(payload.encode()).hexdigest(),
         "dedup_conflict": False,

@@ -242,3 +242,30 @@ def test_an_event_plans_at_most_a_hundred_links_all_rules_together_and_says_whic
         "link: more than 100 links for one event, all rules together; 1 of this rule's are not planned"
     ]
     assert [o.as_dict() for o in evaluation.outcomes] == [o.as_dict() for o in rules.evaluate_linear(event).outcomes]
+
+
+# -- a webhook's events: evaluated within its time, the rest deferred ------------------------------
+
+
+def test_a_webhooks_events_past_its_evaluation_time_are_deferred_with_no_link_and_a_reason():
+    rules = ruleset(a_rule())
+    events = [an_event(title=f"OPS-{n}") for n in range(5)]
+
+    evaluations = rules.evaluate_webhook(events, seconds=0.0)
+
+    # The first event is always evaluated: one event's cost is bounded on its own.
+    assert [evaluation.deferred for evaluation in evaluations] == [False, True, True, True, True]
+    assert [len(evaluation.links) for evaluation in evaluations] == [1, 0, 0, 0, 0]
+    [waiting] = evaluations[1].trace()
+    assert waiting["outcome"] == "deferred"
+    assert waiting["reason"].startswith("not evaluated yet: this webhook's first 1 of 5 events used its 0 s")
+
+
+def test_a_webhooks_events_within_its_evaluation_time_are_each_evaluated_as_alone():
+    rules = ruleset(a_rule())
+    events = [an_event(title=f"OPS-{n}") for n in range(5)]
+
+    together = rules.evaluate_webhook(events)
+
+    assert not any(evaluation.deferred for evaluation in together)
+    assert [evaluation.links for evaluation in together] == [rules.evaluate(event).links for event in events]

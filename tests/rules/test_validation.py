@@ -577,3 +577,23 @@ def test_a_rule_that_can_never_meet_a_case_is_not_loaded_by_a_running_service(tm
 
     assert [rule.name for rule in live.current().rules] == ["good"]
     assert "link can never have a CASE side" in live.error.problems[0]
+
+
+def test_constant_ids_are_not_templates_so_a_file_may_link_a_thousand_rules_to_a_thousand_cases():
+    from caselink.templates import MAX_TEMPLATES_PER_FILE
+
+    count = MAX_TEMPLATES_PER_FILE * 5
+    rules = ruleset(
+        *(
+            a_rule(
+                f"r{n}", link={"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": f"OPS-{n}"}}
+            )
+            for n in range(count)
+        )
+    )
+
+    assert len(rules.rules) == count
+    # Each rule plans its own case (up to the links one event may plan).
+    links = rules.evaluate(an_event(title="x")).links
+    assert [link.child.id for link in links[:3]] == ["OPS-0", "OPS-1", "OPS-2"]
+    assert len({link.child.id for link in links}) == len(links) == 100

@@ -398,3 +398,39 @@ def test_a_retry_of_an_event_stored_before_digests_is_stored_once_more_and_is_no
     assert f"#{old.id}, which predates content digests" in record["dedup"]
     assert "different content" not in record["dedup"]
     assert len(store.list_links()) == 1
+
+
+# -- deferred evaluations -------------------------------------------------------------------------
+
+
+def test_a_deferred_event_is_stored_without_links_and_settled_once_with_its_links(store):
+    from caselink.rules import Evaluation
+
+    [stored] = store.record([(event("late"), Evaluation.deferral("not evaluated yet"))], ruleset="x", dry_run=False)
+    assert [row["id"] for row in store.deferred_events()] == [stored.id]
+    assert store.list_links() == []
+
+    settled = store.settle_deferred(stored.id, event("late"), planning(("r1", causes())), dry_run=False)
+    again = store.settle_deferred(stored.id, event("late"), planning(("r2", causes(case="OPS-9"))), dry_run=False)
+
+    assert (settled, again) == (True, False)
+    assert store.deferred_events() == []
+    assert [link["child"] for link in store.list_links()] == ["CASE:OPS-42"]
+    assert store.get_event(stored.id)["links_planned"] == 1
+    assert [entry["rule"] for entry in store.get_event(stored.id)["rules"]] == ["r1"]
+
+
+def test_per_rule_statistics_wait_for_a_deferred_event_and_count_it_once_settled(store):
+    from caselink.rules import Evaluation
+
+    store.record([(event("first"), planning(("r1", causes())))], ruleset="x", dry_run=False, now=1.0)
+    [late] = store.record([(event("late"), Evaluation.deferral("later"))], ruleset="x", dry_run=False, now=2.0)
+    store.record([(event("after"), planning(("r1", causes())))], ruleset="x", dry_run=False, now=3.0)
+
+    assert store.count_rule_stats(now=100.0, settle=0.0) == 1
+    assert store.count_rule_stats(now=100.0, settle=0.0) == 0
+
+    store.settle_deferred(late.id, event("late"), planning(("r1", causes())), dry_run=False)
+
+    assert store.count_rule_stats(now=100.0, settle=0.0) == 2
+    assert store.rule_stats(None)["r1"].matched == 3
