@@ -7,7 +7,8 @@ A trace is stored in one of two forms:
 - the compact form, `{"rule_set": DIGEST, "matched": [{"index": N, …outcome}], "added": […]}`:
   the rules that matched, with their links and problems in full, and a reference to the
   rule set (the `rule_sets` table keeps its text). `added` holds what `replay --apply`
-  planned later.
+  planned later; `unsearched`, when there are any, the rules whose search the event's budget
+  refused (`{"index": N, "rule": NAME, "reason": "not searched: …"}`).
 
 `render` turns either into the full list, in the same sentences as the evaluation gave:
 the rules that did not match are asked again, against the stored rule set and the event
@@ -44,10 +45,16 @@ def stored_form(event: Event, evaluation: Evaluation) -> list[dict[str, Any]] | 
     ruleset = evaluation.ruleset
     if ruleset is None or not ruleset.text or not ruleset.digest or not _kept_whole(event):
         return evaluation.trace()
-    return {
+    stored: dict[str, Any] = {
         "rule_set": ruleset.digest,
         "matched": [_entry(position, outcome.as_dict()) for position, outcome in evaluation.positions.items()],
     }
+    if evaluation.unsearched:
+        # Read again later with a budget of their own, their searches could hold: keep why they did not.
+        stored["unsearched"] = [
+            _entry(position, outcome.as_dict()) for position, outcome in evaluation.unsearched.items()
+        ]
+    return stored
 
 
 def _entry(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +113,8 @@ def render(stored: Any, event: Event, ruleset: RuleSet | None) -> list[dict[str,
         }
         return [*entries, unknown, *stored.get("added", ())]
     matched = {int(entry["index"]): _outcome(entry) for entry in stored.get("matched", ())}
+    for entry in stored.get("unsearched", ()):
+        matched[int(entry["index"])] = RuleOutcome(str(entry["rule"]), "not_matched", entry.get("reason"))
     return [outcome.as_dict() for outcome in explain(ruleset.rules, event, matched)] + list(stored.get("added", ()))
 
 

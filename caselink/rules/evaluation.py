@@ -73,8 +73,9 @@ class RuleOutcome:
 class Evaluation:
     """What a rule set did with one event: the rules that matched, and every rule's outcome.
 
-    An indexed evaluation knows only the rules that matched; the others' outcomes (the
-    explain record) are made when first asked for, from the rule set and the event.
+    An indexed evaluation knows only the rules that matched and those its search budget left
+    undecided; the others' outcomes (the explain record) are made when first asked for, from
+    the rule set and the event.
     `ruleset` is the rule set evaluated, when the trace may refer to it rather than list it.
     """
 
@@ -83,6 +84,7 @@ class Evaluation:
         outcomes: list[RuleOutcome] | None = None,
         *,
         matched: Mapping[int, RuleOutcome] | None = None,
+        unsearched: Mapping[int, RuleOutcome] | None = None,
         explain: Callable[[], list[RuleOutcome]] | None = None,
         ruleset: RuleSet | None = None,
     ) -> None:
@@ -91,6 +93,9 @@ class Evaluation:
         self._outcomes = outcomes
         self._explain = explain
         self.positions: dict[int, RuleOutcome] = dict(matched or {})
+        # The rules whose conditions the event's search budget left undecided, by position: asked
+        # again when the record is read, under a budget of its own, they could hold.
+        self.unsearched: dict[int, RuleOutcome] = dict(unsearched or {})
         self._matched = (
             list(self.positions.values())
             if matched is not None
@@ -172,7 +177,9 @@ class RuleSet:
                     break
         rules = self.rules
         given = {**matched, **unsearched}
-        return Evaluation(matched=matched, explain=lambda: explain(rules, event, given), ruleset=self)
+        return Evaluation(
+            matched=matched, unsearched=unsearched, explain=lambda: explain(rules, event, given), ruleset=self
+        )
 
     def evaluate_webhook(
         self, events: Sequence[Event], seconds: float = EVALUATION_SECONDS_PER_WEBHOOK

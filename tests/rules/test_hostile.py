@@ -846,3 +846,32 @@ def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_no
 
     assert outcomes["second"].outcome == "not_matched"
     assert "not searched" in outcomes["second"].reason
+
+
+def test_a_rule_whose_search_the_budget_refused_is_read_back_from_the_stored_trace_as_not_searched():
+    # Read again with a fresh budget, the second rule's search would run and its condition hold:
+    # the stored trace keeps what evaluation decided, not what a later read would.
+    import json
+
+    from caselink import traces
+
+    fields = [f"payload.big{n}" for n in range(40)]
+    rules = ruleset(
+        a_rule(
+            "slow",
+            link={
+                "relationship": "CAUSES",
+                "parent": "event",
+                "child": {"type": "CASE", "find": {"in": fields, "pattern": SLOW_ON_AB}},
+            },
+        ),
+        a_rule("second", when=[{"field": "title", "matches": "down"}]),
+    )
+    event = an_event(title="db down", payload={f"big{n}": AB[:4096] for n in range(40)})
+    stored = json.loads(json.dumps(traces.stored_form(event, rules.evaluate(event))))
+
+    read = {entry["rule"]: entry for entry in traces.render(stored, event, rules)}
+
+    assert [entry["rule"] for entry in stored["unsearched"]] == ["second"]
+    assert read["second"]["outcome"] == "not_matched"
+    assert read["second"]["reason"].startswith("not searched: ")
