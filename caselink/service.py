@@ -409,10 +409,12 @@ class Service:
         if ruleset is None:
             return 0
         rows = self.store.deferred_events(limit)
+        settled = []
         for row in rows:
             event = event_from_row(row)
             [evaluation] = ruleset.evaluate_webhook([event])
-            self.store.settle_deferred(row["id"], event, evaluation, dry_run=self.settings.dry_run)
+            settled.append((row["id"], event, evaluation))
+        self.store.settle_deferred(settled, dry_run=self.settings.dry_run)
         return len(rows)
 
     def new_worker(self) -> DeliveryWorker:

@@ -42,8 +42,11 @@ def alertmanager_binary() -> str:
     pytest.skip(reason)
 
 
-def start_alertmanager(stack, binary: str, caselink_url: str, tmp_path: Path) -> str:
-    """Alertmanager on a free loopback port, re-sending every alert to caselink every half second; its URL."""
+def start_alertmanager(
+    stack, binary: str, caselink_url: str, tmp_path: Path, *, group_wait: str = "100ms", repeat_interval: str = "100ms"
+) -> str:
+    """Alertmanager on a free loopback port, re-sending every alert to caselink every half second
+    (at most every `repeat_interval`); its URL."""
     config = tmp_path / "alertmanager.yml"
     config.write_text(
         json.dumps(
@@ -51,9 +54,9 @@ def start_alertmanager(stack, binary: str, caselink_url: str, tmp_path: Path) ->
                 "route": {
                     "receiver": "caselink",
                     "group_by": ["alertname"],
-                    "group_wait": "100ms",
+                    "group_wait": group_wait,
                     "group_interval": "500ms",
-                    "repeat_interval": "100ms",
+                    "repeat_interval": repeat_interval,
                 },
                 "receivers": [
                     {
@@ -156,3 +159,55 @@ def test_alertmanager_repeats_are_duplicates_and_a_repeat_with_changed_annotatio
     wait_for(lambda: repeats_answered() >= answered + 2, timeout=10, message="two more plain repeats")
     assert len(stored()) == 3
     assert count(web, "caselink_dedup_conflicts_total", source="alertmanager") == 1
+
+
+def test_a_group_that_costs_more_to_evaluate_than_a_request_may_is_answered_at_once_and_linked_beside_delivery(
+    stack, tmp_path
+):
+    # 4,000 rules against one notification of 800 alerts: ~3 s of evaluation before the answer
+    # (59 s for 9,999 rules and 2,000 alerts, while Alertmanager waited and then sent it again).
+    binary = alertmanager_binary()
+    alerts = 800
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n"
+        + "".join(
+            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
+            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
+            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
+            " child: {type: CASE, id: OPS-42}}\n"
+            for index in range(4000)
+        ),
+        encoding="utf-8",
+    )
+    for index in range(alerts):
+        stack.fake.add_case(f"AM-{index}")
+    web = stack.service(ALERTMANAGER_WEBHOOK_SECRET=SECRET, RULES_FILE=str(rules))
+    sender = start_alertmanager(stack, binary, web.url, tmp_path, group_wait="2s", repeat_interval="1h")
+    # Started now: Alertmanager sends a group at once, before group_wait, when an alert of it is older.
+    starts = datetime.now(UTC).replace(microsecond=0)
+
+    posted = requests.post(
+        f"{sender}/api/v2/alerts",
+        json=[alert(f"db-{index}", f"Disk full <{index}>", starts) for index in range(alerts)],
+        timeout=10,
+    )
+    assert posted.status_code == 200, posted.text
+
+    wait_for(
+        lambda: count(web, "caselink_webhooks_total", source="alertmanager", status="202") == 1,
+        timeout=20,
+        message="the group answered",
+    )
+    # One notification held the whole group (group_wait), and some of its events were deferred.
+    assert count(web, "caselink_events_total", source="alertmanager", outcome="new") == alerts
+    deferred = count(web, "caselink_events_deferred_total", source="alertmanager")
+    assert 0 < deferred < alerts
+    # Every alert's link reaches Datadog: those evaluated in the request first, the rest once
+    # housekeeping has evaluated them.
+    wait_for(lambda: len(stack.fake.creations()) >= alerts, timeout=120, message="every alert's link created")
+    assert len(stack.fake.link_counts()) == alerts
+    assert set(stack.fake.link_counts().values()) == {1}
+    # Answered once: Alertmanager did not time out and send the group again.
+    assert count(web, "caselink_webhooks_total", source="alertmanager", status="202") == 1
+    assert count(web, "caselink_webhooks_total", source="alertmanager", status="200") == 0

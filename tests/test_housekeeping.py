@@ -158,8 +158,9 @@ def test_a_round_evaluates_the_deferred_events_in_batches_before_it_counts_them(
     def evaluate_deferred(limit: int) -> int:
         asked.append(limit)
         rows = store.deferred_events(limit)
-        for row in rows:
-            store.settle_deferred(row["id"], event(row["dedup_key"]), planning(("r1", causes())), dry_run=False)
+        store.settle_deferred(
+            [(row["id"], event(row["dedup_key"]), planning(("r1", causes()))) for row in rows], dry_run=False
+        )
         return len(rows)
 
     keeper = Housekeeper(store, retention=30 * DAY, clock=lambda: NOW, evaluate_deferred=evaluate_deferred)

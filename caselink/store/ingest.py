@@ -259,26 +259,31 @@ class Ingest(Database):
         with self.transaction(write=False) as connection:
             return [dict(row._mapping) for row in connection.execute(query).all()]
 
-    def settle_deferred(self, event_id: int, event: Event, evaluation: Evaluation, *, dry_run: bool) -> bool:
-        """Store a deferred event's evaluation and plan its links, in one transaction; False (and
-        nothing written) when another process settled it first."""
+    def settle_deferred(self, settled: Sequence[tuple[int, Event, Evaluation]], *, dry_run: bool) -> int:
+        """Store deferred events' evaluations, given as (event id, event, evaluation), and plan their
+        links, in one transaction; return how many were settled here (not by another process first)."""
         now = time.time()
-        if evaluation.ruleset is not None and evaluation.ruleset.digest not in self._stored_rule_sets:
-            self._store_rule_set(evaluation.ruleset, now)
+        for _, _, evaluation in settled:
+            if evaluation.ruleset is not None and evaluation.ruleset.digest not in self._stored_rule_sets:
+                self._store_rule_set(evaluation.ruleset, now)
         settle = self._statements.settle_deferred
-        values = {
-            "id": event_id,
-            "trace": jsontext.dumps(traces.stored_form(event, evaluation)),
-            "links_planned": len(evaluation.links),
-        }
+        count = 0
+        due = False
         with self._raw_transaction() as cursor:
-            cursor.execute(settle.sql, settle.params(values))
-            if cursor.rowcount == 0:
-                return False
-            due = self._plan_links(cursor, _event_link_rows(evaluation, dry_run, now), now)
+            for event_id, event, evaluation in settled:
+                values = {
+                    "id": event_id,
+                    "trace": jsontext.dumps(traces.stored_form(event, evaluation)),
+                    "links_planned": len(evaluation.links),
+                }
+                cursor.execute(settle.sql, settle.params(values))
+                if cursor.rowcount == 0:
+                    continue  # settled by another process
+                count += 1
+                due = self._plan_links(cursor, _event_link_rows(evaluation, dry_run, now), now) or due
         if due:
             self._wake.send()
-        return True
+        return count
 
     def add_plans(self, event_id: int, planned: Sequence[tuple[Any, Any]], *, dry_run: bool, note: str) -> None:
         """Plan more links for a stored event (`replay --apply`) and say so in its trace."""

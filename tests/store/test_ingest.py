@@ -410,10 +410,10 @@ def test_a_deferred_event_is_stored_without_links_and_settled_once_with_its_link
     assert [row["id"] for row in store.deferred_events()] == [stored.id]
     assert store.list_links() == []
 
-    settled = store.settle_deferred(stored.id, event("late"), planning(("r1", causes())), dry_run=False)
-    again = store.settle_deferred(stored.id, event("late"), planning(("r2", causes(case="OPS-9"))), dry_run=False)
+    settled = store.settle_deferred([(stored.id, event("late"), planning(("r1", causes())))], dry_run=False)
+    again = store.settle_deferred([(stored.id, event("late"), planning(("r2", causes(case="OPS-9"))))], dry_run=False)
 
-    assert (settled, again) == (True, False)
+    assert (settled, again) == (1, 0)
     assert store.deferred_events() == []
     assert [link["child"] for link in store.list_links()] == ["CASE:OPS-42"]
     assert store.get_event(stored.id)["links_planned"] == 1
@@ -430,7 +430,7 @@ def test_per_rule_statistics_wait_for_a_deferred_event_and_count_it_once_settled
     assert store.count_rule_stats(now=100.0, settle=0.0) == 1
     assert store.count_rule_stats(now=100.0, settle=0.0) == 0
 
-    store.settle_deferred(late.id, event("late"), planning(("r1", causes())), dry_run=False)
+    store.settle_deferred([(late.id, event("late"), planning(("r1", causes())))], dry_run=False)
 
     assert store.count_rule_stats(now=100.0, settle=0.0) == 2
     assert store.rule_stats(None)["r1"].matched == 3
