@@ -8,9 +8,12 @@ in front of it, taking turns over rounds of webhooks: p50 and p99 of each, and t
 Part 3 serves a rule whose pattern RE2 runs slowly (`[ab]*a[ab]{900}c`, 0.4 s on 64 KiB) and
 posts 32 webhooks at once, each with 8 such values, while asking /healthz every 50 ms: /healthz
 p99 and worst, and how long the webhooks took (with `--baseline`, the older tree's service too).
+Part 4 posts one Alertmanager group of 2,000 alerts against 9,999 cheap rules: how long its answer
+took, /healthz meanwhile, and how long until every alert's link was planned.
 
     python bench/hostile_rules.py                         # about two minutes
     python bench/hostile_rules.py --baseline db0c4b7      # also the older tree (a folder or a revision)
+    python bench/hostile_rules.py --only-costly --baseline e85938c   # part 4 alone
 """
 
 from __future__ import annotations
@@ -281,6 +284,101 @@ def part3(run: harness.Run, baseline: Path | None, rounds: int, webhooks: int) -
     return {"seconds": summary, "rounds": figures}
 
 
+# -- part 4: a group that costs more to evaluate than a request may spend ----------------------
+
+GROUP_FIXTURE = ROOT / "tests" / "fixtures" / "alertmanager" / "firing-group.json"
+AM_SECRET = "bench-alertmanager-token"
+
+
+def costly_rules(workdir: Path, rules: int) -> Path:
+    """`rules` cheap rules, each its own `contains`, all sharing one find: every alert matches one."""
+    path = workdir / "costly.yaml"
+    path.write_text("version: 1\nrules:\n" + "".join(
+        f"  - name: r{n}\n    on: {{source: alertmanager}}\n    when: [{{field: title, contains: '<{n}>'}}]\n"
+        "    link: {relationship: CAUSES, parent: {type: CASE, find: {in: [title], pattern: 'AM-[0-9]+'}},"
+        " child: {type: CASE, id: OPS-1}}\n"
+        for n in range(rules)), encoding="utf-8")
+    return path
+
+
+def costly_group(alerts: int, rules: int) -> bytes:
+    group = json.loads(GROUP_FIXTURE.read_text())
+    alert = group["alerts"][0]
+    group["alerts"] = [{**alert, "fingerprint": f"{time.time_ns():x}{n:06}",
+                        "annotations": {"summary": f"disk full <{n % rules}> AM-{n}"}} for n in range(alerts)]
+    return json.dumps(group).encode()
+
+
+def links_planned(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("caselink_links{")))
+
+
+def part4(run: harness.Run, baseline: Path | None, rules: int, alerts: int, timeout: float) -> dict[str, Any]:
+    """One Alertmanager group of `alerts` alerts against `rules` rules: how long its answer took,
+    /healthz meanwhile, and how long until every alert's link was planned (deferred ones included)."""
+    path = costly_rules(run.workdir, rules)
+    trees = {"now": ROOT, **({"baseline": baseline} if baseline else {})}
+    summary: dict[str, dict[str, Any]] = {}
+    for name, tree in trees.items():
+        port = harness.caselink(f"costly-{name}", run, root=tree, RULES_FILE=path,
+                                ALERTMANAGER_WEBHOOK_SECRET=AM_SECRET)[0].port
+        body = costly_group(alerts, rules)
+        answer: dict[str, Any] = {}
+
+        def send(port: int = port, body: bytes = body, answer: dict[str, Any] = answer) -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            started = time.perf_counter()
+            connection.request("POST", "/webhooks/alertmanager", body,
+                               {"Content-Type": "application/json", "Authorization": f"Bearer {AM_SECRET}"})
+            reply = connection.getresponse()
+            data = json.loads(reply.read())
+            connection.close()
+            answer.update(status=reply.status, seconds=time.perf_counter() - started,
+                          deferred=sum(1 for event in data.get("events", ()) if event.get("evaluation") == "deferred"))
+
+        webhooks: list[float] = []
+        done = threading.Event()
+
+        def others(port: int = port, webhooks: list[float] = webhooks, done: threading.Event = done) -> None:
+            """Another sender's webhook every 0.2 s: what the group and its deferred evaluations cost it."""
+            while not done.is_set():
+                webhooks.append(post(port, incident_body(len(webhooks))))
+                done.wait(0.2)
+
+        def send_and_wait(port: int = port, send: Any = send, started: float = time.perf_counter()) -> None:
+            send()
+            # Scraped once a second: /metrics with 9,999 rules' series is not free.
+            while links_planned(port) < alerts and time.perf_counter() - started < timeout:
+                time.sleep(1.0)
+
+        started = time.perf_counter()
+        other = threading.Thread(target=others)
+        other.start()
+        try:
+            # /healthz while the group is answered and while its deferred events are evaluated.
+            healthz = sorted(healthz_during(port, send_and_wait))
+        finally:
+            done.set()
+            other.join()
+        planned = links_planned(port)
+        summary[name] = {
+            "status": answer.get("status"), "answered after s": round(answer.get("seconds", 0.0), 3),
+            "deferred": answer.get("deferred"), "healthz p99 s": round(harness.percentile(healthz, 99), 3),
+            "healthz max s": round(healthz[-1], 3),
+            "other webhooks p50 s": round(statistics.median(webhooks), 3) if webhooks else None,
+            "other webhooks p99 s": round(harness.percentile(sorted(webhooks), 99), 3) if webhooks else None,
+            "links planned": planned,
+            "every link planned after s": round(time.perf_counter() - started, 3) if planned >= alerts else None,
+        }
+        print(f"{name:10} " + "   ".join(f"{key} {value}" for key, value in summary[name].items()))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="an older tree (a folder or a git revision) to measure too")
@@ -290,20 +388,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--skip-webhooks", action="store_true")
+    parser.add_argument("--costly-rules", type=int, default=9999, help="rules in part 4")
+    parser.add_argument("--costly-alerts", type=int, default=2000, help="alerts in part 4's one group")
+    parser.add_argument("--costly-timeout", type=float, default=300.0)
+    parser.add_argument("--only-costly", action="store_true", help="run part 4 alone")
     harness.add_run_options(parser)
     args = parser.parse_args(argv)
     content: dict[str, Any] = {}
     with harness.Run("hostile-rules", args, argv) as run:
         baseline = harness.source_tree(args.baseline, run.workdir) if args.baseline else None
-        print("== rules check on each hostile file ==")
-        content["rules_check"] = part1(run.workdir, baseline, args.check_timeout)
-        if not args.skip_webhooks:
+        if not args.only_costly:
+            print("== rules check on each hostile file ==")
+            content["rules_check"] = part1(run.workdir, baseline, args.check_timeout)
+        if not args.skip_webhooks and not args.only_costly:
             print(f"== webhook latency through gunicorn: {args.rounds} rounds x {args.requests} webhooks"
                   f" on {args.connections} connections ==")
             content["webhooks"] = part2(run, args.rounds, args.requests, args.connections)
             print(f"== {args.slow_webhooks} webhooks at once, each with {SLOW_FIELDS} values a pattern RE2 runs"
                   f" slowly on; /healthz asked every 50 ms: {args.rounds} rounds ==")
             content["slow_search"] = part3(run, baseline, args.rounds, args.slow_webhooks)
+        if not args.skip_webhooks:
+            print(f"== one Alertmanager group of {args.costly_alerts} alerts against {args.costly_rules} rules;"
+                  " /healthz asked every 50 ms ==")
+            content["costly_group"] = part4(run, baseline, args.costly_rules, args.costly_alerts,
+                                            args.costly_timeout)
     run.write(**content)
 
 

@@ -218,6 +218,8 @@ class Service:
                 metrics.TALLY.count(metrics.DEFERRED, event.source)
                 deferred += 1
         if deferred:
+            if self.housekeeper is not None:
+                self.housekeeper.wake()  # this process evaluates them: at once, not at its next round
             log.warning(
                 "evaluation deferred",
                 extra={"fields": {"source": request.source, "events": len(evaluated), "deferred": deferred}},
