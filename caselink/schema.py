@@ -59,8 +59,8 @@ events = sa.Table(
 sa.Index(
     "ix_events_deferred",
     events.c.id,
-    postgresql_where=events.c.deferred,
-    sqlite_where=events.c.deferred,
+    postgresql_where=events.c.deferred == sa.true(),
+    sqlite_where=events.c.deferred == sa.true(),
 )
 
 links = sa.Table(

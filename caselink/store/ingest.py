@@ -37,6 +37,11 @@ from caselink.store.engine import is_transient
 from caselink.store.queue import NOTIFY_CHANNEL
 
 
+# The events waiting for their evaluation, oldest first. Its condition is ix_events_deferred's,
+# written as it is there: SQLite uses a partial index only for a query that says the same.
+DEFERRED_EVENTS = sa.select(events).where(events.c.deferred == sa.true()).order_by(events.c.id)
+
+
 @dataclass(frozen=True)
 class RecordedEvent:
     """What the store did with one event of a webhook."""
@@ -255,9 +260,8 @@ class Ingest(Database):
     def deferred_events(self, limit: int = 50) -> list[dict[str, Any]]:
         """Up to `limit` stored events whose evaluation was deferred (`events.deferred`), oldest
         first, each as the events table keeps it (caselink.traces.event_from_row reads it)."""
-        query = sa.select(events).where(events.c.deferred).order_by(events.c.id).limit(limit)
         with self.transaction(write=False) as connection:
-            return [dict(row._mapping) for row in connection.execute(query).all()]
+            return [dict(row._mapping) for row in connection.execute(DEFERRED_EVENTS.limit(limit)).all()]
 
     def settle_deferred(self, settled: Sequence[tuple[int, Event, Evaluation]], *, dry_run: bool) -> int:
         """Store deferred events' evaluations, given as (event id, event, evaluation), and plan their

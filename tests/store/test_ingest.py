@@ -434,3 +434,17 @@ def test_per_rule_statistics_wait_for_a_deferred_event_and_count_it_once_settled
 
     assert store.count_rule_stats(now=100.0, settle=0.0) == 2
     assert store.rule_stats(None)["r1"].matched == 3
+
+
+def test_the_deferred_events_are_found_through_their_partial_index_not_a_scan_of_every_event(tmp_path):
+    # SQLite uses a partial index only for a query whose condition is written as the index's is.
+    from caselink.store.ingest import DEFERRED_EVENTS
+
+    store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
+    migrations.upgrade(store.engine)
+    compiled = DEFERRED_EVENTS.limit(50).compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+    with store.engine.connect() as connection:
+        plan = connection.execute(sa.text(f"EXPLAIN QUERY PLAN {compiled}")).all()
+    store.dispose()
+
+    assert any("USING INDEX ix_events_deferred" in str(step) for step in plan), plan

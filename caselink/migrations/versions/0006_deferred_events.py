@@ -22,7 +22,9 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
         batch.add_column(sa.Column("deferred", sa.Boolean(), nullable=False, server_default=sa.false()))
-    deferred = sa.column("deferred", sa.Boolean())
+    # Written as the store asks (deferred = true, = 1 on SQLite): SQLite uses a partial index
+    # only for a query whose condition is the index's own.
+    deferred = sa.column("deferred", sa.Boolean()) == sa.true()
     op.create_index("ix_events_deferred", "events", ["id"], postgresql_where=deferred, sqlite_where=deferred)
 
 
