@@ -36,7 +36,6 @@ from caselink.store.engine import first_line
 from caselink.store.engine import is_transient
 from caselink.store.queue import NOTIFY_CHANNEL
 
-
 # The events waiting for their evaluation, oldest first. Its condition is ix_events_deferred's,
 # written as it is there: SQLite uses a partial index only for a query that says the same.
 DEFERRED_EVENTS = sa.select(events).where(events.c.deferred == sa.true()).order_by(events.c.id)
