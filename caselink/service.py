@@ -37,6 +37,8 @@ from caselink.housekeeping import Housekeeper
 from caselink.normalise import rejected
 from caselink.normalise import unrecognised
 from caselink.regex import NOT_SEARCHED
+from caselink.regex import SEARCH_SECONDS_PER_WEBHOOK
+from caselink.regex import search_budget
 from caselink.rules import Evaluation
 from caselink.rules import Example
 from caselink.rules import LiveRules
@@ -414,7 +416,10 @@ class Service:
         settled = []
         for row in rows:
             event = event_from_row(row)
-            [evaluation] = ruleset.evaluate_webhook([event])
+            # No deadline here: beside delivery an event takes what it takes (its searches are
+            # bounded all the same), and housekeeping gives way to webhooks between batches.
+            with search_budget(SEARCH_SECONDS_PER_WEBHOOK):
+                evaluation = ruleset.evaluate(event)
             settled.append((row["id"], event, evaluation))
         self.store.settle_deferred(settled, dry_run=self.settings.dry_run)
         return len(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import time
 
 import pytest
 
@@ -253,12 +254,36 @@ def test_a_webhooks_events_past_its_evaluation_time_are_deferred_with_no_link_an
 
     evaluations = rules.evaluate_webhook(events, seconds=0.0)
 
-    # The first event is always evaluated: one event's cost is bounded on its own.
-    assert [evaluation.deferred for evaluation in evaluations] == [False, True, True, True, True]
-    assert [len(evaluation.links) for evaluation in evaluations] == [1, 0, 0, 0, 0]
+    assert [evaluation.deferred for evaluation in evaluations] == [True] * 5
+    assert [len(evaluation.links) for evaluation in evaluations] == [0] * 5
     [waiting] = evaluations[1].trace()
     assert waiting["outcome"] == "deferred"
-    assert waiting["reason"].startswith("not evaluated yet: this webhook's first 1 of 5 events used its 0 s")
+    assert waiting["reason"].startswith(
+        "not evaluated yet: this webhook's events had used its 0 s of evaluation time (0 of 5 evaluated)"
+    )
+
+
+def test_one_event_whose_rules_take_longer_than_the_webhooks_time_is_stopped_among_its_rules_and_deferred():
+    # 2,000 rules of two long conditions each on a 100 KB message: a second or more for one event.
+    rules = ruleset(
+        *(
+            a_rule(f"r{n}", when=[{"field": "message", "contains": f"id-{n}.", "ignore_case": True}])
+            for n in range(2000)
+        )
+    )
+    event = an_event(title="OPS-1", message="x" * 100_000 + " ".join(f"id-{n}." for n in range(2000)))
+
+    started = time.thread_time()
+    [evaluation] = rules.evaluate_webhook([event], seconds=0.05)
+    spent = time.thread_time() - started
+    whole = time.thread_time()
+    alone = rules.evaluate(event)
+    whole = time.thread_time() - whole
+
+    assert evaluation.deferred
+    assert len(alone.matched) == 2000
+    # Stopped within a few rules of its deadline, where the whole evaluation takes far longer.
+    assert spent < whole / 3
 
 
 def test_a_webhooks_events_within_its_evaluation_time_are_each_evaluated_as_alone():
