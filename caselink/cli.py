@@ -270,9 +270,7 @@ def rules_explain(source: str, payload: str, rules_file: str | None, as_json: bo
         return
     for item in report:
         event = item["event"]
-        _say(
-            f"event {event['kind']} from {event['source']}" + (f" about {event['entity']}" if event["entity"] else "")
-        )
+        _say(f"event {event['kind']} from {event['source']}" + (f" about {event['entity']}" if event["entity"] else ""))
         _say(f"  dedup key: {event['dedup_key']}")
         if event.get("problem"):
             _say(f"  problem: {event['problem']}")
@@ -562,7 +560,7 @@ def events_list(
         about = f" {row['entity']}" if row["entity"] else ""
         _say(
             f"#{row['id']:<7} {row['received_at']}  {row['source']:<12} {row['kind']:<24}"
-            f" links={row['links_planned']}{about}  {row['title'][:60]}"
+            f" links={'deferred' if row['deferred'] else row['links_planned']}{about}  {row['title'][:60]}"
         )
         if row["problem"]:
             _say(f"         problem: {row['problem']}")

@@ -61,6 +61,7 @@ PAGE_SIZE = 50
 OUTCOME_LABELS = {
     "linked": "linked",
     "not-linked": "not linked",
+    "deferred": "waiting for its evaluation",
     "unrecognised": "unrecognised",
     "rejected": "rejected (unreadable body)",
     "duplicate-conflict": "duplicate conflict",

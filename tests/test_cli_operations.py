@@ -218,3 +218,32 @@ def test_event_retention_and_since_take_the_same_durations():
         Settings.from_env({"EVENT_RETENTION": "30 days"})
     with pytest.raises(ConfigError, match="EVENT_RETENTION='5m' must be at least 3600 seconds"):
         Settings.from_env({"EVENT_RETENTION": "5m"})
+
+
+def test_an_event_waiting_for_its_evaluation_is_listed_as_deferred_and_then_as_what_it_planned(service, runner):
+    from caselink.rules import Evaluation
+
+    event = Event(
+        source="datadog",
+        kind="incident.created",
+        dedup_key="late",
+        entity=EntityRef("INCIDENT", str(uuid.uuid4())),
+        title="Disk full, see OPS-7",
+        severity="SEV-1",
+        payload={"id": "late"},
+    )
+    [stored] = service.store.record([(event, Evaluation.deferral("later"))], ruleset="", dry_run=True)
+
+    def ids(*args):
+        result = invoke(runner, "events", "list", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [row["id"] for row in json.loads(result.output)]
+
+    assert ids("--outcome", "deferred") == [stored.id]
+    assert ids("--outcome", "not-linked") == []
+    assert "links=deferred" in invoke(runner, "events", "list").output
+
+    assert service.evaluate_deferred() == 1
+
+    assert ids("--outcome", "deferred") == []
+    assert ids("--outcome", "linked") == [stored.id]

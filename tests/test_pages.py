@@ -317,6 +317,21 @@ def test_the_events_page_filters_by_source_kind_outcome_and_text(signed_in, quer
     assert re.findall(r'<td class="title">([^<]*?)</td>', html) == titles
 
 
+def test_the_events_page_marks_an_event_waiting_for_its_evaluation_and_filters_by_it(signed_in, store):
+    from caselink.events import Event
+    from caselink.rules import Evaluation
+
+    send(signed_in, incident(1, "Checkout down, see OPS-42"))
+    late = Event("datadog", "incident.created", "late", title="Disk full, see OPS-43", payload={"id": "late"})
+    store.record([(late, Evaluation.deferral("later"))], ruleset="", dry_run=True)
+
+    html = signed_in.get("/events?outcome=deferred").text
+
+    assert re.findall(r'<td class="title">([^<]*?)</td>', html) == ["Disk full, see OPS-43"]
+    assert 'title="waiting for its evaluation">deferred</span>' in html
+    assert '<option value="deferred"' in signed_in.get("/events").text
+
+
 def test_the_events_page_pages_by_cursor(signed_in, monkeypatch):
     monkeypatch.setattr(pages, "PAGE_SIZE", 2)
     for number in range(1, 6):

@@ -34,10 +34,15 @@ from caselink.store.records import link_record
 # linked (it planned a link), not-linked (read, but no rule planned a link), unrecognised (a
 # payload caselink could not read), duplicate-conflict (its dedup key repeated an earlier event's
 # with other content; such an event is also one of the others). A refused webhook stores no event.
-EVENT_OUTCOMES = ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+EVENT_OUTCOMES = ("linked", "not-linked", "deferred", "unrecognised", "rejected", "duplicate-conflict")
 _OUTCOME_FILTERS = {
     "linked": events.c.links_planned > 0,
-    "not-linked": sa.and_(events.c.links_planned == 0, events.c.kind.not_in(("unrecognised", "rejected"))),
+    "not-linked": sa.and_(
+        events.c.links_planned == 0,
+        events.c.kind.not_in(("unrecognised", "rejected")),
+        events.c.deferred == sa.false(),
+    ),
+    "deferred": events.c.deferred == sa.true(),
     "unrecognised": events.c.kind == "unrecognised",
     "rejected": events.c.kind == "rejected",
     "duplicate-conflict": events.c.dedup_conflict.is_(True),
@@ -320,21 +325,7 @@ class Reads(Database):
         an unknown outcome.
         """
         _check_outcome(outcome)
-        query = (
-            sa.select(
-                events.c.id,
-                events.c.source,
-                events.c.kind,
-                events.c.entity_type,
-                events.c.entity_id,
-                events.c.title,
-                events.c.received_at,
-                events.c.links_planned,
-                events.c.problem,
-            )
-            .order_by(events.c.id.desc())
-            .limit(limit)
-        )
+        query = sa.select(*EVENT_SUMMARY_COLUMNS).order_by(events.c.id.desc()).limit(limit)
         if source is not None:
             query = query.where(events.c.source == source)
         if kind is not None:

@@ -10,7 +10,7 @@ from caselink.schema import events
 
 EVENT_SUMMARY_COLUMNS = (
     events.c.id, events.c.source, events.c.kind, events.c.entity_type, events.c.entity_id, events.c.title,
-    events.c.received_at, events.c.links_planned, events.c.problem,
+    events.c.received_at, events.c.links_planned, events.c.problem, events.c.deferred,
 )  # fmt: skip
 
 
@@ -25,6 +25,8 @@ def event_summary(row: Any) -> dict[str, Any]:
         "received_at": iso(row["received_at"]),
         "links_planned": row["links_planned"],
         "problem": row["problem"],
+        # Waiting for housekeeping to evaluate it (its webhook had used its evaluation time).
+        "deferred": bool(row["deferred"]),
     }
 
 

@@ -43,10 +43,13 @@ def record(
     case: str | None = None,
     now: float | None = None,
     digest: str = "",
+    deferred: bool = False,
 ) -> int:
     links = [link_to(case)] if case else []
     event = Event(source=source, kind=kind, dedup_key=key, title=title, digest=digest)
     evaluation = Evaluation([RuleOutcome("r", "matched", links=links)] if links else [])
+    if deferred:
+        evaluation = Evaluation.deferral("waiting")
     [stored] = store.record([(event, evaluation)], ruleset="x", dry_run=False, now=now)
     return stored.id
 
@@ -161,6 +164,7 @@ def test_the_duplicate_conflict_outcome_finds_a_key_repeated_with_other_content(
         ("unrecognised", ["unreadable"]),
         ("rejected", ["refused"]),
         ("duplicate-conflict", ["conflict"]),
+        ("deferred", ["waiting"]),
     ],
 )
 def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected):
@@ -171,6 +175,7 @@ def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected
         "refused": record(store, "d", kind="rejected"),
         "first": record(store, "e", digest="a" * 64),
         "conflict": record(store, "e", digest="b" * 64, case="OPS-2"),
+        "waiting": record(store, "f", deferred=True),
     }
     want = sorted((stored[name] for name in expected), reverse=True)
 
@@ -178,11 +183,12 @@ def test_the_page_and_the_cli_select_each_outcome_alike(store, outcome, expected
     assert [row["id"] for row in store.find_events(outcome=outcome)] == want
 
 
-def test_the_outcomes_are_the_five_docs_operations_documents():
+def test_the_outcomes_are_the_six_docs_operations_documents():
     table = section(OPERATIONS, "The operator's questions").split("| outcome | the event |")[1]
     documented = tuple(re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.MULTILINE))
 
-    assert EVENT_OUTCOMES == documented == ("linked", "not-linked", "unrecognised", "rejected", "duplicate-conflict")
+    assert EVENT_OUTCOMES == documented
+    assert documented == ("linked", "not-linked", "deferred", "unrecognised", "rejected", "duplicate-conflict")
 
 
 def test_a_filtered_page_looks_at_a_bounded_window_and_says_how_far_it_looked(store):
@@ -221,7 +227,9 @@ def test_filters_no_store_can_hold_are_a_bad_request_not_a_database_error(store,
 
 def test_an_unknown_outcome_is_a_bad_request(store):
     for read in (store.page_events, store.find_events):
-        with pytest.raises(BadRequestError, match="outcome must be one of linked, not-linked, unrecognised, rejected"):
+        with pytest.raises(
+            BadRequestError, match="outcome must be one of linked, not-linked, deferred, unrecognised, rejected"
+        ):
             read(outcome="matched_nothing")
 
 
