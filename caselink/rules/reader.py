@@ -253,6 +253,40 @@ _YAML_TOKENS = (
 )
 
 
+_SURROGATE_PAIR = re.compile(r"[dD][89abAB][0-9a-fA-F]{2}\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _escape_hint(source_text: str, at: int) -> str | None:
+    """What to write instead of the \\u or \\U escape whose digits start at `at`, which libyaml
+    refused: a surrogate (half of a UTF-16 pair, as JSON writes characters past U+FFFF), or a
+    code past U+10FFFF. None when the text there is no such escape."""
+    letter = source_text[at - 1 : at]
+    if source_text[at - 2 : at - 1] != "\\" or letter not in ("u", "U"):
+        return None
+    digits = source_text[at : at + (4 if letter == "u" else 8)]
+    try:
+        code = int(digits, 16)
+    except ValueError:
+        return None
+    written = f"\\{letter}{digits}"
+    if code > 0x10FFFF:
+        return f"{written} is past the last Unicode character, \\U0010FFFF"
+    if not 0xD800 <= code <= 0xDFFF:
+        return None
+    pair = _SURROGATE_PAIR.match(source_text, at) if letter == "u" else None
+    if pair is not None:
+        low = int(pair.group(1), 16)
+        character = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+        return (
+            f"{written}\\u{pair.group(1)} is a surrogate pair, as JSON writes {chr(character)!r}; YAML has no"
+            f" surrogates: write \\U{character:08X} or the character itself"
+        )
+    return (
+        f"{written} is half of a UTF-16 surrogate pair, which YAML cannot hold: write the character's"
+        " \\U escape (\\U0001F600 for 😀) or the character itself"
+    )
+
+
 def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) -> str:
     """`file:line: not valid YAML at column N: what is wrong`, then the line itself and a caret under the column."""
     mark = exc.problem_mark or exc.context_mark
@@ -270,6 +304,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, source_text: str, filename: str) ->
         for token, said in _YAML_TOKENS:
             human = human.replace(token, said)
     human = human.replace("{context_line}", str(context_line))
+    if mark is not None and "invalid Unicode character escape" in problem:
+        human = _escape_hint(source_text, mark.index) or human
     if mark is None:
         return f"{filename}:1: not valid YAML: {human}"
     caret = " " * min(mark.column, len(shown)) + "^"

@@ -7,6 +7,8 @@ import json
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from caselink.errors import RulesError
 from caselink.rules import parse_rules
@@ -274,3 +276,40 @@ def test_a_long_file_over_the_rule_cap_is_refused_before_a_node_is_built(monkeyp
         reader.read_yaml(text, "rules.yaml")
 
     assert refused.value.problems == ["rules.yaml:2: the file holds 10,001 rules; a rules file may hold at most 10,000"]
+
+
+# -- escapes YAML cannot hold: surrogates, as JSON writes characters past U+FFFF -----------------
+
+
+def _escape_problem(escape: str) -> str:
+    text = f'version: 1\nrules:\n  - name: r\n    link: {{relationship: CAUSES, parent: event, child: "{escape}"}}\n'
+    return only_problem(text)
+
+
+@given(
+    character=st.integers(min_value=0x10000, max_value=0x10FFFF),
+    upper=st.booleans(),
+)
+def test_a_json_style_surrogate_pair_is_refused_with_the_escape_to_write_instead(character, upper):
+    high, low = 0xD800 + ((character - 0x10000) >> 10), 0xDC00 + ((character - 0x10000) & 0x3FF)
+    pair = f"\\u{high:04x}\\u{low:04x}"
+    pair = pair.upper().replace("\\U", "\\u") if upper else pair
+
+    problem = _escape_problem(pair)
+
+    assert f"not valid YAML at column 59: {pair} is a surrogate pair" in problem
+    written = problem.split("write ", 1)[1].split(" ", 1)[0]
+    assert written == f"\\U{character:08X}"
+    assert written.encode().decode("unicode_escape") == chr(character)
+
+
+@pytest.mark.parametrize("escape", ["\\ud83d", "\\uDE00", "\\ud83dx\\ude00", "\\ude00\\ud83d", "\\U0000d83d"])
+def test_a_lone_surrogate_escape_is_refused_as_half_of_a_pair(escape):
+    problem = _escape_problem(escape)
+
+    assert "is half of a UTF-16 surrogate pair, which YAML cannot hold" in problem
+    assert "\\U0001F600 for" in problem
+
+
+def test_an_escape_past_the_last_unicode_character_says_so():
+    assert "\\U00110000 is past the last Unicode character, \\U0010FFFF" in _escape_problem("\\U00110000")
