@@ -163,12 +163,13 @@ class Regex:
         budget = _BUDGET.get()
         if budget is None:
             return self._searching.search(data) is not None
-        return self._search_within(data, budget)
+        return self._search_within(data, budget) is not None
 
-    def _search_within(self, data: bytes, budget: _Budget, start: int = 0) -> bool:
-        """Whether the pattern is found in `data` from `start` on, searched in growing windows
-        from there, each paid from `budget` and refused when its cost at the slowest pace seen so
-        far is more than is left."""
+    def _search_within(self, data: bytes, budget: _Budget, start: int = 0) -> float | None:
+        """Whether the pattern is found in `data` from `start` on: None if not, else the slowest
+        pace (CPU seconds a byte) its windows ran at. Searched in growing windows from `start`,
+        each paid from `budget` and refused when its cost at the slowest pace seen so far is more
+        than is left."""
         if budget.left <= 0:
             raise SearchBudgetSpent
         searched = 0
@@ -182,14 +183,14 @@ class Regex:
             match = self._searching.search(data, start, end)
             spent = time.thread_time() - started
             budget.spend(spent)
+            pace = max(pace, spent / max(end - start, 1))
             # RE2 reads what the window's end asserts ($, \b) in the whole text: a match in a
             # window is one in the text (tests/test_regex.py holds it to that).
             if match is not None:
-                return True
+                return pace
             if end == len(data):
-                return False
+                return None
             searched = end - start
-            pace = max(pace, spent / searched)
             window *= 4
 
     def tokens(self, text: str) -> Iterator[str | int]:
@@ -211,8 +212,16 @@ class Regex:
                 if budget.left <= 0:
                     raise SearchBudgetSpent
                 # A step within FIRST_WINDOW bytes of the end costs what one window may: no need to look first.
-                if len(data) - pos > FIRST_WINDOW and not self._search_within(data, budget, pos):
-                    return
+                if len(data) - pos > FIRST_WINDOW:
+                    pace = self._search_within(data, budget, pos)
+                    if pace is None:
+                        return
+                    # The step may read on past where the look-ahead found a match: a greedy tail
+                    # (`OPS-\d+(?:[ab]*a[ab]{980}c)?`) runs to the end of the text, at the pace it
+                    # ran in the window; a match that ended before the window's end costs the step
+                    # what it cost there. So the step's cost is at most that pace over the rest.
+                    if pace * (len(data) - pos) > budget.left:
+                        raise SearchBudgetSpent
             started = time.thread_time()
             match = self._searching.search(data, pos)
             token = None if match is None else self._token(match.span(), data, group)

@@ -140,3 +140,21 @@ def test_reading_tokens_after_a_match_found_at_once_is_refused_when_the_rest_wou
         found.extend(either.tokens("OPS-1 " + AB))
     assert found == ["OPS-1"]
     assert time.thread_time() - started < 0.2
+
+
+def test_reading_a_match_whose_greedy_tail_runs_past_where_the_look_ahead_found_it_is_refused_before_it_runs():
+    # A tester's optional tail: the look-ahead finds `OPS-1` in its first window, but reading the
+    # match runs the tail over all 64 KiB at the slow pace: 0.42 s on a 0.1 s budget.
+    tailed = compile_rule_regex(r"OPS-\d+(?:[ab]*a[ab]{980}c)?")
+    started = time.thread_time()
+    with search_budget(0.1), pytest.raises(SearchBudgetSpent):
+        list(tailed.tokens("OPS-1" + AB))
+    assert time.thread_time() - started < 0.2
+
+
+def test_a_ref_pattern_reads_every_ref_of_a_long_value_within_its_budget():
+    refs = compile_rule_regex(r"\b[A-Z][A-Z0-9]{1,9}-\d+\b")
+    text = "x " * 30_000 + "OPS-42 " + "y " * 1_000 + "OPS-43"
+
+    with search_budget(0.1):
+        assert list(refs.tokens(text)) == ["OPS-42", "OPS-43"]
