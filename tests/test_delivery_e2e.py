@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from caselink.store import Store
+from tests.conftest import ROOT
 from tests.servers import Worker
 from tests.servers import wait_for
 
@@ -181,9 +182,7 @@ def test_one_delivery_worker_per_instance_and_it_moves_when_its_process_dies(sta
     wait_for(lambda: link_states(stack) == {"delivered": 5}, message="delivery by the new holder")
 
 
-@pytest.mark.parametrize(
-    ("signum", "args"), [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGTERM, ("--once",))]
-)
+@pytest.mark.parametrize(("signum", "args"), [(signal.SIGTERM, ()), (signal.SIGINT, ()), (signal.SIGTERM, ("--once",))])
 def test_a_signal_to_a_worker_process_holding_a_post_releases_its_link_at_once_and_it_is_made_once(
     stack, fake_datadog, signum, args
 ):
@@ -216,3 +215,62 @@ def test_a_signal_to_a_worker_process_holding_a_post_releases_its_link_at_once_a
     # The POST that was in flight made the link; the next worker found it instead of posting again.
     assert set(fake_datadog.link_counts().values()) == {1}
     assert len(fake_datadog.creations()) == 1
+
+
+def test_events_whose_evaluation_was_deferred_are_evaluated_and_linked_once_after_a_sigkill(stack, fake_datadog):
+    # One Alertmanager group costlier than a request may spend: most of its events are stored
+    # deferred; the service is killed while housekeeping evaluates them, and the one started in
+    # its place plans and delivers the rest, each link once.
+    secret = "am-token"
+    alerts = 600
+    rules = stack.tmp_path / "costly.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n"
+        + "".join(
+            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
+            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
+            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
+            " child: {type: CASE, id: OPS-42}}\n"
+            for index in range(4000)
+        ),
+        encoding="utf-8",
+    )
+    for index in range(alerts):
+        fake_datadog.add_case(f"AM-{index}")
+    settings = {"RULES_FILE": str(rules), "ALERTMANAGER_WEBHOOK_SECRET": secret}
+    web = stack.service(**settings)
+    group = json.loads((ROOT / "tests" / "fixtures" / "alertmanager" / "firing-group.json").read_text())
+    alert = group["alerts"][0]
+    group["alerts"] = [
+        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": f"disk full <{n}>"}} for n in range(alerts)
+    ]
+
+    answer = web.post("alertmanager", json.dumps(group), token=secret)
+    web.kill()
+
+    assert answer.status_code == 202, answer.text
+    deferred = [event for event in answer.json()["events"] if event.get("evaluation") == "deferred"]
+    assert deferred
+    assert count_events(stack, deferred=True) > 0
+    stack.service("web-restarted", migrate=False, **settings)
+
+    wait_for(lambda: len(fake_datadog.link_counts()) >= alerts, timeout=120, interval=0.5, message="every link")
+    counts = fake_datadog.link_counts()
+    assert len(counts) == alerts
+    assert set(counts.values()) == {1}
+    assert count_events(stack, deferred=True) == 0
+    assert count_events(stack) == alerts
+
+
+def count_events(stack, *, deferred: bool | None = None) -> int:
+    from caselink.schema import events
+
+    query = sa.select(sa.func.count()).select_from(events)
+    if deferred is not None:
+        query = query.where(events.c.deferred == deferred)
+    store = Store(stack.database_url)
+    try:
+        with store.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
+    finally:
+        store.dispose()
