@@ -310,10 +310,13 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
     _reading(verbose)
     ruleset = _load(rules_file)
     start = time.time() - _duration(since)
-    events = added = dropped = 0
+    events = added = dropped = waiting = 0
     for row in svc.store.events_since(start):
         if row["kind"] == "rejected":
             continue  # a body caselink could not read holds nothing for rules to see
+        if row["deferred"]:
+            waiting += 1  # housekeeping evaluates it with the rules in force, and plans its links then
+            continue
         events += 1
         event = event_from_row(row)
         evaluation = ruleset.evaluate(event)
@@ -340,6 +343,8 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
             )
     verb = "planned" if apply else "would add"
     click.echo(f"{events} events since {since}: {verb} {added} link(s), {dropped} no longer planned")
+    if waiting:
+        click.echo(f"{waiting} event(s) waiting for their evaluation left out: housekeeping evaluates them")
     if not events:
         _say_if_empty(svc.store)
 

@@ -143,6 +143,23 @@ rules:
     assert (link["parent"], link["child"], link["state"]) == ("CASE:OPS-42", "CASE:SEC-7", "dry_run")
 
 
+def test_replay_leaves_an_event_waiting_for_its_evaluation_to_housekeeping_and_says_so(app, runner):
+    from caselink.events import Event
+    from caselink.rules import Evaluation
+
+    store = app.extensions["caselink"].store
+    waiting = Event("datadog", "alert.triggered", "late", title="see OPS-42", payload={"id": "late"})
+    store.record([(waiting, Evaluation.deferral("later"))], ruleset="", dry_run=True)
+
+    applied = runner.invoke(args=["replay", "--since", "1h", "--apply"])
+
+    assert applied.exit_code == 0, applied.output
+    assert "0 events since 1h: planned 0 link(s)" in applied.output
+    assert "1 event(s) waiting for their evaluation left out: housekeeping evaluates them" in applied.output
+    assert store.list_links() == []
+    assert [row["id"] for row in store.deferred_events()] == [1]
+
+
 def test_replay_rejects_a_bad_duration(runner):
     result = runner.invoke(args=["replay", "--since", "yesterday"])
 
