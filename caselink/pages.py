@@ -72,6 +72,7 @@ RULE_OUTCOME_LABELS = {
     "not_applicable": "not applicable",
     "disabled": "disabled",
     "skipped": "skipped",
+    "deferred": "not evaluated yet",
 }
 NO_FIGURE = "—"
 # Characters of sender text (titles, ids, errors) a list or table shows per cell.

@@ -330,6 +330,9 @@ def test_the_events_page_marks_an_event_waiting_for_its_evaluation_and_filters_b
     assert re.findall(r'<td class="title">([^<]*?)</td>', html) == ["Disk full, see OPS-43"]
     assert 'title="waiting for its evaluation">deferred</span>' in html
     assert '<option value="deferred"' in signed_in.get("/events").text
+    page = signed_in.get("/events/2")
+    assert page.status_code == 200
+    assert "not evaluated yet" in page.text
 
 
 def test_the_events_page_pages_by_cursor(signed_in, monkeypatch):
