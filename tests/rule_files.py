@@ -129,3 +129,26 @@ def write_rules(path: Path, *names: str) -> None:
     path.write_text(yaml.safe_dump({"version": 1, "rules": [a_rule(name) for name in names]}), encoding="utf-8")
     stamp = max(path.stat().st_mtime_ns, before + 1_000_000_000)
     os.utime(path, ns=(stamp, stamp))
+
+
+def costly_rules_text(count: int, child: str = "OPS-1") -> str:
+    """`count` cheap Alertmanager rules: rule rN links CASE AM-N to CASE `child` for an alert whose
+    title holds `<N>`. Each is cheap; asked of thousands of alerts together, they are not."""
+    return "version: 1\nrules:\n" + "".join(
+        f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
+        f"    when: [{{field: title, contains: '<{index}>'}}]\n"
+        f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
+        f" child: {{type: CASE, id: {child}}}}}\n"
+        for index in range(count)
+    )
+
+
+def alertmanager_group(summaries: list[str]) -> dict[str, Any]:
+    """The Alertmanager fixture's group, with one alert for each summary (its title)."""
+    group = json.loads((ROOT / "tests" / "fixtures" / "alertmanager" / "firing-group.json").read_text())
+    alert = group["alerts"][0]
+    group["alerts"] = [
+        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": summary}}
+        for n, summary in enumerate(summaries)
+    ]
+    return group

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.rule_files import costly_rules_text
 from tests.servers import Process
 from tests.servers import base_env
 from tests.servers import free_port
@@ -169,17 +170,7 @@ def test_a_group_that_costs_more_to_evaluate_than_a_request_may_is_answered_at_o
     binary = alertmanager_binary()
     alerts = 800
     rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        "version: 1\nrules:\n"
-        + "".join(
-            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
-            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
-            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
-            " child: {type: CASE, id: OPS-42}}\n"
-            for index in range(4000)
-        ),
-        encoding="utf-8",
-    )
+    rules.write_text(costly_rules_text(4000, child="OPS-42"), encoding="utf-8")
     for index in range(alerts):
         stack.fake.add_case(f"AM-{index}")
     web = stack.service(ALERTMANAGER_WEBHOOK_SECRET=SECRET, RULES_FILE=str(rules))

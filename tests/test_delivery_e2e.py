@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from caselink.store import Store
-from tests.conftest import ROOT
+from tests.rule_files import alertmanager_group
+from tests.rule_files import costly_rules_text
 from tests.servers import Worker
 from tests.servers import wait_for
 
@@ -224,26 +225,12 @@ def test_events_whose_evaluation_was_deferred_are_evaluated_and_linked_once_afte
     secret = "am-token"
     alerts = 600
     rules = stack.tmp_path / "costly.yaml"
-    rules.write_text(
-        "version: 1\nrules:\n"
-        + "".join(
-            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
-            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
-            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
-            " child: {type: CASE, id: OPS-42}}\n"
-            for index in range(4000)
-        ),
-        encoding="utf-8",
-    )
+    rules.write_text(costly_rules_text(4000, child="OPS-42"), encoding="utf-8")
     for index in range(alerts):
         fake_datadog.add_case(f"AM-{index}")
     settings = {"RULES_FILE": str(rules), "ALERTMANAGER_WEBHOOK_SECRET": secret}
     web = stack.service(**settings)
-    group = json.loads((ROOT / "tests" / "fixtures" / "alertmanager" / "firing-group.json").read_text())
-    alert = group["alerts"][0]
-    group["alerts"] = [
-        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": f"disk full <{n}>"}} for n in range(alerts)
-    ]
+    group = alertmanager_group([f"disk full <{n}>" for n in range(alerts)])
 
     answer = web.post("alertmanager", json.dumps(group), token=secret)
     web.kill()

@@ -15,6 +15,8 @@ from caselink.config import Secret
 from caselink.service import preflight
 from handlers import REGISTRY
 from tests.conftest import ROOT
+from tests.rule_files import alertmanager_group
+from tests.rule_files import costly_rules_text
 from tests.servers import ADMIN_TOKEN
 from tests.servers import WEBHOOK_SECRET
 
@@ -103,30 +105,33 @@ rules:
     ]
 
 
-def test_the_events_of_one_webhook_share_a_search_budget_so_a_big_group_cannot_hold_it_for_long(settings, tmp_path):
-    # 80 alerts, each with a value a pattern RE2 runs slowly on (~25 ms each): under the per-event
-    # budget alone every event searched its value (2 s here; 400 events took 43 s).
+def alertmanager_app(settings, tmp_path, rules_text: str):
+    """caselink with these rules and an Alertmanager secret, its database migrated."""
     from app import create_app
-    from tests import hostile_rules as hostile
 
     rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        "version: 1\nrules:\n  - name: slow\n    on: {source: alertmanager}\n"
-        f"    when: [{{field: title, matches: '{hostile.SLOW_ON_AB}'}}]\n"
-        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n",
-        encoding="utf-8",
-    )
+    rules.write_text(rules_text, encoding="utf-8")
     application = create_app(
         replace(settings, rules_file=rules, webhook_secrets={"alertmanager": (Secret(WEBHOOK_SECRET),)})
     )
+    migrations.upgrade(application.extensions["caselink"].store.engine)
+    return application
+
+
+def test_the_events_of_one_webhook_share_a_search_budget_so_a_big_group_cannot_hold_it_for_long(settings, tmp_path):
+    # 80 alerts, each with a value a pattern RE2 runs slowly on (~25 ms each): under the per-event
+    # budget alone every event searched its value (2 s here; 400 events took 43 s).
+    from tests import hostile_rules as hostile
+
+    application = alertmanager_app(
+        settings,
+        tmp_path,
+        "version: 1\nrules:\n  - name: slow\n    on: {source: alertmanager}\n"
+        f"    when: [{{field: title, matches: '{hostile.SLOW_ON_AB}'}}]\n"
+        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n",
+    )
     service = application.extensions["caselink"]
-    migrations.upgrade(service.store.engine)
-    group = json.loads((ROOT / "tests/fixtures/alertmanager/firing-group.json").read_text())
-    alert = group["alerts"][0]
-    group["alerts"] = [
-        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": hostile.AB_64K[n : n + 4000]}}
-        for n in range(80)
-    ]
+    group = alertmanager_group([hostile.AB_64K[n : n + 4000] for n in range(80)])
 
     client = application.test_client()
 
@@ -146,32 +151,11 @@ def test_a_webhook_whose_events_cost_more_than_a_request_may_spend_is_stored_who
 ):
     # 4,000 cheap rules against a group of 800 alerts: ~3 s of evaluation (59 s for a tester's
     # 9,999 rules and 2,000 alerts) before the answer, while the sender waits and then retries.
-    from app import create_app
     from caselink.rules import EVALUATION_SECONDS_PER_WEBHOOK
 
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        "version: 1\nrules:\n"
-        + "".join(
-            f"  - name: r{index}\n    on: {{source: alertmanager}}\n"
-            f"    when: [{{field: title, contains: '<{index}>'}}]\n"
-            f"    link: {{relationship: CAUSES, parent: {{type: CASE, id: AM-{index}}},"
-            " child: {type: CASE, id: OPS-1}}\n"
-            for index in range(4000)
-        ),
-        encoding="utf-8",
-    )
-    application = create_app(
-        replace(settings, rules_file=rules, webhook_secrets={"alertmanager": (Secret(WEBHOOK_SECRET),)})
-    )
+    application = alertmanager_app(settings, tmp_path, costly_rules_text(4000))
     service = application.extensions["caselink"]
-    migrations.upgrade(service.store.engine)
-    group = json.loads((ROOT / "tests/fixtures/alertmanager/firing-group.json").read_text())
-    alert = group["alerts"][0]
-    group["alerts"] = [
-        {**alert, "fingerprint": f"{n:016x}", "annotations": {"summary": f"disk full <{n % 4000}>"}}
-        for n in range(800)
-    ]
+    group = alertmanager_group([f"disk full <{n}>" for n in range(800)])
     client = application.test_client()
 
     started = time.thread_time()

@@ -825,9 +825,9 @@ def test_readyz_says_a_new_file_is_being_loaded_rather_than_the_error_of_the_fil
     service.store.dispose()
 
 
-def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_not_as_holding():
-    # The first rule's find spends the budget (each value short enough to be searched whole, and
-    # slow); the second's condition would hold if asked again.
+def spent_budget_then_a_rule_that_would_hold() -> tuple[Any, Any]:
+    """A rule whose find spends the event's search budget on 40 slow values (each short enough to
+    be searched whole), then one whose condition would hold if asked again; and such an event."""
     fields = [f"payload.big{n}" for n in range(40)]
     rules = ruleset(
         a_rule(
@@ -840,7 +840,13 @@ def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_no
         ),
         a_rule("second", when=[{"field": "title", "matches": "down"}]),
     )
-    event = an_event(title="db down", payload={f"big{n}": AB[:4096] for n in range(40)})
+    return rules, an_event(title="db down", payload={f"big{n}": AB[:4096] for n in range(40)})
+
+
+def test_a_rule_whose_search_the_budget_refused_at_evaluation_is_explained_so_not_as_holding():
+    # The first rule's find spends the budget (each value short enough to be searched whole, and
+    # slow); the second's condition would hold if asked again.
+    rules, event = spent_budget_then_a_rule_that_would_hold()
 
     outcomes = {outcome.rule: outcome for outcome in rules.evaluate(event).outcomes}
 
@@ -855,19 +861,7 @@ def test_a_rule_whose_search_the_budget_refused_is_read_back_from_the_stored_tra
 
     from caselink import traces
 
-    fields = [f"payload.big{n}" for n in range(40)]
-    rules = ruleset(
-        a_rule(
-            "slow",
-            link={
-                "relationship": "CAUSES",
-                "parent": "event",
-                "child": {"type": "CASE", "find": {"in": fields, "pattern": SLOW_ON_AB}},
-            },
-        ),
-        a_rule("second", when=[{"field": "title", "matches": "down"}]),
-    )
-    event = an_event(title="db down", payload={f"big{n}": AB[:4096] for n in range(40)})
+    rules, event = spent_budget_then_a_rule_that_would_hold()
     stored = json.loads(json.dumps(traces.stored_form(event, rules.evaluate(event))))
 
     read = {entry["rule"]: entry for entry in traces.render(stored, event, rules)}
