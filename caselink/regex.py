@@ -165,70 +165,68 @@ class Regex:
             return self._searching.search(data) is not None
         return self._search_within(data, budget) is not None
 
-    def _search_within(self, data: bytes, budget: _Budget, start: int = 0) -> float | None:
-        """Whether the pattern is found in `data` from `start` on: None if not, else the slowest
-        pace (CPU seconds a byte) its windows ran at. Searched in growing windows from `start`,
-        each paid from `budget` and refused when its cost at the slowest pace seen so far is more
-        than is left."""
+    def _search_within(self, data: bytes, budget: _Budget, start: int = 0, *, to_end: bool = False) -> Any:
+        """The pattern's match in `data` from `start` on, or None. Searched in growing windows from
+        `start`, each paid from `budget` and refused (SearchBudgetSpent) when its cost at the slowest
+        pace seen so far is more than is left. The first window that holds a match answers, unless
+        `to_end`: then the windows grow on to the end of the text and the last one's match is the
+        one a search of the whole rest finds (re2's leftmost-first match can read on past where a
+        window found one: a greedy tail, `OPS-\\d+(?:[ab]*a[ab]{980}c)?`, runs to the end of the text)."""
         if budget.left <= 0:
             raise SearchBudgetSpent
-        searched = 0
-        pace = 0.0  # CPU seconds a byte, the slowest window's
+        pace = 0.0  # CPU seconds a byte, the slowest window's; the first window is not refused
         window = FIRST_WINDOW
         while True:
             end = _character_boundary(data, start + window)
-            if searched and pace * (end - start) > budget.left:
+            # Is a window's pace a fair price for the next one (4x as long, from the same start)?
+            # A search that stopped before the window's end (a match that could not go on, a DFA
+            # with nothing left to find) read fewer bytes than its pace is counted over: the next
+            # window reads those same bytes and stops there too, costing what this one did, less
+            # than the estimate. A search that read to the window's end ran at that pace over the
+            # bytes the next window reads again, and the estimate assumes the 3x as many new ones
+            # go no slower. They may (a fast prefix, then the slow text): that overshoot is at most
+            # the cost of the one window that ran, after which the pace is known.
+            if pace * (end - start) > budget.left:
                 raise SearchBudgetSpent
             started = time.thread_time()
             match = self._searching.search(data, start, end)
             spent = time.thread_time() - started
             budget.spend(spent)
-            pace = max(pace, spent / max(end - start, 1))
             # RE2 reads what the window's end asserts ($, \b) in the whole text: a match in a
             # window is one in the text (tests/test_regex.py holds it to that).
-            if match is not None:
-                return pace
-            if end == len(data):
-                return None
-            searched = end - start
+            if end == len(data) or (match is not None and not to_end):
+                return match
+            pace = max(pace, spent / (end - start))
             window *= 4
 
     def tokens(self, text: str) -> Iterator[str | int]:
         """Each match's token (the group named ref, else the first group, else the whole match).
 
         A match longer than MAX_MATCH_CHARACTERS yields its length instead: no id is that long.
-        Only the first MAX_MATCHES matches are read. Inside a `search_budget`, the text after
-        each match is searched in growing windows first (SearchBudgetSpent when that cannot be
-        paid for), so that reading the next match, paid from the same budget, costs no more:
-        after a match found at once, the rest of a 64 KiB value can be slow to search.
+        Only the first MAX_MATCHES matches are read. Inside a `search_budget`, each step searches
+        the rest of the text in growing windows (SearchBudgetSpent when the next cannot be paid
+        for) and reads its match from the last, which runs to the end of the text: after a match
+        found at once, the rest of a 64 KiB value can be slow to search, and so can the match
+        itself when it may read on to the end.
         """
         data = _searched(text)
         budget = _BUDGET.get()
         group = self._group
-        # As re2's finditer steps, with a search at each step (which the budget can refuse).
+        # As re2's finditer steps, with a search at each step (which the budget can refuse). A step
+        # within FIRST_WINDOW bytes of the end is one window, run if any budget is left: it costs
+        # no more than a first window may.
         pos = 0
         for _ in range(MAX_MATCHES):
-            if budget is not None:
-                if budget.left <= 0:
-                    raise SearchBudgetSpent
-                # A step within FIRST_WINDOW bytes of the end costs what one window may: no need to look first.
-                if len(data) - pos > FIRST_WINDOW:
-                    pace = self._search_within(data, budget, pos)
-                    if pace is None:
-                        return
-                    # The step may read on past where the look-ahead found a match: a greedy tail
-                    # (`OPS-\d+(?:[ab]*a[ab]{980}c)?`) runs to the end of the text, at the pace it
-                    # ran in the window; a match that ended before the window's end costs the step
-                    # what it cost there. So the step's cost is at most that pace over the rest.
-                    if pace * (len(data) - pos) > budget.left:
-                        raise SearchBudgetSpent
-            started = time.thread_time()
-            match = self._searching.search(data, pos)
-            token = None if match is None else self._token(match.span(), data, group)
-            if budget is not None:
-                budget.spend(time.thread_time() - started)
+            if budget is None:
+                match = self._searching.search(data, pos)
+            else:
+                match = self._search_within(data, budget, pos, to_end=True)
             if match is None:
                 return
+            started = time.thread_time()
+            token = self._token(match.span(), data, group)  # captures over at most MAX_MATCH_CHARACTERS
+            if budget is not None:
+                budget.spend(time.thread_time() - started)
             if token is not None:
                 yield token
             end = match.span()[1]

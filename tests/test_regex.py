@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 
 import pytest
@@ -142,14 +143,79 @@ def test_reading_tokens_after_a_match_found_at_once_is_refused_when_the_rest_wou
     assert time.thread_time() - started < 0.2
 
 
-def test_reading_a_match_whose_greedy_tail_runs_past_where_the_look_ahead_found_it_is_refused_before_it_runs():
-    # A tester's optional tail: the look-ahead finds `OPS-1` in its first window, but reading the
-    # match runs the tail over all 64 KiB at the slow pace: 0.42 s on a 0.1 s budget.
-    tailed = compile_rule_regex(r"OPS-\d+(?:[ab]*a[ab]{980}c)?")
+# A tester's optional tail: `OPS-1` is found at once, but re2's leftmost-first match reads the tail on
+# to the end of the text.
+TAILED = compile_rule_regex(r"OPS-\d+(?:[ab]*a[ab]{980}c)?")
+
+
+def _random_ab(seed: int) -> str:
+    chooser = random.Random(seed)
+    return "".join(chooser.choice("ab") for _ in range(65_536))
+
+
+def _reading_whole_costs(pattern, text: str) -> float:
+    """The CPU time of one unbudgeted search of `text`, as the step reading a match makes it."""
     started = time.thread_time()
-    with search_budget(0.1), pytest.raises(SearchBudgetSpent):
-        list(tailed.tokens("OPS-1" + AB))
-    assert time.thread_time() - started < 0.2
+    pattern._searching.search(text.encode())
+    return time.thread_time() - started
+
+
+def _tokens_within(pattern, text: str, budget: float) -> tuple[list[str | int], bool, float]:
+    """The tokens read within `budget`, whether the budget refused the rest, and the CPU time spent."""
+    found: list[str | int] = []
+    started = time.thread_time()
+    try:
+        with search_budget(budget):
+            found.extend(pattern.tokens(text))
+    except SearchBudgetSpent:
+        return found, True, time.thread_time() - started
+    return found, False, time.thread_time() - started
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reading_a_match_whose_greedy_tail_runs_past_where_the_look_ahead_found_it_is_refused_before_it_runs(seed):
+    # Reading the match ran the tail over all 64 KiB at the slow pace after the look-ahead had
+    # found `OPS-1` in its first window: 0.42 s on a 0.1 s budget (0.2-0.45 s, by machine).
+    text = "OPS-1" + (AB if seed == 0 else _random_ab(seed))
+    whole = _reading_whole_costs(TAILED, text)
+    found, refused, spent = _tokens_within(TAILED, text, 0.1)
+    assert refused or found == ["OPS-1"]
+    # The budget, and at most one window's cost past it (16 KiB, a quarter of the whole).
+    assert spent < min(0.25, 0.1 + whole / 4)
+
+
+def test_a_match_whose_tail_turns_slow_past_the_first_window_costs_at_most_one_window_more_than_the_budget():
+    # 4 KiB of a's go fast (few DFA states), the a's and b's after them slow: the first window's
+    # pace said reading the match whole was cheap, and it ran, as long as with no budget. Searched
+    # in growing windows to the end, the step pays for 4 KiB, then 16 KiB, whose pace refuses the rest.
+    text = "OPS-1" + "a" * 4000 + AB[:61_000]
+    whole = _reading_whole_costs(TAILED, text)
+    found, refused, spent = _tokens_within(TAILED, text, 0.1)
+    assert refused or found == ["OPS-1"]
+    assert spent < min(0.25, 0.1 + whole / 4)
+
+
+def test_a_slow_tail_the_budget_can_pay_for_is_read_whole():
+    text = "OPS-1" + AB[:8000]
+    assert TAILED._searching.search(text.encode()).span() == (0, 5)  # no c: the tail never matches
+    with search_budget(10.0):
+        assert list(TAILED.tokens(text)) == ["OPS-1"]
+
+
+def test_an_ordinary_ref_pattern_reads_every_ref_of_a_64_kib_message_within_its_budget():
+    # Each step now searches to the end of the text in growing windows: for a pattern that stops
+    # at its match that costs a few more searches, not a refusal.
+    refs = [f"OPS-{number}" for number in range(900)]
+    text = "".join(f"{ref} deploy failed on host web-{number} " + "x" * 40 + " " for number, ref in enumerate(refs))
+    text = text[: 65_536 - 9] + " OPS-9999"
+    expected = [ref for ref in refs if f"{ref} " in text[: 65_536 - 9]] + ["OPS-9999"]
+    assert len(text) == 65_536
+    assert len(expected) > 500
+    ops = compile_rule_regex(r"OPS-\d+")
+    started = time.thread_time()
+    with search_budget():
+        assert list(ops.tokens(text)) == expected
+    assert time.thread_time() - started < 0.1
 
 
 def test_a_ref_pattern_reads_every_ref_of_a_long_value_within_its_budget():
