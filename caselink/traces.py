@@ -34,16 +34,15 @@ from caselink.rules import RuleSet
 from caselink.rules import explain
 from caselink.rules import parse_rules
 
-# The lengths the events table keeps of these fields: an event with a longer one is not read
-# back as it was evaluated, so its trace is stored in full.
-_CUT_FIELDS = {"kind": 255, "severity": 255, "priority": 255, "status": 255, "occurred_at": 64}
 RULE_SETS_KEPT = 1  # rule sets parsed to read old traces: the last one (the one in force is kept apart)
 
 
 def stored_form(event: Event, evaluation: Evaluation) -> list[dict[str, Any]] | dict[str, Any]:
     """What the events table keeps of an evaluation: compact when its rule set is stored with it."""
     ruleset = evaluation.ruleset
-    if ruleset is None or not ruleset.text or not ruleset.digest or not _kept_whole(event):
+    # An event is read back as it was evaluated: its fields are cut to their columns when it is
+    # made (caselink.events.CUT_FIELDS), so the trace can refer to its rule set.
+    if ruleset is None or not ruleset.text or not ruleset.digest:
         return evaluation.trace()
     stored: dict[str, Any] = {
         "rule_set": ruleset.digest,
@@ -65,10 +64,6 @@ def _entry(position: int, record: Mapping[str, Any]) -> dict[str, Any]:
 def _matched(entry: Mapping[str, Any]) -> dict[str, Any]:
     """A compact matched entry as the full form lists it."""
     return {"rule": entry["rule"], "outcome": "matched", **_without_index(entry)}
-
-
-def _kept_whole(event: Event) -> bool:
-    return all(len(getattr(event, name) or "") <= limit for name, limit in _CUT_FIELDS.items())
 
 
 def matched_entries(stored: Any) -> Iterator[dict[str, Any]]:
