@@ -49,10 +49,11 @@ class _Budget:
     """What is left of a block's search time, in seconds of thread CPU time; a nested block's
     budget pays from the enclosing one's too."""
 
-    __slots__ = ("_left", "_outer")
+    __slots__ = ("_left", "_outer", "refused")
 
     def __init__(self, seconds: float, outer: _Budget | None) -> None:
         self._left, self._outer = seconds, outer
+        self.refused = 0  # searches refused in the block (nested blocks' included)
 
     @property
     def left(self) -> float:
@@ -62,6 +63,14 @@ class _Budget:
         self._left -= seconds
         if self._outer is not None:
             self._outer.spend(seconds)
+
+    def refuse(self) -> SearchBudgetSpent:
+        """Count a refused search here and in the enclosing blocks; the exception to raise."""
+        budget: _Budget | None = self
+        while budget is not None:
+            budget.refused += 1
+            budget = budget._outer
+        return SearchBudgetSpent()
 
 
 # The budget of the evaluation under way in this context, if any.
@@ -84,16 +93,18 @@ class SearchBudgetSpent(Exception):  # noqa: N818 - a state, not an error of the
 
 
 @contextlib.contextmanager
-def search_budget(seconds: float | None = None) -> Iterator[None]:
+def search_budget(seconds: float | None = None) -> Iterator[_Budget]:
     """Searches in the block share `seconds` (SEARCH_SECONDS_PER_EVENT) of this thread's CPU time
     (time.thread_time, which a busy machine does not use up), counted while they run. A search
     the budget cannot pay for, at the pace its text has been searched so far, is refused.
     A nested block has its own budget and pays from the enclosing one's too: a webhook's
-    (service.py, SEARCH_SECONDS_PER_WEBHOOK) holds each of its events'."""
+    (RuleSet.evaluate_webhook, SEARCH_SECONDS_PER_WEBHOOK) holds each of its events'. Yields the
+    budget: what is `left`, and how many searches it `refused`."""
     outer = _BUDGET.get()
-    token = _BUDGET.set(_Budget(SEARCH_SECONDS_PER_EVENT if seconds is None else seconds, outer))
+    budget = _Budget(SEARCH_SECONDS_PER_EVENT if seconds is None else seconds, outer)
+    token = _BUDGET.set(budget)
     try:
-        yield
+        yield budget
     finally:
         _BUDGET.reset(token)
 
@@ -173,7 +184,7 @@ class Regex:
         one a search of the whole rest finds (re2's leftmost-first match can read on past where a
         window found one: a greedy tail, `OPS-\\d+(?:[ab]*a[ab]{980}c)?`, runs to the end of the text)."""
         if budget.left <= 0:
-            raise SearchBudgetSpent
+            raise budget.refuse()
         pace = 0.0  # CPU seconds a byte, the slowest window's; the first window is not refused
         window = FIRST_WINDOW
         while True:
@@ -187,7 +198,7 @@ class Regex:
             # go no slower. They may (a fast prefix, then the slow text): that overshoot is at most
             # the cost of the one window that ran, after which the pace is known.
             if pace * (end - start) > budget.left:
-                raise SearchBudgetSpent
+                raise budget.refuse()
             started = time.thread_time()
             match = self._searching.search(data, start, end)
             spent = time.thread_time() - started

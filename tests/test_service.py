@@ -193,3 +193,40 @@ def test_a_webhook_whose_events_cost_more_than_a_request_may_spend_is_stored_who
     service.store.count_rule_stats(limit=1000)
     assert sum(stats.matched for stats in service.store.rule_stats(None).values()) == 800
     service.store.dispose()
+
+
+def test_events_whose_searches_the_webhooks_budget_cut_are_deferred_not_left_without_their_links(settings, tmp_path):
+    # A tester's mix: one rule's slow pattern on each alert's message spends the webhook's 0.5 s
+    # of search time; another rule's cheap find on the title then went unsearched, and 33 of 40
+    # alerts evaluated in the request planned no link, while the deferred ones did.
+    from tests import hostile_rules as hostile
+
+    application = alertmanager_app(
+        settings,
+        tmp_path,
+        "version: 1\nrules:\n"
+        "  - name: slow\n    on: {source: alertmanager}\n"
+        f"    when: [{{field: message, matches: '{hostile.SLOW_ON_AB}'}}]\n"
+        "    link: {relationship: CAUSES, parent: {type: CASE, id: SLOW-1}, child: {type: CASE, id: OPS-1}}\n"
+        "  - name: cheap\n    on: {source: alertmanager}\n"
+        "    link: {relationship: CAUSES, parent: {type: CASE, find: {in: [title], pattern: 'AM-[0-9]+'}},"
+        " child: {type: CASE, id: OPS-1}}\n",
+    )
+    service = application.extensions["caselink"]
+    group = alertmanager_group([f"disk full AM-{n}" for n in range(30)])
+    for n, alert in enumerate(group["alerts"]):
+        alert["annotations"]["description"] = hostile.AB_64K[n : n + 8192]
+
+    answer = application.test_client().post(
+        "/webhooks/alertmanager", json=group, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"}
+    )
+    while service.evaluate_deferred(100):
+        pass
+
+    assert answer.status_code == 202, answer.json
+    assert any(event.get("evaluation") == "deferred" for event in answer.json["events"])
+    for event in answer.json["events"]:
+        record = service.store.get_event(event["id"])
+        [cheap] = [entry for entry in record["rules"] if entry["rule"] == "cheap"]
+        assert [link["parent"] for link in cheap["links"]] == [f"CASE:{record['title'].rsplit(' ', 1)[1]}"], cheap
+    service.store.dispose()

@@ -198,18 +198,26 @@ class RuleSet:
     ) -> list[Evaluation]:
         """Each of one webhook's events evaluated, in order, until they have used `seconds` of this
         thread's CPU time; the one under way then and the rest are deferred (Evaluation.deferral).
-        Their searches share SEARCH_SECONDS_PER_WEBHOOK as well as each its event's."""
+        Their searches share SEARCH_SECONDS_PER_WEBHOOK as well as each its event's: the event
+        during which that runs out, if a search of it was refused, is deferred with the rest, so
+        that no event is left undecided because the events before it were slow to search."""
         deadline = time.thread_time() + seconds
         evaluations: list[Evaluation] = []
-        with search_budget(SEARCH_SECONDS_PER_WEBHOOK):
+        spent = f"{seconds:g} s of evaluation time"
+        with search_budget(SEARCH_SECONDS_PER_WEBHOOK) as shared:
             for event in events:
+                refused = shared.refused
                 try:
-                    evaluations.append(self.evaluate(event, deadline=deadline))
+                    evaluation = self.evaluate(event, deadline=deadline)
                 except OverDeadline:
                     break
+                if shared.left <= 0 and shared.refused > refused:
+                    spent = f"{SEARCH_SECONDS_PER_WEBHOOK:g} s of search time"
+                    break
+                evaluations.append(evaluation)
         if len(evaluations) < len(events):
             reason = (
-                f"not evaluated yet: this webhook's events had used its {seconds:g} s of evaluation time"
+                f"not evaluated yet: this webhook's events had used its {spent}"
                 f" ({len(evaluations)} of {len(events)} evaluated); housekeeping evaluates this one with"
                 " the rules in force, and plans its links then"
             )
