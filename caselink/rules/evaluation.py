@@ -35,8 +35,10 @@ from caselink.rules.model import cut
 # deferred, and housekeeping evaluates them beside delivery (caselink.housekeeping).
 EVALUATION_SECONDS_PER_WEBHOOK = 1.0
 DEFERRED = "deferred"
-# Rules asked between two looks at the clock against a deadline (a look costs ~0.1 µs, a rule ~1).
-_RULES_BETWEEN_CLOCKS = 32
+# Conditions asked between two looks at the clock against a deadline (a look costs ~0.1 µs, a
+# condition ~1); a rule counts one more than its conditions, and holds at most
+# MAX_CONDITIONS_PER_RULE of them.
+_CONDITIONS_BETWEEN_CLOCKS = 32
 
 
 class OverDeadline(Exception):  # noqa: N818 - a state, like StopIteration
@@ -157,6 +159,11 @@ class RuleSet:
     def index(self) -> RuleIndex:
         return RuleIndex(self.rules)
 
+    @cached_property
+    def _weights(self) -> tuple[int, ...]:
+        """What asking each rule costs, in conditions: one, and one for each of its conditions."""
+        return tuple(1 + (rule.when.size if rule.when is not None else 0) for rule in self.rules)
+
     def evaluate(self, event: Event, *, deadline: float | None = None) -> Evaluation:
         """The rules that can apply to the event, from the index, evaluated in file order.
 
@@ -169,10 +176,16 @@ class RuleSet:
         shared: dict[Any, Any] = {}
         unsearched: dict[int, RuleOutcome] = {}
         planned = 0
+        weights = self._weights
+        asked = 0  # conditions asked since the clock was last looked at
         with search_budget():
-            for asked, position in enumerate(self.index.candidates(event, names)):
-                if deadline is not None and asked % _RULES_BETWEEN_CLOCKS == 0 and time.thread_time() > deadline:
-                    raise OverDeadline
+            for position in self.index.candidates(event, names):
+                if deadline is not None:
+                    if asked <= 0:
+                        if time.thread_time() > deadline:
+                            raise OverDeadline
+                        asked = _CONDITIONS_BETWEEN_CLOCKS
+                    asked -= weights[position]
                 rule = self.rules[position]
                 # A candidate is enabled and selected by `on`: only its conditions are left to ask.
                 try:

@@ -59,6 +59,10 @@ MAX_REF_CHARACTERS = 256  # a UUID is 36, a case key a few more
 MAX_LINKS_PER_RULE = 100
 # All rules together: 10,000 rules that each plan a link would be 10,000 Datadog calls a webhook.
 MAX_LINKS_PER_EVENT = 100
+# Conditions in one rule's `when`, groups' included. Evaluation looks at the clock between rules
+# (caselink.rules.evaluation), so one rule's cost must be bounded: 20,000 `not_contains` on a
+# 3 MB message held a request for 36 s. A list of values is one `in` / `not_in` condition.
+MAX_CONDITIONS_PER_RULE = 200
 MAX_PROBLEMS = 20  # per rule and event
 MAX_TRACE_TEXT = 1000  # characters of one reason or problem
 _PATH_NAME = re.compile(r"[A-Za-z0-9_$@-]+")
@@ -242,6 +246,11 @@ class Group:
     mode: str
     items: tuple[Condition | Group, ...]
     where: str
+
+    @property
+    def size(self) -> int:
+        """Its conditions, those of the groups in it included."""
+        return sum(item.size if isinstance(item, Group) else 1 for item in self.items)
 
     def describe(self) -> str:
         """The group as one line of text: `severity equals "high" and priority in [...]`."""

@@ -23,6 +23,7 @@ from caselink.events import Event
 from caselink.events import canonical_kind_pattern
 from caselink.regex import compile_rule_regex
 from caselink.rules.model import GROUP_KEYS
+from caselink.rules.model import MAX_CONDITIONS_PER_RULE
 from caselink.rules.model import MODES
 from caselink.rules.model import OPERATORS
 from caselink.rules.model import ORDER_OPERATORS
@@ -225,6 +226,13 @@ class Validator:
         self.keys(raw, _RULE_KEYS, "a rule")
         sources, kinds = self.on(raw)
         when = self.when(raw["when"], line_of(raw, "when")) if "when" in raw else None
+        if when is not None and when.size > MAX_CONDITIONS_PER_RULE:
+            self.problem(
+                line_of(raw, "when"),
+                f"when holds {when.size:,} conditions; a rule may hold at most {MAX_CONDITIONS_PER_RULE}"
+                " (one `in` or `not_in` takes a list of values; or split the rule)",
+            )
+            when = None
         link = self.link(raw.get("link"), line_of(raw, "link") if "link" in raw else line)
         stop = self.boolean(raw, "stop", False)
         enabled = self.boolean(raw, "enabled", True)

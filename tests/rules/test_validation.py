@@ -597,3 +597,15 @@ def test_constant_ids_are_not_templates_so_a_file_may_link_a_thousand_rules_to_a
     links = rules.evaluate(an_event(title="x")).links
     assert [link.child.id for link in links[:3]] == ["OPS-0", "OPS-1", "OPS-2"]
     assert len({link.child.id for link in links}) == len(links) == 100
+
+
+def test_a_rule_of_more_conditions_than_a_rule_may_hold_is_refused_with_the_count_and_a_hint():
+    from caselink.rules.model import MAX_CONDITIONS_PER_RULE
+
+    nested = {"any": [{"field": "title", "contains": f"x{n}"} for n in range(MAX_CONDITIONS_PER_RULE)]}
+    at_cap = [{"field": "title", "contains": f"x{n}"} for n in range(MAX_CONDITIONS_PER_RULE)]
+
+    assert ruleset(a_rule(when=at_cap)).rules[0].when.size == MAX_CONDITIONS_PER_RULE
+    problem = only_problem(yaml.safe_dump({"version": 1, "rules": [a_rule(when=[nested, at_cap[0]])]}))
+    assert f"when holds {MAX_CONDITIONS_PER_RULE + 1} conditions; a rule may hold at most" in problem
+    assert "one `in` or `not_in` takes a list of values" in problem
