@@ -359,7 +359,8 @@ def replay(since: str, rules_file: str | None, apply: bool, verbose: bool) -> No
 )
 @with_appcontext
 def worker(once: bool, grace: float) -> None:
-    """Run the delivery worker in the foreground, with housekeeping (per-rule statistics, retention).
+    """Run the delivery worker in the foreground, with housekeeping (deferred evaluations, per-rule
+    statistics, retention); `--once` evaluates what webhooks deferred, then tries what is due.
 
     In dry-run it delivers nothing but stays up (a process manager would
     restart a worker that exits, forever) and keeps the housekeeping going.
@@ -373,6 +374,13 @@ def worker(once: bool, grace: float) -> None:
     except CaselinkError as exc:
         click.echo(f"caselink worker: {getattr(exc, 'operator', exc.message)}", err=True)
         sys.exit(1)
+    if once:
+        # What webhooks deferred is evaluated first, so that its links are delivered in this pass too.
+        evaluated = 0
+        while taken := svc.evaluate_deferred(100):
+            evaluated += taken
+        if evaluated:
+            click.echo(f"caselink worker: {evaluated} deferred event(s) evaluated", err=True)
     if svc.settings.dry_run and once:
         click.echo(f"caselink worker: dry-run ({svc.settings.dry_run_reason}); nothing to deliver", err=True)
         sys.exit(1)

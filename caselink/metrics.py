@@ -160,10 +160,14 @@ TALLY = Tally()
 
 
 class QueueCollector(Collector):
-    """caselink_links{state=…}: links in each state, read from the store at scrape time."""
+    """caselink_links{state=…}: links in each state, and caselink_events_deferred: events waiting
+    for their evaluation; read from the store at scrape time."""
 
-    def __init__(self, count_links: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self, count_links: Callable[[], dict[str, int]], count_deferred: Callable[[], int] | None = None
+    ) -> None:
         self.count_links = count_links
+        self.count_deferred = count_deferred
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("caselink_links", "Links by delivery state.", labels=["state"])
@@ -174,6 +178,19 @@ class QueueCollector(Collector):
         for state, count in counts.items():
             family.add_metric([state], count)
         yield family
+        if self.count_deferred is None:
+            return
+        try:
+            waiting = [self.count_deferred()]
+        except Exception:  # noqa: BLE001 - as above
+            waiting = []
+        deferred = GaugeMetricFamily(
+            "caselink_events_deferred",
+            "Events waiting for their evaluation: housekeeping (a web process's, or `worker`'s) evaluates them.",
+        )
+        for count in waiting:
+            deferred.add_metric([], count)
+        yield deferred
 
 
 class RuleCollector(Collector):
@@ -206,6 +223,7 @@ def render(
     count_links: Callable[[], dict[str, int]],
     multiproc_dir: str | None,
     rule_totals: Callable[[], dict[str, tuple[int, int]]] | None = None,
+    count_deferred: Callable[[], int] | None = None,
 ) -> bytes:
     """The text exposition of every metric, including the queue and per-rule counts read from the store."""
     TALLY.flush()
@@ -216,7 +234,7 @@ def render(
     else:
         counters = REGISTRY
     queue = CollectorRegistry()
-    queue.register(QueueCollector(count_links))
+    queue.register(QueueCollector(count_links, count_deferred))
     if rule_totals is not None:
         queue.register(RuleCollector(rule_totals))
     return generate_latest(counters) + generate_latest(queue)

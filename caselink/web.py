@@ -163,7 +163,9 @@ def readyz() -> tuple[dict[str, Any], int]:
 @bp.get("/metrics")
 def metrics_view() -> Response:
     svc = service()
-    body = metrics.render(svc.store.count_links, svc.settings.prometheus_multiproc_dir, svc.rule_totals)
+    body = metrics.render(
+        svc.store.count_links, svc.settings.prometheus_multiproc_dir, svc.rule_totals, svc.store.count_deferred
+    )
     return Response(body, mimetype="text/plain; version=0.0.4")
 
 

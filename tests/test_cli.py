@@ -302,3 +302,17 @@ def test_worker_once_exits_0_saying_nothing_due_is_left_once_all_is_delivered(st
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == "caselink worker: 3 delivered; nothing due is left"
     assert len(fake_datadog.links) == 3
+
+
+def test_worker_once_evaluates_what_webhooks_deferred_before_it_tries_what_is_due(app, runner):
+    from caselink.events import Event
+    from caselink.rules import Evaluation
+
+    store = app.extensions["caselink"].store
+    late = Event("datadog", "monitor.alert", "late", title="see OPS-42", payload={"id": "late"})
+    store.record([(late, Evaluation.deferral("later"))], ruleset="", dry_run=True)
+
+    result = runner.invoke(args=["worker", "--once"])
+
+    assert "caselink worker: 1 deferred event(s) evaluated" in result.output
+    assert store.deferred_events() == []

@@ -296,3 +296,17 @@ def test_a_webhook_the_database_refuses_is_400_and_kept_as_rejected(client, stor
     assert answer.status_code == 400
     assert answer.json["error"]["reason"] == "unstorable"
     assert [event["kind"] for event in store.list_events()] == ["rejected"]
+
+
+def test_metrics_show_how_many_events_wait_for_their_evaluation(client, service):
+    from caselink.events import Event
+    from caselink.rules import Evaluation
+
+    before = client.get("/metrics").get_data(as_text=True)
+    late = [Event("datadog", "alert.triggered", f"late{n}", payload={"n": n}) for n in range(3)]
+    service.store.record([(event, Evaluation.deferral("later")) for event in late], ruleset="", dry_run=True)
+
+    assert "\ncaselink_events_deferred 0.0\n" in before
+    assert "\ncaselink_events_deferred 3.0\n" in client.get("/metrics").get_data(as_text=True)
+    service.evaluate_deferred()
+    assert "\ncaselink_events_deferred 0.0\n" in client.get("/metrics").get_data(as_text=True)

@@ -262,6 +262,12 @@ class Ingest(Database):
         with self.transaction(write=False) as connection:
             return [dict(row._mapping) for row in connection.execute(DEFERRED_EVENTS.limit(limit)).all()]
 
+    def count_deferred(self) -> int:
+        """How many stored events wait for their evaluation (through ix_events_deferred)."""
+        query = sa.select(sa.func.count()).select_from(DEFERRED_EVENTS.with_only_columns(events.c.id).subquery())
+        with self.transaction(write=False) as connection:
+            return int(connection.execute(query).scalar() or 0)
+
     def settle_deferred(self, settled: Sequence[tuple[int, Event, Evaluation]], *, dry_run: bool) -> int:
         """Store deferred events' evaluations, given as (event id, event, evaluation), and plan their
         links, in one transaction; return how many were settled here (not by another process first)."""
