@@ -173,6 +173,13 @@ def one_rule_of_many_conditions() -> str:
     return _HEAD + "    when:\n" + conditions + _LINK
 
 
+def deeply_nested_when(levels: int = 260) -> str:
+    """2.7 KB of `{all: [{none: [...]}]}` groups 260 deep: building it ran out of Python's stack,
+    and `rules check` printed a 2,510-line RecursionError."""
+    opened = "".join("{all: [" if level % 2 == 0 else "{none: [" for level in range(levels))
+    return _HEAD + "    when: " + opened + "{field: title, contains: x}" + "]}" * levels + "\n" + _LINK
+
+
 REFUSED = {
     "backreference": backreference,
     "look-ahead": look_ahead,
@@ -192,6 +199,7 @@ REFUSED = {
     "huge-integer-key": huge_integer_key,
     "millions-of-values": millions_of_values,
     "one-rule-of-20000-conditions": one_rule_of_many_conditions,
+    "when-nested-260-deep": deeply_nested_when,
 }
 # Refused too, but only once read: 10,000 rules are allowed (issue 15 measures them), so a file
 # one rule over is megabytes of YAML, and takes seconds to count.

@@ -63,6 +63,8 @@ MAX_LINKS_PER_EVENT = 100
 # (caselink.rules.evaluation), so one rule's cost must be bounded: 20,000 `not_contains` on a
 # 3 MB message held a request for 36 s. A list of values is one `in` / `not_in` condition.
 MAX_CONDITIONS_PER_RULE = 200
+# Groups in groups: each level is a few Python frames at evaluation, in a request thread's stack.
+MAX_GROUP_DEPTH = 16
 MAX_PROBLEMS = 20  # per rule and event
 MAX_TRACE_TEXT = 1000  # characters of one reason or problem
 _PATH_NAME = re.compile(r"[A-Za-z0-9_$@-]+")

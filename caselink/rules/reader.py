@@ -81,6 +81,11 @@ def read_yaml(source_text: str, filename: str) -> Any:
         raise RulesError([f"{filename}:{line_number}: not a YAML text file: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}:1: not valid YAML: {exc}"]) from None
+    except RecursionError:
+        # Lists or mappings nested hundreds deep: building them goes as deep as Python's stack.
+        raise RulesError(
+            [f"{filename}:1: the YAML nests lists or mappings deeper than caselink reads (a few hundred levels)"]
+        ) from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -24,6 +24,7 @@ from caselink.events import canonical_kind_pattern
 from caselink.regex import compile_rule_regex
 from caselink.rules.model import GROUP_KEYS
 from caselink.rules.model import MAX_CONDITIONS_PER_RULE
+from caselink.rules.model import MAX_GROUP_DEPTH
 from caselink.rules.model import MODES
 from caselink.rules.model import OPERATORS
 from caselink.rules.model import ORDER_OPERATORS
@@ -329,6 +330,10 @@ class Validator:
         return None
 
     def block(self, raw: Mapping[str, Any], line: int, where: str) -> Group | None:
+        # Each group in a group adds one `[index]` to where it is.
+        if where.count("[") >= MAX_GROUP_DEPTH:
+            self.problem(line, f"{where}: groups nest more than {MAX_GROUP_DEPTH} deep; a rule may nest no deeper")
+            return None
         unknown = [key for key in raw if key not in GROUP_KEYS]
         for key in unknown:
             self.problem(

@@ -313,3 +313,11 @@ def test_a_lone_surrogate_escape_is_refused_as_half_of_a_pair(escape):
 
 def test_an_escape_past_the_last_unicode_character_says_so():
     assert "\\U00110000 is past the last Unicode character, \\U0010FFFF" in _escape_problem("\\U00110000")
+
+
+def test_the_escape_hint_reads_the_pair_at_the_mark_after_non_ascii_text():
+    # libyaml's mark counts characters, not UTF-8 bytes: the escape is read where it was written.
+    problem = _escape_problem("é😀 \\ud83d\\ude00")
+
+    assert "not valid YAML at column 62: \\ud83d\\ude00 is a surrogate pair" in problem
+    assert "write \\U0001F600 or the character itself" in problem

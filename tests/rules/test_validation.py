@@ -609,3 +609,17 @@ def test_a_rule_of_more_conditions_than_a_rule_may_hold_is_refused_with_the_coun
     problem = only_problem(yaml.safe_dump({"version": 1, "rules": [a_rule(when=[nested, at_cap[0]])]}))
     assert f"when holds {MAX_CONDITIONS_PER_RULE + 1} conditions; a rule may hold at most" in problem
     assert "one `in` or `not_in` takes a list of values" in problem
+
+
+@pytest.mark.parametrize(("levels", "refused"), [(16, False), (17, True), (260, True)])
+def test_groups_nest_at_most_sixteen_deep_and_deeper_is_refused_with_a_line_not_a_traceback(levels, refused):
+    from tests.hostile_rules import deeply_nested_when
+
+    text = deeply_nested_when(levels)
+
+    if not refused:
+        assert len(parse_rules(text, "rules.yaml", sources=("datadog",)).rules) == 1
+        return
+    problem = only_problem(text)
+    assert problem.startswith("rules.yaml:")
+    assert "groups nest more than 16 deep" in problem or "deeper than caselink reads" in problem
