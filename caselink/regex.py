@@ -294,8 +294,15 @@ def _compile(pattern: str | bytes, ignore_case: bool, *, capture: bool) -> Any:
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
-        for construct, found, hint in _UNSUPPORTED:
-            if construct.search(pattern if isinstance(pattern, str) else pattern.decode("utf-8", "replace")):
-                raise ValueError(f"RE2 does not support {found}: {hint}") from None
         reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        # RE2 names what it refused after ": " (`invalid perl operator: (?=`): a construct is blamed
+        # only where it is that, not for being elsewhere in the pattern (`\p{Greek}+ \u00e9`
+        # holds `}+`, and RE2 refused its `\u`).
+        refused = reason.split(": ", 1)[1] if ": " in reason else ""
+        text = pattern if isinstance(pattern, str) else pattern.decode("utf-8", "replace")
+        for construct, found, hint in _UNSUPPORTED:
+            if any(
+                not refused or used.group() in refused or refused in used.group() for used in construct.finditer(text)
+            ):
+                raise ValueError(f"RE2 does not support {found}: {hint}") from None
         raise ValueError(f"not a valid RE2 regular expression: {reason}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 
 import pytest
@@ -224,3 +225,18 @@ def test_a_ref_pattern_reads_every_ref_of_a_long_value_within_its_budget():
 
     with search_budget(0.1):
         assert list(refs.tokens(text)) == ["OPS-42", "OPS-43"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "said"),
+    [
+        (r"a(?=b)", "RE2 does not support look-around"),
+        (r"(?P<x>a)(?P=x)", "RE2 does not support a backreference"),
+        (r"a{2}+", "RE2 does not support an atomic group or a possessive quantifier"),
+        # `}+` is there, but RE2 refused the `\u`: blaming the quantifier sent a tester the wrong way.
+        (r"\p{Greek}+ \u00e9", "not a valid RE2 regular expression: invalid escape sequence: \\u"),
+    ],
+)
+def test_a_refused_pattern_is_blamed_on_what_re2_refused_in_it(pattern, said):
+    with pytest.raises(ValueError, match=re.escape(said)):
+        compile_rule_regex(pattern)
