@@ -410,6 +410,9 @@ class Validator:
         if ignore_case and operator not in STRING_OPERATORS:
             self.problem(line_of(raw, "ignore_case"), f"{where}: ignore_case applies to text operators, not {operator}")
         regex = None
+        if any(isinstance(item, str) and "\x00" in item for item in (value if isinstance(value, list) else [value])):
+            # Its reason, quoted in a trace, would be refused by PostgreSQL, failing a blameless webhook.
+            self.problem(value_line, f"{where}: {operator}'s value holds NUL (\\0), which no sender's text holds")
         if operator == "exists":
             if not isinstance(value, bool):
                 self.problem(value_line, f"{where}: exists takes true or false, not {value!r}")

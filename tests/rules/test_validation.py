@@ -623,3 +623,13 @@ def test_groups_nest_at_most_sixteen_deep_and_deeper_is_refused_with_a_line_not_
     problem = only_problem(text)
     assert problem.startswith("rules.yaml:")
     assert "groups nest more than 16 deep" in problem or "deeper than caselink reads" in problem
+
+
+@pytest.mark.parametrize("value", ['"a\\0b"', '["x", "a\\0b"]'])
+def test_a_condition_value_holding_nul_is_refused_at_load(value):
+    operator = "in" if value.startswith("[") else "contains"
+    text = f"version: 1\nrules:\n  - name: r\n    when: [{{field: title, {operator}: {value}}}]\n" + (
+        "    link: {relationship: CAUSES, parent: event, child: {type: CASE, id: OPS-1}}\n"
+    )
+
+    assert f"{operator}'s value holds NUL" in only_problem(text)
