@@ -55,7 +55,7 @@ GROUP_KEYS = ("all", "any", "none")
 
 # What one event's evaluation may produce, so that its trace (stored with it) stays small.
 MAX_REFS = 100  # distinct refs one side of a link finds
-MAX_REF_CHARACTERS = 256  # a UUID is 36, a case key a few more
+MAX_REF_CHARACTERS = 255  # a UUID is 36, a case key a few more; links.parent_ref/child_ref hold 255
 MAX_LINKS_PER_RULE = 100
 # All rules together: 10,000 rules that each plan a link would be 10,000 Datadog calls a webhook.
 MAX_LINKS_PER_EVENT = 100

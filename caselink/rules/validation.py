@@ -25,6 +25,7 @@ from caselink.regex import compile_rule_regex
 from caselink.rules.model import GROUP_KEYS
 from caselink.rules.model import MAX_CONDITIONS_PER_RULE
 from caselink.rules.model import MAX_GROUP_DEPTH
+from caselink.rules.model import MAX_REF_CHARACTERS
 from caselink.rules.model import MODES
 from caselink.rules.model import OPERATORS
 from caselink.rules.model import ORDER_OPERATORS
@@ -556,6 +557,12 @@ class Validator:
             if len(template_text) > MAX_SOURCE:
                 self.problem(
                     line, f"{where}.id is {len(template_text):,} characters; an id may hold at most {MAX_SOURCE:,}"
+                )
+                return None
+            if len(template_text) > MAX_REF_CHARACTERS:
+                self.problem(
+                    line,
+                    f"{where}.id is {len(template_text):,} characters; an id may hold at most {MAX_REF_CHARACTERS}",
                 )
                 return None
             try:

@@ -633,3 +633,11 @@ def test_a_condition_value_holding_nul_is_refused_at_load(value):
     )
 
     assert f"{operator}'s value holds NUL" in only_problem(text)
+
+
+def test_a_constant_id_longer_than_the_links_table_holds_is_refused_at_load():
+    # 256 characters passed and then every matching webhook was a 400 on PostgreSQL (varchar(255)).
+    link = {"relationship": "CAUSES", "parent": "event", "child": {"type": "CASE", "id": "OPS-" + "9" * 252}}
+
+    assert "an id may hold at most 255" in only_problem(yaml.safe_dump({"version": 1, "rules": [a_rule(link=link)]}))
+    assert ruleset(a_rule(link={**link, "child": {"type": "CASE", "id": "OPS-" + "9" * 251}})).rules

@@ -448,3 +448,17 @@ def test_the_deferred_events_are_found_through_their_partial_index_not_a_scan_of
     store.dispose()
 
     assert any("USING INDEX ix_events_deferred" in str(step) for step in plan), plan
+
+
+def test_a_ref_of_the_longest_length_a_rule_may_find_is_stored_on_both_stores(store):
+    # A 256-character ref passed the rules and failed PostgreSQL's varchar(255): a 400 for the
+    # whole webhook, and a deferred batch that could never be settled.
+    from caselink.events import EntityRef
+    from caselink.rules import PlannedLink
+    from caselink.rules.model import MAX_REF_CHARACTERS
+
+    longest = PlannedLink(event().entity, "CAUSES", EntityRef.checked("CASE", "AM-" + "9" * (MAX_REF_CHARACTERS - 3)))
+    [stored] = store.record([(event("long"), planning(("r1", longest)))], ruleset="x", dry_run=False)
+
+    assert not stored.duplicate
+    assert [len(link["child"]) for link in store.list_links()] == [len("CASE:") + MAX_REF_CHARACTERS]
