@@ -181,16 +181,14 @@ class QueueCollector(Collector):
         if self.count_deferred is None:
             return
         try:
-            waiting = [self.count_deferred()]
+            waiting = self.count_deferred()
         except Exception:  # noqa: BLE001 - as above
-            waiting = []
-        deferred = GaugeMetricFamily(
+            return
+        yield GaugeMetricFamily(
             "caselink_events_deferred",
             "Events waiting for their evaluation: housekeeping (a web process's, or `worker`'s) evaluates them.",
+            value=waiting,
         )
-        for count in waiting:
-            deferred.add_metric([], count)
-        yield deferred
 
 
 class RuleCollector(Collector):

@@ -554,11 +554,6 @@ class Validator:
             # to a thousand cases), and can be checked now rather than failing on every event.
             if type_ not in ENTITY_TYPES:
                 return None
-            if len(template_text) > MAX_SOURCE:
-                self.problem(
-                    line, f"{where}.id is {len(template_text):,} characters; an id may hold at most {MAX_SOURCE:,}"
-                )
-                return None
             if len(template_text) > MAX_REF_CHARACTERS:
                 self.problem(
                     line,

@@ -582,21 +582,22 @@ def _event_link_rows(evaluation: Evaluation, dry_run: bool, now: float) -> list[
 
 
 def _event_row(event: Event, evaluation: Evaluation, ruleset: str, now: float) -> dict[str, Any]:
+    # kind, severity, priority, status and occurred_at fit their columns already (events.CUT_FIELDS).
     payload = jsontext.dumps(event.payload)
     return {
         "source": event.source,
         "dedup_key": _bounded_key(event.dedup_key),
-        "kind": event.kind[:255],
+        "kind": event.kind,
         "entity_type": event.entity.type if event.entity else None,
         "entity_id": event.entity.id if event.entity else None,
         "title": event.title,
         "message": event.message,
-        "severity": event.severity[:255],
-        "priority": event.priority[:255],
-        "status": event.status[:255],
+        "severity": event.severity,
+        "priority": event.priority,
+        "status": event.status,
         "url": event.url,
         "tags": jsontext.dumps({name: list(values) for name, values in event.tags.items()}),
-        "occurred_at": event.occurred_at[:64] if event.occurred_at else None,
+        "occurred_at": event.occurred_at,
         "payload": payload,
         "problem": event.problem,
         "received_at": now,
