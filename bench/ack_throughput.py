@@ -1,10 +1,11 @@
 """Webhook acknowledgements per second: caselink under gunicorn next to a bare Flask endpoint.
 
-The bare app (bench/bare_app.py), caselink dry-run, and caselink live against the fake Datadog
-run with the same gunicorn settings, taking turns over rounds, each started afresh every round,
-once per environment (deployed, plain). Prints requests/s, latency, errors, CPU per request, how
-the connections were split between workers, and the ratio caselink / bare (target: at least 0.85
-at the median, no round below 0.7); checks that caselink stored one event per 202.
+The bare app (bench/bare_app.py), the floor (the bare app committing each body to SQLite before
+its 202), caselink dry-run, and caselink live against the fake Datadog run with the same gunicorn
+settings, taking turns over rounds, each started afresh every round, once per environment
+(deployed, plain). Prints requests/s, latency, errors, CPU per request, how the connections were
+split between workers, the ratio caselink / bare (target: at least 0.85 at the median, no round
+below 0.7) and caselink / floor; checks that caselink and the floor stored one event per 202.
 
     python bench/ack_throughput.py [--duration 8] [--rounds 5] [--environments deployed,plain]
     python bench/ack_throughput.py --new-connections --targets bare,dry-run,gthread  # a connection per request
@@ -30,9 +31,11 @@ from harness import median
 from harness import show
 
 TARGET_RATIO, TARGET_ROUND_RATIO = 0.85, 0.7
-TARGETS = ("bare", "dry-run", "live", "gthread")  # gthread: dry-run under gunicorn's own worker, on request
+# floor: the bare app committing each body to SQLite before its 202 (bench/bare_app.py), the least a
+# service whose 202 means stored can do; gthread: dry-run under gunicorn's own worker, only when named.
+TARGETS = ("bare", "floor", "dry-run", "live", "gthread")
 LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live",
-          "gthread": "dry-run, gthread"}
+          "gthread": "dry-run, gthread", "floor": "bare + durable write"}
 BARE_APP = ("-c", "bench/gunicorn_bare_conf.py", "bench.bare_app:app")
 # gunicorn settings that legitimately differ between the two configurations.
 MAY_DIFFER = {"bind", "config", "default_proc_name", "check_config", "print_config"}
@@ -72,9 +75,10 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     servers: dict[str, Server] = {}
     databases: dict[str, str] = {}
     for key in args.targets:
-        if key == "bare":
-            servers[key] = run.serve(Server(f"{environment}-bare", harness.base_env(**gunicorn), run.workdir,
-                                            deployed=deployed, app=BARE_APP))
+        if key in ("bare", "floor"):
+            extra = {"BARE_DATABASE": run.workdir / f"{environment}-floor.db"} if key == "floor" else {}
+            servers[key] = run.serve(Server(f"{environment}-{key}", harness.base_env(**gunicorn, **extra),
+                                            run.workdir, deployed=deployed, app=BARE_APP))
         else:
             servers[key], databases[key] = harness.caselink(
                 f"{environment}-{key}", run, fake_url=fake.url if fake and key == "live" else None,
@@ -100,7 +104,7 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
             m = harness.measure(servers[key], args.generator_used, args, number, key, bodies, args.workers)
             measurements.append(m)
             split = harness.joined(m.connections_per_worker, "d") or "-"
-            print(f"round {number} {LABELS[key]:<18} {m.rps:>8.0f} req/s  p50 {show(m.p50_ms, '.3f')} ms  p99 "
+            print(f"round {number} {LABELS[key]:<21} {m.rps:>8.0f} req/s  p50 {show(m.p50_ms, '.3f')} ms  p99 "
                   f"{show(m.p99_ms, '.3f')} ms  errors {m.errors}  statuses {m.statuses}  load average "
                   f"{m.loadavg_before[0]:.2f}  connections per worker {split}", flush=True)
     checks = {}
@@ -113,6 +117,10 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
             state = fake.get("/_fake/state")
             checks[key].update(fake_link_creations=state["creations"], fake_requests=state["requests"])
             checks[key]["ok"] = checks[key]["ok"] and state["creations"] == 1
+    if "floor" in servers:
+        rows = [m for m in measurements if m.target == "floor"]
+        checks["floor"] = harness.floor_check(run.workdir / f"{environment}-floor.db",
+                                              sum(m.accepted_total for m in rows), sum(m.unanswered for m in rows))
     for server in servers.values():
         run.stop(server)
     if fake:
@@ -151,6 +159,11 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
                       ratio_balanced_rounds_median=median(balanced),
                       # The ratio to expect when the CPUs are the limit, least moved by other load on the machine.
                       cpu_ratio_to_bare=round(base / own, 3) if own and base else None)
+    floor = summary.get("floor", {}).get("rps_median")
+    for key in ("dry-run", "live"):
+        if floor and summary.get(key, {}).get("rps_median"):
+            summary[key].update(ratio_to_floor=round(summary[key]["rps_median"] / floor, 3),
+                                ratio_to_floor_rounds=[round(m.rps / f.rps, 3) for m, f in per_round(key, "floor")])
     if summary.get("gthread", {}).get("rps_median") and summary.get("dry-run", {}).get("rps_median"):
         summary["dry-run"].update(
             ratio_to_gthread=round(summary["dry-run"]["rps_median"] / summary["gthread"]["rps_median"], 3),
@@ -165,21 +178,28 @@ def generator_ceiling(measurements: list[Measurement]) -> float | None:
 
 
 def print_report(summary: dict[str, Any], measurements: list[Measurement], checks: dict[str, Any]) -> None:
-    print(f"\n{'target':<18}{'req/s':>9}  {'rounds':<24}{'p50 ms':>8}{'p99 ms':>9}{'errors':>8}{'server CPU':>12}"
-          f"{'gen CPU':>9}\n{'':<18}{'(median)':>9}  {'':<24}{'':>25}{'ms/req':>12}{'share':>9}")
+    print(f"\n{'target':<21}{'req/s':>9}  {'rounds':<24}{'p50 ms':>8}{'p99 ms':>9}{'errors':>8}{'server CPU':>12}"
+          f"{'gen CPU':>9}\n{'':<21}{'(median)':>9}  {'':<24}{'':>25}{'ms/req':>12}{'share':>9}")
     for key, v in summary.items():
-        print(f"{LABELS[key]:<18}{v['rps_median']:>9.0f}  {harness.joined(v['rps_rounds']):<24}"
+        print(f"{LABELS[key]:<21}{v['rps_median']:>9.0f}  {harness.joined(v['rps_rounds']):<24}"
               f"{show(v['p50_ms_median'], '.2f'):>8}{show(v['p99_ms_median'], '.2f'):>9}{v['errors']:>8}"
               f"{show(v['server_cpu_ms_per_request_median'], '.3f'):>12}"
               f"{show(v['generator_cpu_share_median'], '.0%'):>9}")
     print()
     for key, v in summary.items():
-        if "ratio_to_bare" in v:
+        if key == "floor" and "ratio_to_bare" in v:
+            print(f"ratio {LABELS[key]} / bare (req/s medians): {v['ratio_to_bare']:.2f}, the most a service whose "
+                  f"202 means stored reaches here; per round: {harness.joined(v['ratio_rounds'], '.2f', ', ')}; "
+                  f"server CPU per request, bare / floor: {show(v['cpu_ratio_to_bare'], '.2f')}")
+        elif "ratio_to_bare" in v:
             verdict = "meets the target" if v["ratio_to_bare"] >= TARGET_RATIO else "BELOW the target"
             print(f"ratio {LABELS[key]} / bare (req/s medians): {v['ratio_to_bare']:.2f}  ({verdict} of "
                   f"{TARGET_RATIO}); per round: {harness.joined(v['ratio_rounds'], '.2f', ', ')} (their median "
                   f"{show(v['ratio_of_rounds_median'], '.2f')}); server CPU per request, bare / {key}: "
                   f"{show(v['cpu_ratio_to_bare'], '.2f')}")
+        if "ratio_to_floor" in v:
+            print(f"ratio {LABELS[key]} / {LABELS['floor']} (req/s medians): {v['ratio_to_floor']:.2f}; per round: "
+                  f"{harness.joined(v['ratio_to_floor_rounds'], '.2f', ', ')}")
         if "ratio_to_gthread" in v:
             print(f"ratio caselink's worker / stock gthread, dry-run (req/s medians): {v['ratio_to_gthread']:.2f}; "
                   f"per round: {harness.joined(v['ratio_to_gthread_rounds'], '.2f', ', ')}")
@@ -202,21 +222,22 @@ def print_report(summary: dict[str, Any], measurements: list[Measurement], check
 
 def print_environments(results: dict[str, Any]) -> None:
     """One line per environment and target: lopsided rounds, req/s then and otherwise, the ratio to bare."""
-    print(f"\n{'environment':<12}{'target':<18}{'lopsided':>9}{'req/s then':>12}{'otherwise':>11}{'bare':>8}"
-          f"{'ratio':>7}{'worst round':>13}  splits")
+    print(f"\n{'environment':<12}{'target':<21}{'lopsided':>9}{'req/s then':>12}{'otherwise':>11}{'bare':>8}"
+          f"{'ratio':>7}{'worst round':>13}{'to floor':>10}  splits")
     for environment, result in results.items():
         for key, v in result["summary"].items():
             rows = [m for m in result["measurements"] if m.target == key]
             spans = [[m.rps for m in rows if m.lopsided == lopsided] for lopsided in (True, False)]
             worst = min(v.get("ratio_rounds") or [0.0]) if key != "bare" else None
-            print(f"{environment:<12}{LABELS[key]:<18}{f'{sum(m.lopsided for m in rows)} of {len(rows)}':>9}"
+            print(f"{environment:<12}{LABELS[key]:<21}{f'{sum(m.lopsided for m in rows)} of {len(rows)}':>9}"
                   + "".join(f"{_span(span):>{width}}" for span, width in zip(spans, (12, 11), strict=True))
                   + f"{result['summary'].get('bare', {}).get('rps_median') or 0:>8.0f}"
-                  f"{show(v.get('ratio_to_bare'), '.2f'):>7}{show(worst, '.2f'):>13}  "
+                  f"{show(v.get('ratio_to_bare'), '.2f'):>7}{show(worst, '.2f'):>13}"
+                  f"{show(v.get('ratio_to_floor'), '.2f'):>10}  "
                   + " ".join(harness.joined(m.connections_per_worker, "d") or "-" for m in rows))
     print(f"ratio: of the req/s medians, as above; target: caselink / bare >= {TARGET_RATIO} in every environment, "
-          f"no round below {TARGET_ROUND_RATIO}; lopsided: one worker held {LOPSIDED_SHARE:.0%} or more "
-          "of the connections")
+          f"no round below {TARGET_ROUND_RATIO}; to floor: caselink / {LABELS['floor']}; lopsided: one worker held "
+          f"{LOPSIDED_SHARE:.0%} or more of the connections")
 
 
 def _span(values: list[float]) -> str:
@@ -231,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(Connection: close), as a sender without keep-alive does; uses the python generator")
     parser.add_argument("--environments", default="deployed,plain", help="comma-separated, run in this order: "
                         "deployed (PYTHONUNBUFFERED=1, output through a pipe), plain (neither)")
-    parser.add_argument("--targets", default="bare,dry-run,live", help="comma-separated, from: bare, dry-run, live, "
-                        "gthread (dry-run under gunicorn's own gthread worker; not run unless named)")
+    parser.add_argument("--targets", default="bare,floor,dry-run,live", help="comma-separated, from: bare, floor "
+                        "(the bare app committing each body to SQLite before its 202), dry-run, live, gthread "
+                        "(dry-run under gunicorn's own gthread worker; not run unless named)")
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # what WEB_CONCURRENCY, GUNICORN_THREADS resolve to
     parser.add_argument("--workers", type=int, default=conf["workers"])
     parser.add_argument("--threads", type=int, default=conf["threads"])

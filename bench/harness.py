@@ -393,6 +393,17 @@ def store_check(server_url: str, database_url: str, accepted: int, unanswered: i
             "newest_event_id_via_api": newest[0]["id"] if newest else None, "links_by_state": links}
 
 
+def floor_check(path: Path, accepted: int, unanswered: int) -> dict[str, Any]:
+    """The store check for the durable bare app (bench/bare_app.py): its rows against the 202s wrk counted."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        stored = connection.execute("SELECT count(*) FROM events").fetchone()[0]
+    return {"events_stored": stored, "answers_202": accepted, "ok": accepted <= stored <= accepted + unanswered,
+            "rule": f"202s <= stored <= 202s + {unanswered} (answers wrk dropped at its cut-offs)",
+            "newest_event_id_via_api": None, "links_by_state": {}}
+
+
 def print_store_check(label: str, check: dict[str, Any]) -> None:
     print(f"store check {label}: {check['events_stored']} events stored, {check['answers_202']} answers 202 "
           f"[{check['rule']}: {'ok' if check['ok'] else 'MISMATCH'}]; newest id via /api/events "
