@@ -9,6 +9,7 @@ below 0.7) and caselink / floor; checks that caselink and the floor stored one e
 
     python bench/ack_throughput.py [--duration 8] [--rounds 5] [--environments deployed,plain]
     python bench/ack_throughput.py --new-connections --targets bare,dry-run,gthread  # a connection per request
+    python bench/ack_throughput.py --baseline 7197a0d   # also caselink live as it was when issue 17 was filed
 
 See bench/README.md.
 """
@@ -33,9 +34,9 @@ from harness import show
 TARGET_RATIO, TARGET_ROUND_RATIO = 0.85, 0.7
 # floor: the bare app committing each body to SQLite before its 202 (bench/bare_app.py), the least a
 # service whose 202 means stored can do; gthread: dry-run under gunicorn's own worker, only when named.
-TARGETS = ("bare", "floor", "dry-run", "live", "gthread")
+TARGETS = ("bare", "floor", "dry-run", "live", "gthread", "baseline")  # baseline: live from --baseline's tree
 LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live",
-          "gthread": "dry-run, gthread", "floor": "bare + durable write"}
+          "gthread": "dry-run, gthread", "floor": "bare + durable write", "baseline": "caselink live then"}
 BARE_APP = ("-c", "bench/gunicorn_bare_conf.py", "bench.bare_app:app")
 # gunicorn settings that legitimately differ between the two configurations.
 MAY_DIFFER = {"bind", "config", "default_proc_name", "check_config", "print_config"}
@@ -69,7 +70,7 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     settings = gunicorn_settings(harness.caselink_env(f"sqlite:///{run.workdir / 'check.db'}", **gunicorn))
     print(f"\n== environment {environment}: {ENVIRONMENTS[environment]}")
     print("gunicorn, the same for every target: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    fake = harness.Fake(run.workdir).start() if "live" in args.targets else None
+    fake = harness.Fake(run.workdir).start() if {"live", "baseline"} & set(args.targets) else None
     if fake:
         run.started(fake.process)
     servers: dict[str, Server] = {}
@@ -80,9 +81,10 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
             servers[key] = run.serve(Server(f"{environment}-{key}", harness.base_env(**gunicorn, **extra),
                                             run.workdir, deployed=deployed, app=BARE_APP))
         else:
+            # The baseline: caselink live from an older tree, under that tree's own gunicorn.conf.py.
             servers[key], databases[key] = harness.caselink(
-                f"{environment}-{key}", run, fake_url=fake.url if fake and key == "live" else None,
-                deployed=deployed, **gunicorn)
+                f"{environment}-{key}", run, fake_url=fake.url if fake and key in ("live", "baseline") else None,
+                deployed=deployed, root=args.baseline_tree if key == "baseline" else ROOT, **gunicorn)
             if key == "gthread":  # caselink as configured, but for gunicorn's own worker class
                 servers[key].command[3:3] = ["--worker-class", "gthread"]
                 servers[key].restart()
@@ -110,9 +112,10 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     checks = {}
     for key, database_url in databases.items():
         rows = [m for m in measurements if m.target == key]
+        live = key in ("live", "baseline")
         checks[key] = harness.store_check(servers[key].url, database_url, sum(m.accepted_total for m in rows),
-                                          sum(m.unanswered for m in rows), args.generator_used == "wrk", key == "live")
-        if key == "live" and fake:
+                                          sum(m.unanswered for m in rows), args.generator_used == "wrk", live)
+        if live and fake:
             # Every request names the same incident and case, so every one plans the same link: one creation.
             state = fake.get("/_fake/state")
             checks[key].update(fake_link_creations=state["creations"], fake_requests=state["requests"])
@@ -160,7 +163,7 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
                       # The ratio to expect when the CPUs are the limit, least moved by other load on the machine.
                       cpu_ratio_to_bare=round(base / own, 3) if own and base else None)
     floor = summary.get("floor", {}).get("rps_median")
-    for key in ("dry-run", "live"):
+    for key in ("dry-run", "live", "baseline"):
         if floor and summary.get(key, {}).get("rps_median"):
             summary[key].update(ratio_to_floor=round(summary[key]["rps_median"] / floor, 3),
                                 ratio_to_floor_rounds=[round(m.rps / f.rps, 3) for m, f in per_round(key, "floor")])
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=conf["threads"])
     parser.add_argument("--gunicorn-args", default="", help="more gunicorn settings for every target alike, as on "
                         "its command line (e.g. --keep-alive 2)")
+    parser.add_argument("--baseline", help="a revision (or source folder): its caselink live runs as one more "
+                        "target, 'caselink live then', under its own gunicorn.conf.py (e.g. 7197a0d, issue 17's)")
     parser.add_argument("--same-servers", action="store_true",
                         help="keep each target's server for every round (default: start every server afresh)")
     args = parser.parse_args(argv)
@@ -269,8 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     args.targets = harness.listed(parser, "--targets", args.targets, TARGETS)
     # The python generator opens a new connection whenever an answer says Connection: close.
     args.generator_used = "python" if args.new_connections else harness.generator_used(parser, args.generator)
+    if args.baseline and "baseline" not in args.targets:
+        args.targets.append("baseline")
+    elif "baseline" in args.targets and not args.baseline:
+        parser.error("the baseline target needs --baseline REVISION")
     results: dict[str, Any] = {}
     with harness.Run("ack", args, argv) as run:
+        if args.baseline:
+            args.baseline_tree = harness.source_tree(args.baseline, run.workdir)
+            LABELS["baseline"] = f"live at {args.baseline}"[:21]
         machine = run.document["machine"]
         print(f"machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}")
         for environment in args.environments:
