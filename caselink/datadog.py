@@ -101,6 +101,7 @@ class DatadogClient:
         failed_calls_per_second: int = 10,
         list_window: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (min(3.05, timeout), timeout)
@@ -128,8 +129,9 @@ class DatadogClient:
         self._clock = clock
         self.failures = _FailureBudget(failed_calls_per_second, clock)
         self._list_window = list_window
-        # (entity type, entity id, relationship) -> (links, monotonic time of the listing)
-        self._listings: dict[tuple[str, str, str], tuple[list[Mapping[str, Any]], float]] = {}
+        # (entity type, entity id, relationship) -> (links, when they were asked for: monotonic, time.time())
+        self._listings: dict[tuple[str, str, str], tuple[list[Mapping[str, Any]], float, float]] = {}
+        self._wall_clock = wall_clock
         self._listings_lock = threading.Lock()
         self._single = _SingleFlight()
 
@@ -202,9 +204,7 @@ class DatadogClient:
 
     # -- links --------------------------------------------------------------
 
-    def list_links(
-        self, entity_type: str, entity_id: str, relationship: str | None = None
-    ) -> list[Mapping[str, Any]]:
+    def list_links(self, entity_type: str, entity_id: str, relationship: str | None = None) -> list[Mapping[str, Any]]:
         """The links Datadog holds for one entity, optionally of one relationship."""
         params = {"entity_type": entity_type, "entity_id": entity_id}
         if relationship:
@@ -219,17 +219,19 @@ class DatadogClient:
 
         return self._call(LIST_LINKS, "GET", "/api/v2/cases/link", params=params, parse=parse)
 
-    def find_link(self, link: ResolvedLink, *, recent: bool = False) -> str | None:
+    def find_link(self, link: ResolvedLink, *, listed_since: float | None = None) -> str | None:
         """The id of this link if it already exists in Datadog.
 
-        `recent=True` accepts a listing of the link's case made up to
-        `list_window` seconds ago (one listing serves every delivery to that
-        case meanwhile); use it only for a link no earlier attempt may have
-        created. Otherwise Datadog is asked now.
+        `listed_since` (a time.time()) accepts a listing of the link's case made
+        at or after it and up to `list_window` seconds ago (one listing serves
+        every delivery to that case meanwhile); pass when the link was planned,
+        and only for a link no earlier attempt may have created. A listing from
+        before the link was planned may not show a link someone made by hand
+        before the webhook came. Otherwise (None) Datadog is asked now.
         """
         key = _listing_key(link)
         wanted = _normal(link.attributes())
-        for item in self._listing(key, recent=recent):
+        for item in self._listing(key, since=listed_since):
             attributes = item.get("attributes")
             if not isinstance(attributes, Mapping):
                 continue
@@ -240,30 +242,31 @@ class DatadogClient:
                     return ident
         return None
 
-    def _listing(self, key: tuple[str, str, str], *, recent: bool) -> list[Mapping[str, Any]]:
-        """The links of one case and relationship: a listing at most `list_window` old if
-        `recent`, else a new one. Concurrent deliveries to one case share one request."""
-        if recent:
-            found = self._recent_listing(key)
+    def _listing(self, key: tuple[str, str, str], *, since: float | None) -> list[Mapping[str, Any]]:
+        """The links of one case and relationship: a listing made after `since` and at most
+        `list_window` old if `since` is given, else a new one. Concurrent deliveries to one
+        case share one request."""
+        if since is not None:
+            found = self._recent_listing(key, since)
             if found is not None:
                 return found
         with self._single.lock(("links", *key)):
-            if recent:
-                found = self._recent_listing(key)
+            if since is not None:
+                found = self._recent_listing(key, since)
                 if found is not None:
                     return found
-            asked_at = self._clock()
+            asked_at, asked_at_wall = self._clock(), self._wall_clock()
             items = self.list_links(*key)
             with self._listings_lock:
                 if len(self._listings) > 10_000:
                     self._listings.clear()
-                self._listings[key] = (items, asked_at)
+                self._listings[key] = (items, asked_at, asked_at_wall)
             return items
 
-    def _recent_listing(self, key: tuple[str, str, str]) -> list[Mapping[str, Any]] | None:
+    def _recent_listing(self, key: tuple[str, str, str], since: float) -> list[Mapping[str, Any]] | None:
         with self._listings_lock:
             found = self._listings.get(key)
-        if found is None or self._clock() - found[1] > self._list_window:
+        if found is None or self._clock() - found[1] > self._list_window or found[2] < since:
             return None
         return found[0]
 
@@ -284,7 +287,7 @@ class DatadogClient:
             found = self._listings.get(key)
             if found is not None:
                 # The listing stays true: what this process made is in it.
-                self._listings[key] = ([*found[0], {"id": ident, "attributes": link.attributes()}], found[1])
+                self._listings[key] = ([*found[0], {"id": ident, "attributes": link.attributes()}], *found[1:])
         return ident
 
     # -- transport ----------------------------------------------------------

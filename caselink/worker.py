@@ -474,9 +474,11 @@ class DeliveryWorker:
             return "lease_lost"
         link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
         # A first attempt may use a listing of the case that other deliveries made a
-        # moment ago; after any earlier attempt (a timeout, a 5xx, a lease that ran
-        # out) the POST may have taken effect, so Datadog is asked again now.
-        existing = self._within_budget(job, LIST_LINKS, lambda: self.client.find_link(link, recent=job.first_attempt))
+        # moment ago, if it was made after this link was planned: an older one may miss a
+        # link made by hand before the webhook came. After any earlier attempt (a timeout,
+        # a 5xx, a lease that ran out) the POST may have taken effect: Datadog is asked now.
+        since = job.due_at if job.first_attempt else None
+        existing = self._within_budget(job, LIST_LINKS, lambda: self.client.find_link(link, listed_since=since))
         self._credentials_work()
         if existing is not None:
             self.store.delivered(job, existing, existed=True, now=self.clock())

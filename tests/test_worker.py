@@ -411,6 +411,44 @@ def test_a_retry_after_an_ambiguous_failure_asks_datadog_again_instead_of_a_rece
     assert len(lists) == 2
 
 
+def test_a_link_made_by_hand_before_its_webhook_is_found_though_a_listing_of_its_case_is_recent(
+    store, make_worker, fake_datadog
+):
+    plan(store, causes(1))
+    worker = make_worker(worker_concurrency=1, dd_link_list_window=60.0)
+    worker.run_until_idle()  # lists OPS-42's links: a listing well within its window from here on
+    attributes = {
+        "parent_entity_type": "INCIDENT",
+        "parent_entity_id": incident(2),
+        "relationship": "CAUSES",
+        "child_entity_type": "CASE",
+        "child_entity_id": case_uuid("OPS-42"),
+    }
+    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+    time.sleep(0.01)  # the webhook comes after the link was made by hand
+    plan(store, causes(2))
+
+    worker.run_until_idle()
+
+    assert set(fake_datadog.link_counts().values()) == {1}
+    outcomes = {link["datadog_link_id"]: link["outcome"] for link in store.list_links()}
+    assert outcomes["made-by-hand"] == "existing"
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    # The listing made for the first link predates the second one's webhook: OPS-42 is listed again.
+    assert len(lists) == 2
+
+
+def test_links_planned_before_a_listing_of_their_case_share_it(store, make_worker, fake_datadog):
+    for index in range(5):
+        plan(store, causes(index))
+
+    make_worker(worker_concurrency=1, dd_link_list_window=60.0).run_until_idle()
+
+    assert states(store) == {"delivered": 5}
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    assert len(lists) == 1
+
+
 # What each way of failing leaves a `run_once` pass saying, and what the stored error says.
 PASS_REASONS = {
     "401": "keys rejected",

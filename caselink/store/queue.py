@@ -43,6 +43,9 @@ class Job:
     # True when no earlier attempt can have sent this link to Datadog: never
     # claimed before, so no POST of it can have been lost on the way.
     first_attempt: bool = False
+    # When it became due (time.time()): for a first attempt, when a webhook planned it or a
+    # live rule woke it. A listing of Datadog's links from before then may miss one made by hand.
+    due_at: float | None = None
 
     def __str__(self) -> str:
         return f"{self.parent} {self.relationship} {self.child}"
@@ -94,6 +97,7 @@ class Queue(Database):
                 links.c.parent_id,
                 links.c.child_id,
                 links.c.attempts,
+                links.c.next_attempt_at,
                 # Left as it was: every earlier attempt that ended sets it (the
                 # lease of one that never ended ran out, and its claim counted).
                 links.c.last_error,
@@ -112,6 +116,7 @@ class Queue(Database):
                 attempts=row.attempts,
                 token=token,
                 first_attempt=row.attempts == 1 and row.last_error is None,
+                due_at=row.next_attempt_at,
             )
             for row in sorted(rows, key=lambda row: row.id)
         ]
