@@ -56,6 +56,11 @@ CONNECTIONS_SHED = Counter(
     " idle (kept alive, or sent nothing yet) or sending (a request still arriving, answered 503).",
     ["state"],
 )
+CONNECTIONS_REBALANCED = Counter(
+    "caselink_connections_rebalanced_total",
+    "Kept-alive connections a worker closed after an answer (Connection: close) while a sibling worker held"
+    " fewer: the client connects again and the sibling takes the new connection (caselink/serving.py).",
+)
 WEBHOOK_SECONDS = Histogram(
     "caselink_webhook_seconds",
     "Time to answer a webhook.",

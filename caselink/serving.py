@@ -33,6 +33,12 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   seconds; after `ACCEPT_DEFER` seconds it takes one connection anyway (so a
   sibling that is stuck or gone never stops the service). The least loaded
   worker always accepts, so short connections never wait on the balancing.
+  Connections that are already open are balanced too: a worker that holds more
+  than `REBALANCE_SLACK` beyond a sibling answers one request with
+  `Connection: close` every `REBALANCE_INTERVAL` seconds, and the client's new
+  connection goes to the sibling. Otherwise a worker started late (a service
+  started under load, a worker replaced after a crash or `max_requests`) would
+  get none of a load balancer's pooled connections, which never close.
 - **A full worker still takes new connections.** gthread stops accepting once a
   worker holds `worker_connections`, so a few thousand idle connections left
   every new one, /healthz included, waiting in the kernel's queue until a head
@@ -78,6 +84,13 @@ STOP_LINGER = 2.0
 # connections beyond the least loaded live one (so only real imbalance, such as a pool
 # of kept-alive connections opened at once, is balanced; short connections never wait).
 ACCEPT_SLACK = 2
+# A worker closes kept-alive connections (one at a time, after an answer) while it holds more
+# than this many beyond a live sibling: more than ACCEPT_SLACK, so that the connections
+# moved are not moved back ...
+REBALANCE_SLACK = 4
+# ... at most one every this many seconds: a pool of 32 held by one of two workers is
+# shared out within a second, and a reconnect costs the client one handshake.
+REBALANCE_INTERVAL = 0.05
 # How long at most a worker leaves a waiting connection to a less loaded sibling
 # (a sibling that is stuck or starved of CPU must not stop the service) ...
 ACCEPT_DEFER = 0.01
@@ -110,6 +123,7 @@ class BufferingWorker(ThreadWorker):
         self._reading: dict[BufferedConn, None] = {}
         self._next_sweep = 0.0
         self._deferred_since: float | None = None
+        self._next_rebalance = 0.0
         self._draining: dict[BufferedConn, float] = {}
         self._stopping_since: float | None = None
         self.body_limit = DEFAULT_BODY_LIMIT
@@ -312,6 +326,21 @@ class BufferingWorker(ThreadWorker):
         conn.next_request()
         super().enqueue_req(conn)
         return True
+
+    def handle_request(self, req: Any, conn: TConn) -> Any:
+        now = time.monotonic()
+        if now >= self._next_rebalance and self.alive:
+            # Looked at once per REBALANCE_INTERVAL, not per request: the shared counts are
+            # read in a loop over every slot. Threads may race here; two closes at once is harmless.
+            self._next_rebalance = now + REBALANCE_INTERVAL
+            if not _LOADS.least_loaded(self._slot, self.nr_conns - REBALANCE_SLACK):
+                from caselink.metrics import CONNECTIONS_REBALANCED  # see _shed
+
+                # Answered with Connection: close, then closed: the client connects again,
+                # and accept() leaves the new connection to the sibling holding fewer.
+                req.must_close = True
+                CONNECTIONS_REBALANCED.inc()
+        return super().handle_request(req, conn)
 
     def handle(self, conn: TConn) -> Any:
         if isinstance(conn, BufferedConn) and conn.buffer:
