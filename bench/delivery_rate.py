@@ -3,9 +3,12 @@
 Links are planned straight into a fresh database (the webhook path minus HTTP), then `flask --app app
 worker` starts with the queue full. Scenarios `unlimited`, `limited` (429s beyond --limit per --period)
 and `storm` (one outage's burst): links/s, share of the limit, 429s, calls per link, exactly-once check.
+Scenario `trickle` plans the storm's links one by one while the worker runs (--trickle-rate a second),
+as webhooks spread over time arrive: each link then comes after the last listing of its case.
 
     python bench/delivery_rate.py [--rounds 3] [--stores sqlite,postgresql] [--limit 50 --period 1 --periods 20]
     python bench/delivery_rate.py --scenarios storm --baseline 7197a0d   # calls per link, then and now
+    python bench/delivery_rate.py --scenarios storm,trickle               # a burst, and the same links spread out
 
 See bench/README.md.
 """
@@ -32,8 +35,11 @@ STORM_TARGET, TARGET_FRACTION = 1.2, 0.95
 CREATE_PATH = "/api/v2/cases/link"
 
 
-def plan_links(database_url: str, count: int, cases: list[str], tag: str) -> tuple[list[tuple[str, str]], float]:
-    """Plan `count` distinct pending links through the store, as webhooks would; (incident, case) pairs."""
+def plan_links(
+    database_url: str, count: int, cases: list[str], tag: str, *, check: bool = True
+) -> tuple[list[tuple[str, str]], float]:
+    """Plan `count` distinct pending links through the store, as webhooks would; (incident, case) pairs.
+    `check`: the store must then hold exactly `count` pending links (no worker runs)."""
     from caselink.events import Headers
     from caselink.events import WebhookRequest
     from caselink.rules import load_rules
@@ -63,7 +69,7 @@ def plan_links(database_url: str, count: int, cases: list[str], tag: str) -> tup
         seconds, counts = time.perf_counter() - started, store.count_links()
     finally:
         store.dispose()
-    if counts.get("pending") != count:
+    if check and counts.get("pending") != count:
         raise RuntimeError(f"planned {count} links but the store holds {counts}")
     return planned, seconds
 
@@ -92,14 +98,19 @@ def count_links(database_url: str) -> dict[str, int]:
 
 def run_once(args: argparse.Namespace, run: harness.Run, fake: harness.Fake, store: str, scenario: str,
              round_number: int, code: str, root: Path) -> dict[str, Any]:
-    links = {"unlimited": args.links, "limited": args.limit * args.periods, "storm": args.storm_links}[scenario]
-    cases = args.case_keys[: args.storm_cases] if scenario == "storm" else args.case_keys
+    links = {"unlimited": args.links, "limited": args.limit * args.periods, "storm": args.storm_links,
+             "trickle": args.storm_links}[scenario]
+    cases = args.case_keys[: args.storm_cases] if scenario in ("storm", "trickle") else args.case_keys
     label = f"{store}-{scenario}-{code}-r{round_number}"
     database_url = run.databases.new(store, label)
     env = harness.caselink_env(database_url, fake.url, WORKER_CONCURRENCY=args.concurrency)
     harness.migrate(env, root)
     plan = plan_links if root == ROOT else lambda *a: plan_links_with(root, *a)
-    planned, plan_seconds = plan(database_url, links, cases, label)
+    planned: list[tuple[str, str]]
+    if scenario == "trickle":
+        planned, plan_seconds = [], 0.0  # planned below, while the worker runs
+    else:
+        planned, plan_seconds = plan(database_url, links, cases, label)
     fake.post("/_fake/reset", {})
     if scenario == "limited":
         fake.post("/_fake/configure", {"limits": {"create": {"limit": args.limit, "period": args.period,
@@ -111,9 +122,16 @@ def run_once(args: argparse.Namespace, run: harness.Run, fake: harness.Fake, sto
         seconds = [w.cpu_seconds() for w in workers]
         return None if None in seconds else sum(seconds)  # type: ignore[arg-type]
 
+    worker_cpu: list[float | None] = []
+    if scenario == "trickle":
+        worker_cpu.append(workers_cpu())  # delivery starts with the first link planned
+        began = time.monotonic()
+        for index in range(links):
+            planned += plan_links(database_url, 1, [cases[index % len(cases)]], f"{label}-{index}", check=False)[0]
+            time.sleep(max(0.0, began + (index + 1) / args.trickle_rate - time.monotonic()))
+        plan_seconds = time.monotonic() - began
     started = progress_at = time.monotonic()
     timeout = args.timeout or 120 + (links / args.limit * args.period * 3 if scenario == "limited" else links / 10)
-    worker_cpu: list[float | None] = []
     try:
         seen = -1
         while True:
@@ -252,6 +270,10 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
                   f"{TARGET_FRACTION}; worst whole period per round: "
                   f"{harness.joined(v['fraction_of_limit_min_period_rounds'], '.2f')}); 429s after the first period: "
                   f"{late} (target: none)")
+        if "/trickle" in key:
+            print(f"{key}: {show(v['calls_per_link_median'], '.3f')} Datadog calls per link with the storm's links "
+                  f"planned {args.trickle_rate:g} a second (rounds {harness.joined(v['calls_per_link_rounds'], '.3f')}"
+                  "); a listing serves only the links planned before it")
         if "/storm" in key:
             per_link = v["calls_per_link_median"]
             print(f"{key}: {show(per_link, '.3f')} Datadog calls per link (rounds "
@@ -277,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=20, help="distinct cases the links point at (the fake knows them)")
     parser.add_argument("--storm-links", type=int, default=100, help="storm scenario: links planned at once")
     parser.add_argument("--storm-cases", type=int, default=10, help="storm scenario: distinct cases they point at")
+    parser.add_argument("--trickle-rate", type=float, default=10.0, help="trickle scenario: links planned a second")
     parser.add_argument("--baseline", help="a commit (or source folder) whose worker runs every scenario too")
     parser.add_argument("--concurrency", type=int, help="WORKER_CONCURRENCY of the worker (default: caselink's)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the queue and the rate limit")
@@ -284,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_run_options(parser, postgres=True)
     args = parser.parse_args(argv)
     args.stores = harness.listed(parser, "--stores", args.stores, ("sqlite", "postgresql"))
-    args.scenarios = harness.listed(parser, "--scenarios", args.scenarios, ("unlimited", "limited", "storm"))
+    args.scenarios = harness.listed(parser, "--scenarios", args.scenarios, ("unlimited", "limited", "storm", "trickle"))
     if min(args.limit, args.cases, args.storm_cases) < 1 or args.period <= 0 or args.periods < 3 \
             or min(args.links, args.storm_links) < 2:
         parser.error("--limit, --cases, --storm-cases >= 1, --period > 0, --periods >= 3, --links, --storm-links >= 2")
@@ -295,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             run.databases.check_postgres()
         codes = [("this", ROOT)] + ([(args.baseline, harness.source_tree(args.baseline, run.workdir))]
                                     if args.baseline else [])
-        runs = [(code, store, scenario) for code in codes for store in args.stores for scenario in args.scenarios]
+        # Trickle plans with this tree's store, which an older tree's schema may not hold: this tree's worker only.
+        runs = [(code, store, scenario) for code in codes for store in args.stores for scenario in args.scenarios
+                if scenario != "trickle" or code[0] == "this"]
         fake = harness.Fake(run.workdir, args.case_keys).start()
         run.started(fake.process)
         print(f"machine: {run.document['machine']}")
