@@ -203,12 +203,21 @@ class _Output:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._listener: _Listener | None = None
 
+    # Lines queued at most (about 40 MB of webhook lines). A log reader stalled for longer than
+    # they take to queue then holds the threads that log, at its own pace: memory stays bounded,
+    # and no line is dropped.
+    limit = 100_000
+
     def put(self, line: str) -> None:
-        with self._lock:
-            if self._listener is not None:
-                self._queue.put(line)
-                return
-            _write([line])
+        while True:
+            with self._lock:
+                if self._listener is None:
+                    _write([line])
+                    return
+                if self._queue.qsize() < self.limit:
+                    self._queue.put(line)
+                    return
+            time.sleep(0.01)
 
     def start(self) -> None:
         with self._lock:

@@ -175,6 +175,36 @@ def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none
     assert msgs == ["first", "second", *["more"] * 100, "after"]
 
 
+def test_in_the_background_a_stalled_stdout_holds_the_logging_thread_once_the_queue_is_full_and_loses_nothing(
+    configured, monkeypatch, background
+):
+    configured()
+    logs.configure("INFO", "json")
+    monkeypatch.setattr(logs._OUTPUT, "limit", 50)
+    release = threading.Event()
+    stream = _Stream(hold=release)
+    monkeypatch.setattr("sys.stdout", stream)
+    logs.emit(logs.get("web"), logging.INFO, "first", {})
+    assert stream.writing.wait(5)  # the writer is stuck in its first write
+
+    def log_many() -> None:
+        for n in range(80):
+            logs.emit(logs.get("web"), logging.INFO, "more", {"n": n})
+
+    logging_thread = threading.Thread(target=log_many)
+    logging_thread.start()
+    logging_thread.join(1.0)
+    assert logging_thread.is_alive()  # held at the limit, not queuing without end
+    assert logs._OUTPUT._queue.qsize() == 50
+    release.set()
+    logging_thread.join(5)
+    logs.flush()
+
+    lines = [json.loads(line) for line in stream.lines()]
+    assert [line["msg"] for line in lines] == ["first", *["more"] * 80]
+    assert [line["n"] for line in lines[1:]] == list(range(80))
+
+
 def test_a_failed_write_is_reported_and_the_next_line_is_written(configured, monkeypatch, capsys):
     configured()
     logs.configure("INFO", "json")
