@@ -79,6 +79,13 @@ def on_starting(server):
             log.warning(note.removeprefix("warning: "))
         else:
             log.info(note)
+    if server.cfg.worker_class_str != worker_class:
+        # GUNICORN_CMD_ARGS or the command line chose another worker class.
+        log.warning(
+            f"gunicorn's worker class is {server.cfg.worker_class_str}, not {worker_class}: connections are"
+            " not shared out between the workers (a load balancer's pool may all go to one), and slow"
+            " clients hold request threads (caselink/serving.py)"
+        )
 
 
 def post_worker_init(worker):

@@ -517,6 +517,9 @@ def test_two_workers_serve_a_connection_per_request_about_as_fast_as_stock_gthre
     ratio = max(rates["ours"]) / max(rates["stock"])
     # Deferring to a sibling used to leave both workers paused: about 0.15 of stock gthread.
     assert ratio > 0.5, f"connection-per-request throughput, ours / stock gthread: {rates}"
+    # Another worker class is allowed, with a warning at start: it shares out no connections.
+    assert "worker class is gthread, not caselink.serving.BufferingWorker" in stock.logs()
+    assert "worker class is" not in ours.logs()
 
 
 @pytest.mark.slow
