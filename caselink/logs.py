@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import select
 import sys
 import threading
 import time
@@ -147,10 +148,30 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     _configured = True
 
 
+# What one write(2) to a pipe may hold and still reach the reader whole, never interleaved with
+# another process's write to the same pipe (POSIX PIPE_BUF; 4096 on Linux). gunicorn's workers
+# share their stdout: a larger write that a stalled reader leaves half done lets a sibling's
+# lines in mid-line.
+_ATOMIC_WRITE = select.PIPE_BUF
+
+
 def _write(lines: list[str]) -> None:
+    """Write `lines`, each ended by a newline, in writes of whole lines of at most PIPE_BUF bytes
+    (one line longer than that alone in its write), each flushed."""
     stream = sys.stdout
-    stream.write("\n".join(lines) + "\n")
-    stream.flush()
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode("utf-8", "surrogatepass")) + 1
+        if chunk and size + length > _ATOMIC_WRITE:
+            stream.write("\n".join(chunk) + "\n")
+            stream.flush()
+            chunk, size = [], 0
+        chunk.append(line)
+        size += length
+    if chunk:
+        stream.write("\n".join(chunk) + "\n")
+        stream.flush()
 
 
 class _Listener(logging.handlers.QueueListener):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 import time
 
@@ -203,6 +204,32 @@ def test_in_the_background_a_stalled_stdout_holds_the_logging_thread_once_the_qu
     lines = [json.loads(line) for line in stream.lines()]
     assert [line["msg"] for line in lines] == ["first", *["more"] * 80]
     assert [line["n"] for line in lines[1:]] == list(range(80))
+
+
+def test_in_the_background_each_write_is_whole_lines_a_pipe_delivers_unmixed_with_another_process_s(
+    configured, monkeypatch, background
+):
+    configured()
+    logs.configure("INFO", "json")
+    release = threading.Event()
+    stream = _Stream(hold=release)
+    monkeypatch.setattr("sys.stdout", stream)
+    logs.emit(logs.get("web"), logging.INFO, "first", {})
+    assert stream.writing.wait(5)  # lines gather while the first write is held, as behind a stalled reader
+    for n in range(200):
+        logs.emit(logs.get("web"), logging.INFO, "webhook", {"n": n, "pad": "x" * 250})
+    logs.emit(logs.get("web"), logging.INFO, "long", {"pad": "é" * 5000})
+    logs.emit(logs.get("web"), logging.INFO, "last", {})
+    release.set()
+    logs.flush()
+
+    sizes = [len(text.encode()) for _, text in stream.writes]
+    assert all(text.endswith("\n") for _, text in stream.writes)
+    # PIPE_BUF: a write to a pipe of at most that many bytes is never interleaved with another's.
+    assert [size for size in sizes if size > select.PIPE_BUF] == [len(stream.writes[-2][1].encode())]
+    assert len(stream.writes) < 40  # lines still share writes: about 13 of these to a write
+    msgs = [json.loads(line)["msg"] for line in stream.lines()]
+    assert msgs == ["first", *["webhook"] * 200, "long", "last"]
 
 
 def test_a_failed_write_is_reported_and_the_next_line_is_written(configured, monkeypatch, capsys):
