@@ -36,9 +36,11 @@ It changes two things about gunicorn's threaded worker, and nothing else:
   Connections that are already open are balanced too: a worker that holds more
   than `REBALANCE_SLACK` beyond a sibling answers one request with
   `Connection: close` every `REBALANCE_INTERVAL` seconds, and the client's new
-  connection goes to the sibling. Otherwise a worker started late (a service
-  started under load, a worker replaced after a crash or `max_requests`) would
-  get none of a load balancer's pooled connections, which never close.
+  connection goes to the sibling (while the sibling takes none, stopped or still
+  loading the app, less and less often, down to one every `REBALANCE_BACKOFF`).
+  Otherwise a worker started late (a service started under load, a worker
+  replaced after a crash or `max_requests`) would get none of a load
+  balancer's pooled connections, which never close.
 - **A full worker still takes new connections.** gthread stops accepting once a
   worker holds `worker_connections`, so a few thousand idle connections left
   every new one, /healthz included, waiting in the kernel's queue until a head
@@ -89,8 +91,11 @@ ACCEPT_SLACK = 2
 # moved are not moved back ...
 REBALANCE_SLACK = 4
 # ... at most one every this many seconds: a pool of 32 held by one of two workers is
-# shared out within a second, and a reconnect costs the client one handshake.
+# shared out within a second, and a reconnect costs the client one handshake ...
 REBALANCE_INTERVAL = 0.05
+# ... and, while the sibling takes none of the connections closed for it (stopped, or still
+# loading the app: the client's new connection comes back here), twice as long each time, up to this.
+REBALANCE_BACKOFF = 2.0
 # How long at most a worker leaves a waiting connection to a less loaded sibling
 # (a sibling that is stuck or starved of CPU must not stop the service) ...
 ACCEPT_DEFER = 0.01
@@ -124,6 +129,8 @@ class BufferingWorker(ThreadWorker):
         self._next_sweep = 0.0
         self._deferred_since: float | None = None
         self._next_rebalance = 0.0
+        self._rebalance_wait = REBALANCE_INTERVAL
+        self._rebalanced_towards: int | None = None  # what the least loaded sibling held at the last close
         self._draining: dict[BufferedConn, float] = {}
         self._stopping_since: float | None = None
         self.body_limit = DEFAULT_BODY_LIMIT
@@ -330,17 +337,31 @@ class BufferingWorker(ThreadWorker):
     def handle_request(self, req: Any, conn: TConn) -> Any:
         now = time.monotonic()
         if now >= self._next_rebalance and self.alive:
-            # Looked at once per REBALANCE_INTERVAL, not per request: the shared counts are
-            # read in a loop over every slot. Threads may race here; two closes at once is harmless.
-            self._next_rebalance = now + REBALANCE_INTERVAL
-            if not _LOADS.least_loaded(self._slot, self.nr_conns - REBALANCE_SLACK):
-                from caselink.metrics import CONNECTIONS_REBALANCED  # see _shed
-
-                # Answered with Connection: close, then closed: the client connects again,
-                # and accept() leaves the new connection to the sibling holding fewer.
-                req.must_close = True
-                CONNECTIONS_REBALANCED.inc()
+            # Looked at once per REBALANCE_INTERVAL at most, not per request: the shared counts
+            # are read in a loop over every slot. Threads may race here; two closes at once is harmless.
+            self._next_rebalance = now + self._rebalance(req)
         return super().handle_request(req, conn)
+
+    def _rebalance(self, req: Any) -> float:
+        """Mark `req`'s answer to close its connection if a live sibling holds more than
+        REBALANCE_SLACK fewer; the seconds until the next look."""
+        fewest = _LOADS.fewest(self._slot)
+        if fewest is None or fewest >= self.nr_conns - REBALANCE_SLACK:
+            self._rebalanced_towards, self._rebalance_wait = None, REBALANCE_INTERVAL
+            return REBALANCE_INTERVAL
+        if self._rebalanced_towards is not None and fewest <= self._rebalanced_towards:
+            # The sibling took none of the connections closed for it: look less and less often.
+            self._rebalance_wait = min(self._rebalance_wait * 2, REBALANCE_BACKOFF)
+        else:
+            self._rebalance_wait = REBALANCE_INTERVAL
+        self._rebalanced_towards = fewest
+        from caselink.metrics import CONNECTIONS_REBALANCED  # see _shed
+
+        # Answered with Connection: close, then closed: the client connects again, and
+        # accept() leaves the new connection to the sibling holding fewer.
+        req.must_close = True
+        CONNECTIONS_REBALANCED.inc()
+        return self._rebalance_wait
 
     def handle(self, conn: TConn) -> Any:
         if isinstance(conn, BufferedConn) and conn.buffer:
@@ -649,6 +670,20 @@ class _Loads:
 
     def publish(self, slot: int, connections: int) -> None:
         self._cells[2 * slot + 1] = connections
+
+    def fewest(self, slot: int) -> int | None:
+        """The fewest connections a live sibling holds; None when there is none."""
+        cells = self._cells
+        found = None
+        for other in range(MAX_WORKERS):
+            pid = cells[2 * other]
+            if other == slot or pid == 0 or (found is not None and cells[2 * other + 1] >= found):
+                continue
+            if _alive(pid):
+                found = cells[2 * other + 1]
+            else:
+                self.release(other)  # killed without a word; the master gives the slot out again
+        return found
 
     def least_loaded(self, slot: int, connections: int) -> bool:
         """Whether no live sibling holds fewer connections than `connections`."""

@@ -396,6 +396,12 @@ def test_a_worker_that_starts_after_a_pool_of_keep_alive_connections_opened_stil
             for index in range(32):
                 sockets.append(socket.create_connection(("127.0.0.1", web.port), timeout=5))
                 exchange(index)
+            # A sibling that takes none of the connections closed for it is tried less and less often.
+            closed, until = 0, time.monotonic() + 2
+            while time.monotonic() < until:
+                for index in range(32):
+                    exchange(index)
+            assert closed <= 8, f"{closed} connections closed in 2 s for a sibling that took none"
             for _ in range(100):  # a connection opened last may still wait to be accepted
                 split = _connections_per_worker(web)
                 if sum(split) == 32:
