@@ -152,17 +152,27 @@ def test_in_the_background_lines_from_many_threads_are_written_whole_once_and_in
         assert [entry["n"] for entry in written if entry["thread"] == t] == list(range(300))
 
 
-def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none_is_lost_at_flush(
-    configured, monkeypatch, background
-):
-    configured()
-    logs.configure("INFO", "json")
-    release = threading.Event()
-    stream = _Stream(hold=release)
-    monkeypatch.setattr("sys.stdout", stream)
+@pytest.fixture
+def stall(configured, monkeypatch, background):
+    """Call in the test (pytest's capture puts its own sys.stdout back between setup and the test):
+    logging in the background to a stdout whose first write ("first") is held until `release` is
+    set; returns (release, stream)."""
 
-    logs.emit(logs.get("web"), logging.INFO, "first", {})
-    assert stream.writing.wait(5)  # the writer is stuck in its first write
+    def stalled() -> tuple[threading.Event, _Stream]:
+        configured()
+        logs.configure("INFO", "json")
+        release = threading.Event()
+        stream = _Stream(hold=release)
+        monkeypatch.setattr("sys.stdout", stream)
+        logs.emit(logs.get("web"), logging.INFO, "first", {})
+        assert stream.writing.wait(5)  # the writer is stuck in its first write, as behind a stalled reader
+        return release, stream
+
+    return stalled
+
+
+def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none_is_lost_at_flush(stall):
+    release, stream = stall()
     started = time.monotonic()
     logs.get("web").warning("second")  # through logging: the same queue, the same order
     for n in range(100):
@@ -177,16 +187,10 @@ def test_in_the_background_no_logging_thread_waits_for_a_stalled_stdout_and_none
 
 
 def test_in_the_background_a_stalled_stdout_holds_the_logging_thread_once_the_queue_is_full_and_loses_nothing(
-    configured, monkeypatch, background
+    stall, monkeypatch
 ):
-    configured()
-    logs.configure("INFO", "json")
+    release, stream = stall()
     monkeypatch.setattr(logs._OUTPUT, "limit", 50)
-    release = threading.Event()
-    stream = _Stream(hold=release)
-    monkeypatch.setattr("sys.stdout", stream)
-    logs.emit(logs.get("web"), logging.INFO, "first", {})
-    assert stream.writing.wait(5)  # the writer is stuck in its first write
 
     def log_many() -> None:
         for n in range(80):
@@ -206,16 +210,8 @@ def test_in_the_background_a_stalled_stdout_holds_the_logging_thread_once_the_qu
     assert [line["n"] for line in lines[1:]] == list(range(80))
 
 
-def test_in_the_background_each_write_is_whole_lines_a_pipe_delivers_unmixed_with_another_process_s(
-    configured, monkeypatch, background
-):
-    configured()
-    logs.configure("INFO", "json")
-    release = threading.Event()
-    stream = _Stream(hold=release)
-    monkeypatch.setattr("sys.stdout", stream)
-    logs.emit(logs.get("web"), logging.INFO, "first", {})
-    assert stream.writing.wait(5)  # lines gather while the first write is held, as behind a stalled reader
+def test_in_the_background_each_write_is_whole_lines_a_pipe_delivers_unmixed_with_another_process_s(stall):
+    release, stream = stall()  # lines gather while the first write is held
     for n in range(200):
         logs.emit(logs.get("web"), logging.INFO, "webhook", {"n": n, "pad": "x" * 250})
     logs.emit(logs.get("web"), logging.INFO, "long", {"pad": "é" * 5000})
@@ -250,14 +246,8 @@ def test_a_failed_write_is_reported_and_the_next_line_is_written(configured, mon
     assert [json.loads(line)["msg"] for line in stream.lines()] == ["written"]
 
 
-def test_a_forked_child_writes_its_own_lines_and_not_those_its_parent_had_queued(configured, monkeypatch, background):
-    configured()
-    logs.configure("INFO", "json")
-    release = threading.Event()
-    stream = _Stream(hold=release)
-    monkeypatch.setattr("sys.stdout", stream)
-    logs.emit(logs.get("web"), logging.INFO, "parent", {})
-    assert stream.writing.wait(5)
+def test_a_forked_child_writes_its_own_lines_and_not_those_its_parent_had_queued(stall, monkeypatch):
+    release, stream = stall()  # the parent's first line is being written
     logs.emit(logs.get("web"), logging.INFO, "parent queued", {})
     parent = logs._OUTPUT._listener  # noqa: SLF001 - the parent's writer, held up
 
@@ -270,7 +260,7 @@ def test_a_forked_child_writes_its_own_lines_and_not_those_its_parent_had_queued
     parent.stop()
 
     assert [json.loads(line)["msg"] for line in child.lines()] == ["child"]
-    assert [json.loads(line)["msg"] for line in stream.lines()] == ["parent", "parent queued"]
+    assert [json.loads(line)["msg"] for line in stream.lines()] == ["first", "parent queued"]
 
 
 @pytest.mark.slow
