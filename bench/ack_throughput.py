@@ -1,11 +1,11 @@
 """Webhook acknowledgements per second: caselink under gunicorn next to a bare Flask endpoint.
 
-The bare app (bench/bare_app.py), the floor (the bare app committing each body to SQLite before
+The bare app (bench/bare_app.py), `stored` (the bare app committing each body to SQLite before
 its 202), caselink dry-run, and caselink live against the fake Datadog run with the same gunicorn
 settings, taking turns over rounds, each started afresh every round, once per environment
 (deployed, plain). Prints requests/s, latency, errors, CPU per request, how the connections were
 split between workers, the ratio caselink / bare (target: at least 0.85 at the median, no round
-below 0.7) and caselink / floor; checks that caselink and the floor stored one event per 202.
+below 0.7) and caselink / stored; checks that caselink and `stored` stored one event per 202.
 
     python bench/ack_throughput.py [--duration 8] [--rounds 5] [--environments deployed,plain]
     python bench/ack_throughput.py --new-connections --targets bare,dry-run,gthread  # a connection per request
@@ -32,11 +32,12 @@ from harness import median
 from harness import show
 
 TARGET_RATIO, TARGET_ROUND_RATIO = 0.85, 0.7
-# floor: the bare app committing each body to SQLite before its 202 (bench/bare_app.py), the least a
-# service whose 202 means stored can do; gthread: dry-run under gunicorn's own worker, only when named.
-TARGETS = ("bare", "floor", "dry-run", "live", "gthread", "baseline")  # baseline: live from --baseline's tree
+# stored: the bare app committing each body to SQLite before its 202 (bench/bare_app.py), a simple
+# store-before-answering app (a reference, not a bound); gthread: dry-run under gunicorn's own worker,
+# only when named.
+TARGETS = ("bare", "stored", "dry-run", "live", "gthread", "baseline")  # baseline: live from --baseline's tree
 LABELS = {"bare": "bare Flask 202", "dry-run": "caselink dry-run", "live": "caselink live",
-          "gthread": "dry-run, gthread", "floor": "bare + durable write", "baseline": "caselink live then"}
+          "gthread": "dry-run, gthread", "stored": "bare + durable write", "baseline": "caselink live then"}
 BARE_APP = ("-c", "bench/gunicorn_bare_conf.py", "bench.bare_app:app")
 # gunicorn settings that legitimately differ between the two configurations.
 MAY_DIFFER = {"bind", "config", "default_proc_name", "check_config", "print_config"}
@@ -76,8 +77,8 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     servers: dict[str, Server] = {}
     databases: dict[str, str] = {}
     for key in args.targets:
-        if key in ("bare", "floor"):
-            extra = {"BARE_DATABASE": run.workdir / f"{environment}-floor.db"} if key == "floor" else {}
+        if key in ("bare", "stored"):
+            extra = {"BARE_DATABASE": run.workdir / f"{environment}-stored.db"} if key == "stored" else {}
             servers[key] = run.serve(Server(f"{environment}-{key}", harness.base_env(**gunicorn, **extra),
                                             run.workdir, deployed=deployed, app=BARE_APP))
         else:
@@ -120,9 +121,9 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
             state = fake.get("/_fake/state")
             checks[key].update(fake_link_creations=state["creations"], fake_requests=state["requests"])
             checks[key]["ok"] = checks[key]["ok"] and state["creations"] == 1
-    if "floor" in servers:
-        rows = [m for m in measurements if m.target == "floor"]
-        checks["floor"] = harness.floor_check(run.workdir / f"{environment}-floor.db",
+    if "stored" in servers:
+        rows = [m for m in measurements if m.target == "stored"]
+        checks["stored"] = harness.stored_check(run.workdir / f"{environment}-stored.db",
                                               sum(m.accepted_total for m in rows), sum(m.unanswered for m in rows))
     for server in servers.values():
         run.stop(server)
@@ -162,11 +163,11 @@ def summarise(measurements: list[Measurement], targets: list[str]) -> dict[str, 
                       ratio_balanced_rounds_median=median(balanced),
                       # The ratio to expect when the CPUs are the limit, least moved by other load on the machine.
                       cpu_ratio_to_bare=round(base / own, 3) if own and base else None)
-    floor = summary.get("floor", {}).get("rps_median")
+    stored = summary.get("stored", {}).get("rps_median")
     for key in ("dry-run", "live", "baseline"):
-        if floor and summary.get(key, {}).get("rps_median"):
-            summary[key].update(ratio_to_floor=round(summary[key]["rps_median"] / floor, 3),
-                                ratio_to_floor_rounds=[round(m.rps / f.rps, 3) for m, f in per_round(key, "floor")])
+        if stored and summary.get(key, {}).get("rps_median"):
+            summary[key].update(ratio_to_stored=round(summary[key]["rps_median"] / stored, 3),
+                                ratio_to_stored_rounds=[round(m.rps / f.rps, 3) for m, f in per_round(key, "stored")])
     if summary.get("gthread", {}).get("rps_median") and summary.get("dry-run", {}).get("rps_median"):
         summary["dry-run"].update(
             ratio_to_gthread=round(summary["dry-run"]["rps_median"] / summary["gthread"]["rps_median"], 3),
@@ -190,19 +191,19 @@ def print_report(summary: dict[str, Any], measurements: list[Measurement], check
               f"{show(v['generator_cpu_share_median'], '.0%'):>9}")
     print()
     for key, v in summary.items():
-        if key == "floor" and "ratio_to_bare" in v:
-            print(f"ratio {LABELS[key]} / bare (req/s medians): {v['ratio_to_bare']:.2f}, the most a service whose "
-                  f"202 means stored reaches here; per round: {harness.joined(v['ratio_rounds'], '.2f', ', ')}; "
-                  f"server CPU per request, bare / floor: {show(v['cpu_ratio_to_bare'], '.2f')}")
+        if key == "stored" and "ratio_to_bare" in v:
+            print(f"ratio {LABELS[key]} / bare (req/s medians): {v['ratio_to_bare']:.2f}, a simple app whose 202 "
+                  f"means stored; per round: {harness.joined(v['ratio_rounds'], '.2f', ', ')}; "
+                  f"server CPU per request, bare / stored: {show(v['cpu_ratio_to_bare'], '.2f')}")
         elif "ratio_to_bare" in v:
             verdict = "meets the target" if v["ratio_to_bare"] >= TARGET_RATIO else "BELOW the target"
             print(f"ratio {LABELS[key]} / bare (req/s medians): {v['ratio_to_bare']:.2f}  ({verdict} of "
                   f"{TARGET_RATIO}); per round: {harness.joined(v['ratio_rounds'], '.2f', ', ')} (their median "
                   f"{show(v['ratio_of_rounds_median'], '.2f')}); server CPU per request, bare / {key}: "
                   f"{show(v['cpu_ratio_to_bare'], '.2f')}")
-        if "ratio_to_floor" in v:
-            print(f"ratio {LABELS[key]} / {LABELS['floor']} (req/s medians): {v['ratio_to_floor']:.2f}; per round: "
-                  f"{harness.joined(v['ratio_to_floor_rounds'], '.2f', ', ')}")
+        if "ratio_to_stored" in v:
+            print(f"ratio {LABELS[key]} / {LABELS['stored']} (req/s medians): {v['ratio_to_stored']:.2f}; per round: "
+                  f"{harness.joined(v['ratio_to_stored_rounds'], '.2f', ', ')}")
         if "ratio_to_gthread" in v:
             print(f"ratio caselink's worker / stock gthread, dry-run (req/s medians): {v['ratio_to_gthread']:.2f}; "
                   f"per round: {harness.joined(v['ratio_to_gthread_rounds'], '.2f', ', ')}")
@@ -226,7 +227,7 @@ def print_report(summary: dict[str, Any], measurements: list[Measurement], check
 def print_environments(results: dict[str, Any]) -> None:
     """One line per environment and target: lopsided rounds, req/s then and otherwise, the ratio to bare."""
     print(f"\n{'environment':<12}{'target':<21}{'lopsided':>9}{'req/s then':>12}{'otherwise':>11}{'bare':>8}"
-          f"{'ratio':>7}{'worst round':>13}{'to floor':>10}  splits")
+          f"{'ratio':>7}{'worst round':>13}{'to stored':>10}  splits")
     for environment, result in results.items():
         for key, v in result["summary"].items():
             rows = [m for m in result["measurements"] if m.target == key]
@@ -236,10 +237,10 @@ def print_environments(results: dict[str, Any]) -> None:
                   + "".join(f"{_span(span):>{width}}" for span, width in zip(spans, (12, 11), strict=True))
                   + f"{result['summary'].get('bare', {}).get('rps_median') or 0:>8.0f}"
                   f"{show(v.get('ratio_to_bare'), '.2f'):>7}{show(worst, '.2f'):>13}"
-                  f"{show(v.get('ratio_to_floor'), '.2f'):>10}  "
+                  f"{show(v.get('ratio_to_stored'), '.2f'):>10}  "
                   + " ".join(harness.joined(m.connections_per_worker, "d") or "-" for m in rows))
     print(f"ratio: of the req/s medians, as above; target: caselink / bare >= {TARGET_RATIO} in every environment, "
-          f"no round below {TARGET_ROUND_RATIO}; to floor: caselink / {LABELS['floor']}; lopsided: one worker held "
+          f"no round below {TARGET_ROUND_RATIO}; to stored: caselink / {LABELS['stored']}; lopsided: one worker held "
           f"{LOPSIDED_SHARE:.0%} or more of the connections")
 
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(Connection: close), as a sender without keep-alive does; uses the python generator")
     parser.add_argument("--environments", default="deployed,plain", help="comma-separated, run in this order: "
                         "deployed (PYTHONUNBUFFERED=1, output through a pipe), plain (neither)")
-    parser.add_argument("--targets", default="bare,floor,dry-run,live", help="comma-separated, from: bare, floor "
+    parser.add_argument("--targets", default="bare,stored,dry-run,live", help="comma-separated, from: bare, stored "
                         "(the bare app committing each body to SQLite before its 202), dry-run, live, gthread "
                         "(dry-run under gunicorn's own gthread worker; not run unless named)")
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # what WEB_CONCURRENCY, GUNICORN_THREADS resolve to

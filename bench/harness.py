@@ -393,7 +393,7 @@ def store_check(server_url: str, database_url: str, accepted: int, unanswered: i
             "newest_event_id_via_api": newest[0]["id"] if newest else None, "links_by_state": links}
 
 
-def floor_check(path: Path, accepted: int, unanswered: int) -> dict[str, Any]:
+def stored_check(path: Path, accepted: int, unanswered: int) -> dict[str, Any]:
     """The store check for the durable bare app (bench/bare_app.py): its rows against the 202s wrk counted."""
     import sqlite3
 
