@@ -124,7 +124,8 @@ def run_environment(args: argparse.Namespace, run: harness.Run, environment: str
     if "stored" in servers:
         rows = [m for m in measurements if m.target == "stored"]
         checks["stored"] = harness.stored_check(run.workdir / f"{environment}-stored.db",
-                                              sum(m.accepted_total for m in rows), sum(m.unanswered for m in rows))
+                                                sum(m.accepted_total for m in rows), sum(m.unanswered for m in rows),
+                                                args.generator_used == "wrk")
     for server in servers.values():
         run.stop(server)
     if fake:

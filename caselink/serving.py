@@ -687,15 +687,8 @@ class _Loads:
 
     def least_loaded(self, slot: int, connections: int) -> bool:
         """Whether no live sibling holds fewer connections than `connections`."""
-        cells = self._cells
-        for other in range(MAX_WORKERS):
-            pid = cells[2 * other]
-            if other == slot or pid == 0 or cells[2 * other + 1] >= connections:
-                continue
-            if _alive(pid):
-                return False
-            self.release(other)  # killed without a word; the master gives the slot out again
-        return True
+        fewest = self.fewest(slot)
+        return fewest is None or fewest >= connections
 
 
 def _alive(pid: Any) -> bool:
