@@ -235,28 +235,58 @@ class Regex:
         """
         data = _searched(text)
         budget = _BUDGET.get()
+        if budget is None or len(data) <= FIRST_WINDOW:
+            yield from self._tokens_in_one_window(data, budget)
+            return
         group = self._group
         # As re2's finditer steps, with a search at each step (which the budget can refuse). A step
         # within FIRST_WINDOW bytes of the end is one window, run if any budget is left: it costs
         # no more than a first window may.
         pos = 0
         for _ in range(MAX_MATCHES):
-            if budget is None:
-                match = self._searching.search(data, pos)
-            else:
-                match = self._search_within(data, budget, pos, to_end=True)
+            match = self._search_within(data, budget, pos, to_end=True)
             if match is None:
                 return
             started = time.thread_time()
             token = self._token(match.span(), data, group)  # captures over at most MAX_MATCH_CHARACTERS
-            if budget is not None:
-                budget.spend(time.thread_time() - started)
+            budget.spend(time.thread_time() - started)
             if token is not None:
                 yield token
             end = match.span()[1]
             if pos == len(data):
                 return
             pos = pos + 1 if pos == end else end
+
+    def _tokens_in_one_window(self, data: bytes, budget: _Budget | None) -> Iterator[str | int]:
+        """`tokens` of a text no longer than FIRST_WINDOW (most fields), or outside any budget: re2's
+        own finditer, whose every step is one first window. Each step is paid from the budget as it
+        ends, with one clock reading, and the next is refused once the budget is spent, as
+        `_search_within` refuses it. Tokens are read before any is yielded, so that what the caller
+        does in between is not paid from the budget; MAX_MATCHES at most, of MAX_SEARCH_CHARACTERS."""
+        if budget is not None and budget.left <= 0:
+            raise budget.refuse()
+        group, found, refused = self._group, [], False
+        clock = time.thread_time() if budget is not None else 0.0
+        for count, match in enumerate(self._searching.finditer(data), 1):
+            token = self._token(match.span(), data, group)  # captures over at most MAX_MATCH_CHARACTERS
+            if token is not None:
+                found.append(token)
+            if budget is not None:
+                now = time.thread_time()
+                budget.spend(now - clock)
+                clock = now
+            if count == MAX_MATCHES:
+                break
+            if budget is not None and budget.left <= 0:
+                refused = True
+                break
+        else:
+            if budget is not None:
+                budget.spend(time.thread_time() - clock)  # the last search, which found nothing
+        yield from found
+        if refused:
+            assert budget is not None
+            raise budget.refuse()
 
     def _token(self, span: tuple[int, int], data: bytes, group: int) -> str | int | None:
         """The token of the match at `span`; None for a match that has none (an empty one)."""

@@ -144,6 +144,22 @@ def test_reading_tokens_after_a_match_found_at_once_is_refused_when_the_rest_wou
     assert time.thread_time() - started < 0.2
 
 
+def test_reading_the_tokens_of_a_short_value_stops_once_the_budget_is_spent_and_keeps_what_was_read():
+    # A value of one window (most fields) is read with re2's own finditer: every step is paid as it
+    # ends, and the step after the one that spent the budget is refused, as in a long value.
+    either = compile_rule_regex(r"(?P<ref>OPS-\d+)|[ab]*a[ab]{900}c")
+    refs = [f"OPS-{number}" for number in range(1, 5)]
+    text = "".join(f"{ref} {AB[:900]} " for ref in refs)  # ~5 ms a step at the slow pace
+    assert len(text.encode()) <= regex.FIRST_WINDOW
+    found: list[str | int] = []
+    with search_budget(0.002), pytest.raises(SearchBudgetSpent):  # noqa: PT012 - keeps what was read before
+        found.extend(either.tokens(text))
+    assert found == refs[: len(found)]
+    assert 1 <= len(found) < len(refs)
+    with search_budget(10.0):
+        assert list(either.tokens(text)) == refs
+
+
 # A tester's optional tail: `OPS-1` is found at once, but re2's leftmost-first match reads the tail on
 # to the end of the text.
 TAILED = compile_rule_regex(r"OPS-\d+(?:[ab]*a[ab]{980}c)?")

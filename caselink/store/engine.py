@@ -111,7 +111,8 @@ class Database:
         if self._file is None:
             return
         try:
-            replaced = self._file.check()
+            # After a commit, only where it went matters: the write is done, read-only or not.
+            replaced = self._file.check(writable=not committed)
             stale = None if replaced else self._file.stale_companion()
         except StoreUnavailableError as exc:
             self._report(exc)

@@ -132,9 +132,9 @@ class DatabaseFile:
                 operator=f"DATABASE_URL (sqlite:///{self.path}): under {MIN_FREE_BYTES // 1024} KiB free on its disk",
             )
 
-    def check(self) -> bool:
+    def check(self, *, writable: bool = True) -> bool:
         """True when another file now stands at the path (from then on it is the one);
-        StoreUnavailableError when none does or it cannot be written."""
+        StoreUnavailableError when none does or (`writable`) it cannot be written."""
         try:
             found = os.stat(self.path)
         except OSError as exc:
@@ -149,7 +149,7 @@ class DatabaseFile:
                 operator=f"DATABASE_URL (sqlite:///{self.path}): the file was deleted or moved while caselink ran "
                 f"({exc.strerror}); restore it, or run `bin/caselink db upgrade` to start an empty one",
             ) from None
-        for path in (self.path, *self._companions):
+        for path in (self.path, *self._companions) if writable else ():
             # Writing through files that turned read-only can kill the process (SIGBUS on SQLite's
             # shared-memory file); refusing first costs an access(2) each.
             if not os.access(path, os.W_OK) and os.path.exists(path):
