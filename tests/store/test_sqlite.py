@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from caselink import migrations
 from caselink.errors import SchemaError
 from caselink.errors import StoreUnavailableError
 from caselink.store import Store
+from caselink.store.sqlite import DatabaseFile
 from tests.store.builders import event
 from tests.store.builders import event_ids
 from tests.store.builders import planning
@@ -86,3 +88,18 @@ def test_a_store_on_a_path_with_no_file_creates_none_and_says_to_upgrade(tmp_pat
     migrations.upgrade(upgraded.engine)
     upgraded.dispose()
     assert path.exists()
+
+
+def test_the_file_check_after_a_commit_asks_where_it_went_not_whether_the_files_can_still_be_written(
+    sqlite_store, monkeypatch
+):
+    # Read-only files refuse the next write (a SIGBUS risk); a commit already made is stored all the
+    # same, so the check that follows it looks only for replaced files. (access(2) is faked: as root
+    # every file can be written.)
+    record(sqlite_store, "before")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    file = DatabaseFile(sqlite_store.url.removeprefix("sqlite:///"))
+
+    with pytest.raises(StoreUnavailableError, match="read-only"):
+        file.check()
+    assert file.check(writable=False) is False
