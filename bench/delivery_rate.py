@@ -273,7 +273,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace) -> None:
         if "/trickle" in key:
             print(f"{key}: {show(v['calls_per_link_median'], '.3f')} Datadog calls per link with the storm's links "
                   f"planned {args.trickle_rate:g} a second (rounds {harness.joined(v['calls_per_link_rounds'], '.3f')}"
-                  "); a listing serves only the links planned before it")
+                  "); a listing serves only the links planned before it, and a case is listed at most once a "
+                  "DD_LINK_LIST_INTERVAL while its links keep coming")
         if "/storm" in key:
             per_link = v["calls_per_link_median"]
             print(f"{key}: {show(per_link, '.3f')} Datadog calls per link (rounds "

@@ -100,6 +100,7 @@ class DatadogClient:
         case_cache_ttl: float = 3600.0,
         failed_calls_per_second: int = 10,
         list_window: float = 3.0,
+        list_interval: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -129,6 +130,7 @@ class DatadogClient:
         self._clock = clock
         self.failures = _FailureBudget(failed_calls_per_second, clock)
         self._list_window = list_window
+        self._list_interval = list_interval
         # (entity type, entity id, relationship) -> (links, when they were asked for: monotonic, time.time())
         self._listings: dict[tuple[str, str, str], tuple[list[Mapping[str, Any]], float, float]] = {}
         self._wall_clock = wall_clock
@@ -148,6 +150,7 @@ class DatadogClient:
             limiter=limiter,
             failed_calls_per_second=settings.dd_failed_calls_per_second,
             list_window=settings.dd_link_list_window,
+            list_interval=settings.dd_link_list_interval,
         )
 
     @property
@@ -241,6 +244,24 @@ class DatadogClient:
                 if isinstance(ident, str) and ident:
                     return ident
         return None
+
+    def next_listing_at(self, link: ResolvedLink, *, planned_at: float) -> float | None:
+        """When to list the link's case for a first attempt of a link planned at `planned_at`
+        (a time.time()), so that one listing serves every link to that case planned meanwhile.
+
+        None: now (no listing of the case was made within `list_interval` seconds, or the last
+        one was made after the link was planned and serves it). Otherwise the time.time()
+        `list_interval` seconds after the last listing, which was made before the link was
+        planned: while a case's links keep coming, it is listed at most once an interval,
+        instead of once for each link that comes after the last listing (issue 17).
+        """
+        if self._list_interval <= 0:
+            return None
+        with self._listings_lock:
+            found = self._listings.get(_listing_key(link))
+        if found is None or found[2] >= planned_at or self._clock() - found[1] >= self._list_interval:
+            return None
+        return found[2] + self._list_interval
 
     def _listing(self, key: tuple[str, str, str], *, since: float | None) -> list[Mapping[str, Any]]:
         """The links of one case and relationship: a listing made after `since` and at most

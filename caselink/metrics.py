@@ -68,7 +68,8 @@ WEBHOOK_SECONDS = Histogram(
 )
 DELIVERIES = Counter(
     "caselink_deliveries_total",
-    "Delivery attempts, by outcome (created, existing, retry, dead, rate_limited, paused, …).",
+    "Delivery attempts, by outcome (created, existing, retry, dead, rate_limited, paused, postponed: waits for"
+    " its case's next listing, …).",
     ["outcome"],
 )
 DELIVERY_SECONDS = Histogram("caselink_delivery_seconds", "Time for one delivery attempt.")

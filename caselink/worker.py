@@ -149,6 +149,9 @@ class DeliveryWorker:
         self._hurry = threading.Event()
         # True when the last claim found less than it had room for.
         self._idle = False
+        # Whether a first attempt may wait for its case's next listing (DD_LINK_LIST_INTERVAL): in the
+        # loop, which claims it again when due, not in a pass (`--once`), which tries each link once.
+        self._postponing = False
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -236,6 +239,7 @@ class DeliveryWorker:
             },
         )
         self._check_recorded_rejection()
+        self._postponing = True
         threading.Thread(
             target=self.store.listen, args=(self.notify, self._stopping), name="caselink-listen", daemon=True
         ).start()
@@ -473,6 +477,12 @@ class DeliveryWorker:
         if not held:
             return "lease_lost"
         link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
+        if self._postponing and job.first_attempt and job.due_at is not None:
+            # Its case was listed a moment ago, before this link was planned: rather than a listing
+            # for each link that comes, the links planned meanwhile wait for one that serves them all.
+            listing_at = self.client.next_listing_at(link, planned_at=job.due_at)
+            if listing_at is not None and listing_at > self.clock():
+                return "postponed" if self.store.postpone(job, at=listing_at, now=self.clock()) else "lease_lost"
         # A first attempt may use a listing of the case that other deliveries made a
         # moment ago, if it was made after this link was planned: an older one may miss a
         # link made by hand before the webhook came. After any earlier attempt (a timeout,

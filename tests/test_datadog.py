@@ -3,6 +3,7 @@
 import http.client
 import json
 import ssl
+import time
 
 import pytest
 import requests
@@ -618,3 +619,40 @@ def test_the_password_in_the_url_is_still_used_to_reach_the_proxy(api):
     api.get("https://user:pa55word@proxy.test/api/v2/cases", json={"data": []})
     client.check_credentials()
     assert api.calls[0].request.headers["Authorization"].startswith("Basic ")
+
+
+# -- when to list a case again ---------------------------------------------------------------
+
+
+def test_a_case_listed_before_a_link_was_planned_is_listed_again_once_the_interval_since_that_listing_is_over(api):
+    now = {"monotonic": 100.0, "wall": 5000.0}
+    client = DatadogClient(
+        BASE,
+        Secret(API_KEY),
+        Secret(APP_KEY),
+        limiter=RateLimiter(clock=lambda: 0.0),
+        list_window=60.0,
+        list_interval=1.0,
+        clock=lambda: now["monotonic"],
+        wall_clock=lambda: now["wall"],
+    )
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=4999.0) is None  # never listed: now
+    api.get(LINKS_URL, json={"data": []})
+    client.find_link(INCIDENT_CAUSES_CASE)  # listed at 5000
+
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=4999.5) is None  # the listing serves it
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=5000.0) is None
+    now.update(monotonic=100.4, wall=5000.4)
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=5000.2) == 5001.0  # planned after it
+    other = ResolvedLink("INCIDENT", INCIDENT_ID, "CAUSES", "CASE", OTHER_CASE_ID)
+    assert client.next_listing_at(other, planned_at=5000.2) is None  # another case: never listed
+    now.update(monotonic=101.0, wall=5001.0)
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=5000.2) is None  # the interval is over
+
+
+def test_with_no_listing_interval_a_case_is_listed_whenever_a_listing_does_not_serve(api):
+    client = DatadogClient(BASE, Secret(API_KEY), Secret(APP_KEY), limiter=RateLimiter(clock=lambda: 0.0))
+    api.get(LINKS_URL, json={"data": []})
+    client.find_link(INCIDENT_CAUSES_CASE)
+
+    assert client.next_listing_at(INCIDENT_CAUSES_CASE, planned_at=time.time() + 1) is None

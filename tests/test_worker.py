@@ -449,6 +449,53 @@ def test_links_planned_before_a_listing_of_their_case_share_it(store, make_worke
     assert len(lists) == 1
 
 
+def test_while_links_to_a_case_keep_coming_it_is_listed_once_an_interval_not_once_a_link(
+    store, make_worker, fake_datadog
+):
+    # Issue 17: 100 links a second to 10 cases cost a listing each once a listing only served the
+    # links planned before it. Each link here is planned after the listing the last one made.
+    worker = make_worker(dd_link_list_window=60.0, dd_link_list_interval=0.5)
+    worker.start()
+    plan(store, causes(0))
+    wait_for(lambda: states(store) == {"delivered": 1}, message="the first link")
+    for index in range(1, 6):
+        plan(store, causes(index))
+        time.sleep(0.02)
+
+    wait_for(lambda: states(store) == {"delivered": 6}, message="the links planned after the first listing")
+
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    assert len(lists) == 2  # the first link's, then one for the five planned after it
+    assert set(fake_datadog.link_counts().values()) == {1}
+    # Postponed, not tried: each was delivered at its first attempt.
+    assert {link["attempts"] for link in store.list_links()} == {1}
+
+
+def test_a_link_made_by_hand_before_its_webhook_is_found_when_its_delivery_waits_for_the_next_listing(
+    store, make_worker, fake_datadog
+):
+    worker = make_worker(dd_link_list_window=60.0, dd_link_list_interval=0.5)
+    worker.start()
+    plan(store, causes(1))
+    wait_for(lambda: states(store) == {"delivered": 1}, message="the first link")
+    attributes = {
+        "parent_entity_type": "INCIDENT",
+        "parent_entity_id": incident(2),
+        "relationship": "CAUSES",
+        "child_entity_type": "CASE",
+        "child_entity_id": case_uuid("OPS-42"),
+    }
+    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+    time.sleep(0.01)  # the webhook comes after the link was made by hand
+    plan(store, causes(2))
+
+    wait_for(lambda: states(store) == {"delivered": 2}, message="the second link")
+
+    assert set(fake_datadog.link_counts().values()) == {1}
+    outcomes = {link["datadog_link_id"]: link["outcome"] for link in store.list_links()}
+    assert outcomes["made-by-hand"] == "existing"
+
+
 # What each way of failing leaves a `run_once` pass saying, and what the stored error says.
 PASS_REASONS = {
     "401": "keys rejected",

@@ -211,6 +211,12 @@ class Queue(Database):
             values["attempts"] = links.c.attempts - 1
         return self._finish(job, **values)
 
+    def postpone(self, job: Job, *, at: float, now: float | None = None) -> bool:
+        """Put a claimed job back, due at `at`, as if it had not been tried: its attempt is not
+        counted and its next one is a first attempt still. False if the lease was lost."""
+        now = time.time() if now is None else now
+        return self._finish(job, state="pending", next_attempt_at=at, attempts=links.c.attempts - 1, updated_at=now)
+
     def dead(self, job: Job, error: str, *, status: int | None = None, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         return self._finish(job, state="dead", last_error=error[:2000], last_status=status, updated_at=now)

@@ -75,6 +75,21 @@ def test_a_release_that_does_not_count_leaves_attempts_unchanged(store):
     assert store.get_link(job.id)["attempts"] == 0
 
 
+def test_a_postponed_link_is_due_at_its_time_as_a_first_attempt_still(store):
+    store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
+    now = time.time()
+    [job] = store.claim("a", 1, lease=30, now=now)
+    assert job.first_attempt
+
+    assert store.postpone(job, at=now + 1, now=now) is True
+
+    assert store.claim("a", 1, lease=30, now=now + 0.5) == []
+    [again] = store.claim("a", 1, lease=30, now=now + 1)
+    assert (again.attempts, again.first_attempt, again.due_at) == (1, True, now + 1)
+    assert store.get_link(job.id)["last_error"] is None
+    assert store.postpone(job, at=now + 2, now=now) is False  # its claim was taken over: fenced
+
+
 def test_dead_letters_keep_their_reason_and_can_be_retried(store):
     store.record([(event(), planning(("r", causes())))], ruleset="x", dry_run=False)
     [job] = store.claim("a", 1, lease=30)
