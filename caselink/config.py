@@ -170,7 +170,7 @@ class Settings:
     dd_timeout: float = 10.0
     dd_failed_calls_per_second: int = 10
     dd_link_list_window: float = 3.0
-    dd_link_list_interval: float = 1.0
+    dd_link_list_interval: float = 0.25
     rules_file: Path = PROJECT_ROOT / "rules.yaml"
     database_url: str = f"sqlite:///{INSTANCE_PATH / 'caselink.db'}"
     webhook_secrets: Mapping[str, tuple[Secret, ...]] = field(default_factory=dict)
@@ -235,7 +235,7 @@ class Settings:
             dd_timeout=reader.number("DD_TIMEOUT", 10.0, minimum=0.1),
             dd_failed_calls_per_second=reader.integer("DD_FAILED_CALLS_PER_SECOND", 10, minimum=1),
             dd_link_list_window=reader.number("DD_LINK_LIST_WINDOW", 3.0, minimum=0),
-            dd_link_list_interval=reader.number("DD_LINK_LIST_INTERVAL", 1.0, minimum=0),
+            dd_link_list_interval=reader.number("DD_LINK_LIST_INTERVAL", 0.25, minimum=0),
             rules_file=reader.path("RULES_FILE", "rules.yaml"),
             database_url=reader.database_url(),
             webhook_secrets=reader.webhook_secrets(),

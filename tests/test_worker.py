@@ -471,6 +471,24 @@ def test_while_links_to_a_case_keep_coming_it_is_listed_once_an_interval_not_onc
     assert {link["attempts"] for link in store.list_links()} == {1}
 
 
+def test_links_to_a_case_that_come_further_apart_than_the_interval_are_listed_at_once_never_held(
+    store, make_worker, fake_datadog, monkeypatch
+):
+    postponed = []
+    postpone = store.postpone
+    monkeypatch.setattr(store, "postpone", lambda job, **kw: postponed.append(job.id) or postpone(job, **kw))
+    worker = make_worker(dd_link_list_window=60.0, dd_link_list_interval=0.1)
+    worker.start()
+    for index in range(3):
+        plan(store, causes(index))
+        wait_for(lambda index=index: states(store) == {"delivered": index + 1}, message=f"link {index}")
+        time.sleep(0.15)
+
+    assert postponed == []
+    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    assert len(lists) == 3
+
+
 def test_a_link_made_by_hand_before_its_webhook_is_found_when_its_delivery_waits_for_the_next_listing(
     store, make_worker, fake_datadog
 ):
