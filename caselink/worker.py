@@ -449,7 +449,8 @@ class DeliveryWorker:
                 pass
         duration = time.monotonic() - started
         metrics.DELIVERIES.labels(outcome=outcome).inc()
-        metrics.DELIVERY_SECONDS.observe(duration)
+        if outcome != "postponed":  # not an attempt: no call was made
+            metrics.DELIVERY_SECONDS.observe(duration)
         fields: dict[str, object] = {
             "worker": self.name,
             "link": job.id,
