@@ -82,6 +82,23 @@ def causes(index: int, case: str = "OPS-42") -> PlannedLink:
     return PlannedLink(EntityRef("INCIDENT", incident(index)), "CAUSES", EntityRef("CASE", case))
 
 
+def made_by_hand(fake_datadog, link: PlannedLink) -> None:
+    """`link` (to a case by key), made in Datadog outside caselink, as `made-by-hand`."""
+    attributes = {
+        "parent_entity_type": link.parent.type,
+        "parent_entity_id": link.parent.id,
+        "relationship": link.relationship,
+        "child_entity_type": link.child.type,
+        "child_entity_id": case_uuid(link.child.id),
+    }
+    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+
+
+def listings(fake_datadog) -> list:
+    """The requests that listed a case's links."""
+    return [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+
+
 def states(store: Store) -> dict[str, int]:
     return {state: count for state, count in store.count_links().items() if count}
 
@@ -108,14 +125,7 @@ def test_a_planned_link_is_resolved_checked_and_created_once(store, make_worker,
 
 
 def test_a_link_that_already_exists_in_datadog_is_adopted_not_posted(store, make_worker, fake_datadog):
-    attributes = {
-        "parent_entity_type": "INCIDENT",
-        "parent_entity_id": incident(1),
-        "relationship": "CAUSES",
-        "child_entity_type": "CASE",
-        "child_entity_id": case_uuid("OPS-42"),
-    }
-    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+    made_by_hand(fake_datadog, causes(1))
     plan(store, causes(1))
 
     make_worker().run_until_idle()
@@ -405,37 +415,41 @@ def test_a_retry_after_an_ambiguous_failure_asks_datadog_again_instead_of_a_rece
     worker.run_until_idle()
 
     assert states(store) == {"delivered": 2}
-    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
+    lists = listings(fake_datadog)
     # The first delivery lists OPS-42's links, the second reuses that listing; the retry
     # of the one that got a 503 lists again even though the listing is recent.
     assert len(lists) == 2
 
 
+@pytest.mark.parametrize("loop", [False, True], ids=["pass", "loop"])
 def test_a_link_made_by_hand_before_its_webhook_is_found_though_a_listing_of_its_case_is_recent(
-    store, make_worker, fake_datadog
+    store, make_worker, fake_datadog, loop
 ):
+    # In the loop, the second link waits for its case's next listing (DD_LINK_LIST_INTERVAL); a pass
+    # (`--once`) lists at once.
+    worker = make_worker(worker_concurrency=1, dd_link_list_window=60.0, dd_link_list_interval=0.5)
+    if loop:
+        worker.start()
+
+    def deliver(count: int) -> None:
+        if loop:
+            wait_for(lambda: states(store) == {"delivered": count}, message=f"{count} links delivered")
+        else:
+            worker.run_until_idle()
+
     plan(store, causes(1))
-    worker = make_worker(worker_concurrency=1, dd_link_list_window=60.0)
-    worker.run_until_idle()  # lists OPS-42's links: a listing well within its window from here on
-    attributes = {
-        "parent_entity_type": "INCIDENT",
-        "parent_entity_id": incident(2),
-        "relationship": "CAUSES",
-        "child_entity_type": "CASE",
-        "child_entity_id": case_uuid("OPS-42"),
-    }
-    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
+    deliver(1)  # lists OPS-42's links: a listing well within its window from here on
+    made_by_hand(fake_datadog, causes(2))
     time.sleep(0.01)  # the webhook comes after the link was made by hand
     plan(store, causes(2))
 
-    worker.run_until_idle()
+    deliver(2)
 
     assert set(fake_datadog.link_counts().values()) == {1}
     outcomes = {link["datadog_link_id"]: link["outcome"] for link in store.list_links()}
     assert outcomes["made-by-hand"] == "existing"
-    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
     # The listing made for the first link predates the second one's webhook: OPS-42 is listed again.
-    assert len(lists) == 2
+    assert len(listings(fake_datadog)) == 2
 
 
 def test_links_planned_before_a_listing_of_their_case_share_it(store, make_worker, fake_datadog):
@@ -445,8 +459,7 @@ def test_links_planned_before_a_listing_of_their_case_share_it(store, make_worke
     make_worker(worker_concurrency=1, dd_link_list_window=60.0).run_until_idle()
 
     assert states(store) == {"delivered": 5}
-    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
-    assert len(lists) == 1
+    assert len(listings(fake_datadog)) == 1
 
 
 def test_while_links_to_a_case_keep_coming_it_is_listed_once_an_interval_not_once_a_link(
@@ -464,8 +477,7 @@ def test_while_links_to_a_case_keep_coming_it_is_listed_once_an_interval_not_onc
 
     wait_for(lambda: states(store) == {"delivered": 6}, message="the links planned after the first listing")
 
-    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
-    assert len(lists) == 2  # the first link's, then one for the five planned after it
+    assert len(listings(fake_datadog)) == 2  # the first link's, then one for the five planned after it
     assert set(fake_datadog.link_counts().values()) == {1}
     # Postponed, not tried: each was delivered at its first attempt.
     assert {link["attempts"] for link in store.list_links()} == {1}
@@ -485,33 +497,7 @@ def test_links_to_a_case_that_come_further_apart_than_the_interval_are_listed_at
         time.sleep(0.15)
 
     assert postponed == []
-    lists = [r for r in fake_datadog.requests if r.method == "GET" and r.path == "/api/v2/cases/link"]
-    assert len(lists) == 3
-
-
-def test_a_link_made_by_hand_before_its_webhook_is_found_when_its_delivery_waits_for_the_next_listing(
-    store, make_worker, fake_datadog
-):
-    worker = make_worker(dd_link_list_window=60.0, dd_link_list_interval=0.5)
-    worker.start()
-    plan(store, causes(1))
-    wait_for(lambda: states(store) == {"delivered": 1}, message="the first link")
-    attributes = {
-        "parent_entity_type": "INCIDENT",
-        "parent_entity_id": incident(2),
-        "relationship": "CAUSES",
-        "child_entity_type": "CASE",
-        "child_entity_id": case_uuid("OPS-42"),
-    }
-    fake_datadog.links.append({"id": "made-by-hand", "type": "link", "attributes": attributes})
-    time.sleep(0.01)  # the webhook comes after the link was made by hand
-    plan(store, causes(2))
-
-    wait_for(lambda: states(store) == {"delivered": 2}, message="the second link")
-
-    assert set(fake_datadog.link_counts().values()) == {1}
-    outcomes = {link["datadog_link_id"]: link["outcome"] for link in store.list_links()}
-    assert outcomes["made-by-hand"] == "existing"
+    assert len(listings(fake_datadog)) == 3
 
 
 # What each way of failing leaves a `run_once` pass saying, and what the stored error says.
