@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from caselink import jsontext
@@ -159,19 +160,25 @@ def _write(lines: list[str]) -> None:
     """Write `lines`, each ended by a newline, in writes of whole lines of at most PIPE_BUF bytes
     (one line longer than that alone in its write), each flushed."""
     stream = sys.stdout
+    for chunk in _whole_lines(lines, _ATOMIC_WRITE):
+        stream.write(chunk)
+        stream.flush()
+
+
+def _whole_lines(lines: list[str], limit: int) -> Iterator[str]:
+    """`lines`, each ended by a newline, joined into runs of at most `limit` bytes of UTF-8 (a line
+    longer than that alone in its run)."""
     chunk: list[str] = []
     size = 0
     for line in lines:
         length = len(line.encode("utf-8", "surrogatepass")) + 1
-        if chunk and size + length > _ATOMIC_WRITE:
-            stream.write("\n".join(chunk) + "\n")
-            stream.flush()
+        if chunk and size + length > limit:
+            yield "\n".join(chunk) + "\n"
             chunk, size = [], 0
         chunk.append(line)
         size += length
     if chunk:
-        stream.write("\n".join(chunk) + "\n")
-        stream.flush()
+        yield "\n".join(chunk) + "\n"
 
 
 class _Listener(logging.handlers.QueueListener):

@@ -472,18 +472,19 @@ class DeliveryWorker:
     def _deliver(self, job: Job) -> str:
         parent_id = job.parent_id or self._within_budget(job, CASE, lambda: self.client.case_id(job.parent.id))
         child_id = job.child_id or self._within_budget(job, CASE, lambda: self.client.case_id(job.child.id))
+        link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
+        if self._postponing and job.first_attempt and job.due_at is not None:
+            # Its case was listed a moment ago, before this link was planned: rather than a listing
+            # for each link that comes, the links planned meanwhile wait for one that serves them all.
+            # Asked before `prepare`, whose write a link put back straight away does not need.
+            listing_at = self.client.next_listing_at(link, planned_at=job.due_at)
+            if listing_at is not None and listing_at > self.clock():
+                return "postponed" if self.store.postpone(job, at=listing_at, now=self.clock()) else "lease_lost"
         held, twin = self.store.prepare(job, parent_id, child_id, lease=self.settings.delivery_lease, now=self.clock())
         if twin is not None:
             return "merged"
         if not held:
             return "lease_lost"
-        link = ResolvedLink(job.parent.type, parent_id, job.relationship, job.child.type, child_id)
-        if self._postponing and job.first_attempt and job.due_at is not None:
-            # Its case was listed a moment ago, before this link was planned: rather than a listing
-            # for each link that comes, the links planned meanwhile wait for one that serves them all.
-            listing_at = self.client.next_listing_at(link, planned_at=job.due_at)
-            if listing_at is not None and listing_at > self.clock():
-                return "postponed" if self.store.postpone(job, at=listing_at, now=self.clock()) else "lease_lost"
         # A first attempt may use a listing of the case that other deliveries made a
         # moment ago, if it was made after this link was planned: an older one may miss a
         # link made by hand before the webhook came. After any earlier attempt (a timeout,
